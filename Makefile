@@ -1,0 +1,29 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both set everything up first.
+SHELL := /bin/bash
+VENV := .venv/bin
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint unit bench cluster-bin clean
+
+install:
+	@scripts/install
+
+lint: install
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check src tests bench
+	$(VENV)/mypy
+
+cluster-bin: install
+	@if [ -x scripts/test-cluster ]; then scripts/test-cluster build; fi
+
+test: install lint cluster-bin
+	$(VENV)/pytest $(PYTEST_ARGS)
+
+demo: install
+	$(VENV)/python scripts/demo.py
+
+bench: install
+	bench/run
+
+clean:
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache demo-store bench/out

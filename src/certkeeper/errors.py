@@ -1,0 +1,24 @@
+"""The one error type users see: a single line that says what is wrong and what to do."""
+
+from __future__ import annotations
+
+
+class CertkeeperError(Exception):
+    """A problem the user can fix. ``str()`` is one line: what is wrong, then how to fix it."""
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{problem}: {fix}" if fix else problem)
+
+
+class ConfigError(CertkeeperError):
+    """Invalid configuration (a flag, an environment variable, a name)."""
+
+
+class CAError(CertkeeperError):
+    """The ACME CA refused or failed; ``acme_type`` is the RFC 8555 problem type when known."""
+
+    def __init__(self, problem: str, fix: str = "", acme_type: str | None = None) -> None:
+        super().__init__(problem, fix)
+        self.acme_type = acme_type
