@@ -1,0 +1,109 @@
+"""The ACME account: created once per CA and reused, its key kept by an ``AccountStore``."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import josepy as jose
+from acme import client as acme_client
+from acme import errors as acme_errors
+from acme import messages
+
+from certkeeper.acme.network import make_network
+from certkeeper.acme.problems import translate
+from certkeeper.crypto import generate_key, load_key
+from certkeeper.errors import CertkeeperError
+from certkeeper.spec import IssuerSpec, KeyType
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Account:
+    directory_url: str
+    url: str
+    key_pem: bytes
+
+    def __repr__(self) -> str:  # the key must never reach a log line
+        return f"Account(directory_url={self.directory_url!r}, url={self.url!r})"
+
+    def jwk(self) -> jose.JWK:
+        return jwk_from_pem(self.key_pem)
+
+
+def jwk_from_pem(key_pem: bytes) -> jose.JWK:
+    key = load_key(key_pem)
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return jose.JWKEC(key=key)
+    return jose.JWKRSA(key=key)
+
+
+def account_id(directory_url: str) -> str:
+    """A stable, file-name-safe key for one CA's account."""
+    return hashlib.sha256(directory_url.encode()).hexdigest()[:16]
+
+
+class AccountStore(Protocol):
+    """Where the account key and URL live: files beside the store, or a Kubernetes Secret."""
+
+    def load_account(self, directory_url: str) -> Account | None: ...
+
+    def save_account(self, account: Account) -> None: ...
+
+
+def fetch_directory(issuer: IssuerSpec, net: acme_client.ClientNetwork) -> messages.Directory:
+    try:
+        return acme_client.ClientV2.get_directory(issuer.directory_url, net)
+    except CertkeeperError:
+        raise
+    except Exception as error:
+        raise translate(error) from error
+
+
+def ensure_account(issuer: IssuerSpec, store: AccountStore) -> Account:
+    """The stored account for this CA, or a new one registered and saved (terms agreed)."""
+    existing = store.load_account(issuer.directory_url)
+    if existing is not None:
+        return existing
+    key_pem = generate_key(KeyType.EC_P256)
+    jwk = jwk_from_pem(key_pem)
+    net = make_network(jwk, issuer.ca_bundle)
+    directory = fetch_directory(issuer, net)
+    client = acme_client.ClientV2(directory, net)
+    eab = None
+    if issuer.eab_kid and issuer.eab_hmac_key:
+        try:
+            eab = messages.ExternalAccountBinding.from_data(
+                account_public_key=jwk.public_key(),
+                kid=issuer.eab_kid,
+                hmac_key=issuer.eab_hmac_key,
+                directory=directory,
+            )
+        except Exception as error:
+            raise CertkeeperError(
+                "the --eab-hmac-key is not valid base64url", "copy the HMAC key exactly as the CA gave it"
+            ) from error
+    elif client.external_account_required():
+        raise CertkeeperError(
+            f"the CA at {issuer.directory_url} requires External Account Binding",
+            "give --eab-kid and --eab-hmac-key from your CA account",
+        )
+    registration = messages.NewRegistration.from_data(
+        email=issuer.email, terms_of_service_agreed=True, external_account_binding=eab
+    )
+    try:
+        regr = client.new_account(registration)
+        url = regr.uri
+    except acme_errors.ConflictError as conflict:
+        url = conflict.location
+    except Exception as error:
+        raise translate(error) from error
+    account = Account(directory_url=issuer.directory_url, url=url, key_pem=key_pem)
+    store.save_account(account)
+    log.info("registered ACME account %s", url)
+    return account

@@ -1,0 +1,250 @@
+"""Ordering a certificate: new order (with ``replaces``), HTTP-01, finalize, download.
+
+One ``AcmeClient`` per worker thread. Polling is ours rather than the library's (which sleeps a
+whole second between polls): it starts at 100 ms, grows, honours ``Retry-After`` and stops at a
+deadline, so a certificate from a fast CA takes a fraction of a second and a slow CA is not hammered.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import josepy as jose
+import requests
+from acme import challenges, messages
+from acme import client as acme_client
+
+from certkeeper.acme.account import Account, fetch_directory
+from certkeeper.acme.network import make_network
+from certkeeper.acme.problems import translate
+from certkeeper.crypto import CertInfo, cert_info, chain_issuer_names, load_csr, make_csr, split_pem_chain
+from certkeeper.errors import CAError, CertkeeperError, ConfigError
+from certkeeper.spec import CertSpec, IssuerSpec
+
+log = logging.getLogger(__name__)
+
+FIRST_POLL_S = 0.1
+POLL_GROWTH = 1.5
+MAX_POLL_S = 5.0
+MAX_RETRY_AFTER_S = 600.0
+
+
+class NewOrder(messages.NewOrder):
+    """RFC 9773 §5: ``replaces`` names the certificate this order renews (exempts it from LE's limits)."""
+
+    replaces: str | None = jose.field("replaces", omitempty=True)
+
+
+class ChallengeSink(Protocol):
+    """Where HTTP-01 key authorizations are published while the CA validates."""
+
+    def put(self, token: str, key_authorization: str) -> None: ...
+
+    def remove(self, token: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class IssuedCert:
+    key_pem: bytes
+    cert_pem: bytes
+    chain_pem: bytes
+    info: CertInfo
+
+    @property
+    def fullchain_pem(self) -> bytes:
+        return self.cert_pem + self.chain_pem
+
+    def __repr__(self) -> str:  # never show the key
+        return f"IssuedCert(names={self.info.names!r}, serial={self.info.serial}, not_after={self.info.not_after})"
+
+
+@dataclass(frozen=True)
+class RenewalWindow:
+    """The CA's suggested renewal window (ARI) and when to ask again."""
+
+    start: datetime.datetime
+    end: datetime.datetime
+    retry_after: datetime.datetime
+
+
+def retry_after_seconds(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
+
+
+class AcmeClient:
+    """Talks to one CA as one account. Not thread-safe: make one per worker thread."""
+
+    def __init__(self, issuer: IssuerSpec, account: Account, directory: messages.Directory | None = None) -> None:
+        self.issuer = issuer
+        self.account = account
+        self.jwk = account.jwk()
+        self.net = make_network(self.jwk, issuer.ca_bundle)
+        self.directory = directory if directory is not None else fetch_directory(issuer, self.net)
+        self.net.account = messages.RegistrationResource(body=messages.Registration(), uri=account.url)
+        self.client = acme_client.ClientV2(self.directory, self.net)
+
+    # -- transport -------------------------------------------------------------------------------
+
+    def _post(self, url: str, obj: Any) -> requests.Response:
+        response: requests.Response = self.net.post(url, obj, new_nonce_url=self.directory["newNonce"])
+        return response
+
+    def _poll(self, url: str, done: Callable[[dict[str, Any]], bool], deadline: float, what: str) -> dict[str, Any]:
+        delay = FIRST_POLL_S
+        while True:
+            time.sleep(delay)
+            response = self._post(url, None)
+            body: dict[str, Any] = response.json()
+            if done(body):
+                return body
+            wait = delay
+            hinted = retry_after_seconds(response)
+            if hinted is not None:
+                wait = max(wait, min(hinted, MAX_RETRY_AFTER_S))
+            if time.monotonic() + wait > deadline:
+                raise CAError(f"the CA did not finish {what} in time", "try again later; certkeeper backs off")
+            delay = min(wait * POLL_GROWTH, MAX_POLL_S)
+
+    # -- ordering --------------------------------------------------------------------------------
+
+    def _check_profile(self, profile: str | None) -> None:
+        if not profile:
+            return
+        offered = dict(getattr(self.directory.meta, "profiles", None) or {})
+        if profile not in offered:
+            choices = ", ".join(sorted(offered)) or "none"
+            raise ConfigError(
+                f"the CA does not offer the profile {profile!r}", f"choose one it offers ({choices}) or drop --profile"
+            )
+
+    def _new_order(self, spec: CertSpec, replaces: str | None) -> tuple[str, dict[str, Any]]:
+        identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=n) for n in spec.names]
+        order = NewOrder(identifiers=identifiers, profile=spec.profile or "", replaces=replaces)
+        try:
+            response = self._post(self.directory["newOrder"], order)
+        except messages.Error as error:
+            # A CA may refuse ``replaces`` (already replaced, or unknown to it): order without it
+            # rather than fail the renewal.
+            if replaces and (error.code in ("alreadyReplaced", "conflict") or "replace" in (error.detail or "")):
+                log.warning("CA refused replaces=%s (%s); ordering without it", replaces, error.detail)
+                return self._new_order(spec, None)
+            raise
+        return response.headers["Location"], response.json()
+
+    def _authorize(self, authz_url: str, sink: ChallengeSink, tokens: list[str]) -> str | None:
+        """Answer one authorization's HTTP-01 challenge; returns its URL if it must be polled."""
+        response = self._post(authz_url, None)
+        authz = messages.Authorization.from_json(response.json())
+        if authz.status == messages.STATUS_VALID:
+            return None
+        for challb in authz.challenges:
+            if isinstance(challb.chall, challenges.HTTP01):
+                key_auth = challb.chall.key_authorization(self.jwk)
+                token = challb.chall.encode("token")
+                sink.put(token, key_auth)
+                tokens.append(token)
+                self._post(challb.uri, challb.chall.response(self.jwk))
+                return authz_url
+        raise CAError(f"the CA offers no HTTP-01 challenge for {authz.identifier.value}", "use another validation method")
+
+    def order(
+        self,
+        spec: CertSpec,
+        key_pem: bytes,
+        sink: ChallengeSink,
+        *,
+        replaces: str | None = None,
+        timeout_s: float = 90.0,
+    ) -> IssuedCert:
+        """Order, validate, finalize and download one certificate for ``spec`` with ``key_pem``."""
+        deadline = time.monotonic() + timeout_s
+        tokens: list[str] = []
+        try:
+            self._check_profile(spec.profile)
+            order_url, order = self._new_order(spec, replaces)
+            pending = [u for u in (self._authorize(a, sink, tokens) for a in order["authorizations"]) if u]
+            for authz_url in pending:
+                body = self._poll(authz_url, lambda b: b.get("status") != "pending", deadline, "validation")
+                if body["status"] != "valid":
+                    failed_name = body.get("identifier", {}).get("value", spec.names[0])
+                    raise translate(_authz_error(body), (failed_name,))
+            csr = load_csr(make_csr(key_pem, spec.names))
+            finalized = self._post(order["finalize"], messages.CertificateRequest(csr=csr))
+            order = finalized.json()
+            if order.get("status") != "valid":
+                order = self._poll(order_url, lambda b: b.get("status") in ("valid", "invalid"), deadline, "issuance")
+            if order["status"] != "valid":
+                problem = order.get("error")
+                if problem:
+                    raise translate(messages.Error.from_json(problem), spec.names)
+                raise CAError("the CA marked the order invalid without saying why")
+            fullchain = self._download(order["certificate"], spec.preferred_chain)
+        except CertkeeperError:
+            raise
+        except Exception as error:
+            raise translate(error, spec.names) from error
+        finally:
+            for token in tokens:
+                sink.remove(token)
+        parts = split_pem_chain(fullchain)
+        return IssuedCert(key_pem=key_pem, cert_pem=parts[0], chain_pem=b"".join(parts[1:]), info=cert_info(parts[0]))
+
+    def _download(self, url: str, preferred_chain: str | None) -> bytes:
+        response = self._post(url, None)
+        default = response.content
+        if not preferred_chain:
+            return default
+        chains = [default]
+        for link in requests.utils.parse_header_links(response.headers.get("Link", "")):
+            if link.get("rel") == "alternate" and link.get("url"):
+                chains.append(self._post(link["url"], None).content)
+        for chain in chains:
+            # certbot's rule: match the issuer of the topmost certificate in the chain.
+            if chain_issuer_names(chain)[-1] == preferred_chain:
+                return chain
+        log.warning("no chain from the CA is issued by %r; keeping the default chain", preferred_chain)
+        return default
+
+    # -- renewal information (RFC 9773) ----------------------------------------------------------
+
+    def renewal_window(self, info: CertInfo) -> RenewalWindow | None:
+        """The CA's suggested window for renewing the certificate, or None if it offers no ARI."""
+        base = self.directory.to_partial_json().get("renewalInfo")
+        if not base or not info.ari_id:
+            return None
+        try:
+            response = self.net.get(base.rstrip("/") + "/" + info.ari_id, content_type="application/json")
+            window = messages.RenewalInfo.from_json(response.json()).suggested_window
+        except CertkeeperError:
+            raise
+        except Exception as error:
+            raise translate(error) from error
+        hinted = retry_after_seconds(response)
+        now = datetime.datetime.now(datetime.UTC)
+        # RFC 9773 asks clients to re-check at most every few hours and at least twice a day.
+        again = now + datetime.timedelta(seconds=min(max(hinted or 6 * 3600, 60), 12 * 3600))
+        return RenewalWindow(start=window.start, end=window.end, retry_after=again)
+
+
+def _authz_error(body: dict[str, Any]) -> messages.Error | CAError:
+    for chall in body.get("challenges", []):
+        if chall.get("error"):
+            return messages.Error.from_json(chall["error"])
+    return CAError(f"authorization for {body.get('identifier', {}).get('value')} is {body.get('status')}")

@@ -1,0 +1,66 @@
+"""HTTP to the CA: retries ``badNonce`` (bounded) and turns transport failures into one-line errors."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import requests
+from acme import client as acme_client
+from acme import messages
+
+from certkeeper import __version__
+from certkeeper.errors import CAError
+
+log = logging.getLogger(__name__)
+
+BAD_NONCE_RETRIES = 10
+USER_AGENT = f"certkeeper/{__version__}"
+
+
+class Network(acme_client.ClientNetwork):
+    """One per worker thread: ``acme`` and its requests session are not thread-safe."""
+
+    def post(self, *args: Any, **kwargs: Any) -> requests.Response:
+        # The library retries a rejected nonce once; a CA that rejects half of them (as Pebble
+        # can be told to) needs more tries, still bounded so a broken CA cannot spin us.
+        for attempt in range(BAD_NONCE_RETRIES):
+            try:
+                return self._post_once(*args, **kwargs)
+            except messages.Error as error:
+                if error.code != "badNonce" or attempt == BAD_NONCE_RETRIES - 1:
+                    raise
+                log.debug("CA rejected the nonce; retrying (%d)", attempt + 1)
+        raise AssertionError("unreachable")
+
+    def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        try:
+            return super()._send_request(method, url, *args, **kwargs)
+        except requests.exceptions.SSLError as error:
+            raise CAError(
+                f"cannot verify the TLS certificate of the CA at {url}",
+                "for a private CA pass its root with --ca-bundle",
+            ) from error
+        except requests.exceptions.RequestException as error:
+            raise CAError(
+                f"cannot reach the CA at {url} ({type(error).__name__})",
+                "check --server and that this host can reach it",
+            ) from error
+
+
+def make_network(key: Any, ca_bundle: str | None, timeout: int = 30) -> Network:
+    return Network(
+        key=key,
+        alg=_alg_for(key),
+        verify_ssl=ca_bundle or True,  # type: ignore[arg-type]
+        user_agent=USER_AGENT,
+        timeout=timeout,
+    )
+
+
+def _alg_for(key: Any) -> Any:
+    import josepy as jose
+
+    if isinstance(key, jose.JWKEC):
+        return {"P-256": jose.ES256, "P-384": jose.ES384}[key.fields_to_partial_json()["crv"]]
+    return jose.RS256

@@ -1,0 +1,143 @@
+"""Keys, CSRs and certificate facts; the one place that touches ``cryptography`` for them."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.x509.oid import ExtensionOID, NameOID
+
+from certkeeper.errors import CertkeeperError
+from certkeeper.spec import KeyType
+
+_CURVES = {KeyType.EC_P256: ec.SECP256R1, KeyType.EC_P384: ec.SECP384R1}
+_RSA_BITS = {KeyType.RSA_2048: 2048, KeyType.RSA_3072: 3072, KeyType.RSA_4096: 4096}
+
+
+def generate_key(key_type: KeyType) -> bytes:
+    """A new private key as PKCS#8 PEM."""
+    key: CertificateIssuerPrivateKeyTypes
+    if key_type in _CURVES:
+        key = ec.generate_private_key(_CURVES[key_type]())
+    else:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=_RSA_BITS[key_type])
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def load_key(key_pem: bytes) -> CertificateIssuerPrivateKeyTypes:
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        # The message must not echo the key material.
+        raise CertkeeperError("the private key is not a readable unencrypted PEM key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise CertkeeperError("the private key is neither ECDSA nor RSA")
+    return key
+
+
+def key_type_of(key_pem: bytes) -> KeyType | None:
+    key = load_key(key_pem)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return {"secp256r1": KeyType.EC_P256, "secp384r1": KeyType.EC_P384}.get(key.curve.name)
+    return {2048: KeyType.RSA_2048, 3072: KeyType.RSA_3072, 4096: KeyType.RSA_4096}.get(key.key_size)
+
+
+def make_csr(key_pem: bytes, names: tuple[str, ...]) -> bytes:
+    key = load_key(key_pem)
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
+    return x509.load_pem_x509_csr(csr_pem)
+
+
+def split_pem_chain(fullchain_pem: bytes) -> list[bytes]:
+    marker = b"-----END CERTIFICATE-----"
+    parts = [p.strip() + b"\n" for p in fullchain_pem.split(marker) if p.strip()]
+    return [p.replace(b"\n\n", b"\n").rstrip(b"\n") + b"\n" + marker + b"\n" for p in parts]
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    """What the planner and status need to know of a leaf certificate."""
+
+    names: tuple[str, ...]
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+    serial: str
+    issuer: str
+    ari_id: str | None  # RFC 9773 certificate identifier: base64url(AKI) "." base64url(serial)
+    fingerprint: str
+
+    @property
+    def lifetime(self) -> datetime.timedelta:
+        return self.not_after - self.not_before
+
+
+def _b64url(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def cert_info(cert_pem: bytes) -> CertInfo:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise CertkeeperError("the certificate is not readable PEM") from None
+    try:
+        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        names = tuple(san.get_values_for_type(x509.DNSName))  # type: ignore[attr-defined]
+    except x509.ExtensionNotFound:
+        names = ()
+    ari_id = None
+    try:
+        aki = cert.extensions.get_extension_for_oid(ExtensionOID.AUTHORITY_KEY_IDENTIFIER).value
+        if aki.key_identifier:  # type: ignore[attr-defined]
+            serial = cert.serial_number
+            serial_der = serial.to_bytes((serial.bit_length() + 8) // 8, "big")
+            ari_id = _b64url(aki.key_identifier) + "." + _b64url(serial_der)  # type: ignore[attr-defined]
+    except x509.ExtensionNotFound:
+        pass
+    issuer_cn = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return CertInfo(
+        names=names,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        serial=format(cert.serial_number, "x"),
+        issuer=str(issuer_cn[0].value) if issuer_cn else cert.issuer.rfc4514_string(),
+        ari_id=ari_id,
+        fingerprint=hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
+    )
+
+
+def chain_issuer_names(fullchain_pem: bytes) -> list[str]:
+    """Issuer common names along a chain, leaf first (used to pick a preferred chain)."""
+    out = []
+    for pem in split_pem_chain(fullchain_pem):
+        cert = x509.load_pem_x509_certificate(pem)
+        cn = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+        out.append(str(cn[0].value) if cn else cert.issuer.rfc4514_string())
+    return out
+
+
+def key_matches_cert(key_pem: bytes, cert_pem: bytes) -> bool:
+    key = load_key(key_pem)
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    fmt = serialization.PublicFormat.SubjectPublicKeyInfo
+    return key.public_key().public_bytes(serialization.Encoding.DER, fmt) == cert.public_key().public_bytes(
+        serialization.Encoding.DER, fmt
+    )

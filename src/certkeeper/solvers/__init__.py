@@ -1,0 +1,1 @@
+"""Challenge solvers: how certkeeper proves control of a name to the CA."""

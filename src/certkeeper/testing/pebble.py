@@ -1,0 +1,234 @@
+"""Start a real Pebble ACME CA (Debian package ``pebble``) on free loopback ports.
+
+Used by the test suite, ``make demo`` and the benchmarks. Pebble resolves every name through
+``pebble-challtestsrv``'s DNS, which answers 127.0.0.1, so HTTP-01 validation reaches the
+responder on ``http_port``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class TLSFiles:
+    """A throw-away CA and a serving certificate for localhost / 127.0.0.1."""
+
+    ca_pem: Path
+    cert_pem: Path
+    key_pem: Path
+
+
+def make_tls_files(directory: Path, names: tuple[str, ...] = ("localhost",)) -> TLSFiles:
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certkeeper test bench CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    import ipaddress
+
+    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = TLSFiles(directory / "tls-ca.pem", directory / "tls-cert.pem", directory / "tls-key.pem")
+    files.ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files.cert_pem.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    files.key_pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    os.chmod(files.key_pem, 0o600)
+    return files
+
+
+@dataclass
+class Pebble:
+    """A running Pebble. ``directory_url`` is what an ACME client is given."""
+
+    workdir: Path
+    tls: TLSFiles
+    listen_port: int
+    management_port: int
+    http_port: int
+    dns_port: int
+    eab_keys: dict[str, str] = field(default_factory=dict)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def directory_url(self) -> str:
+        return f"https://127.0.0.1:{self.listen_port}/dir"
+
+    @property
+    def ca_bundle(self) -> Path:
+        """Trust anchor for Pebble's own HTTPS (not for the certificates it issues)."""
+        return self.tls.ca_pem
+
+    def _management_get(self, path: str) -> bytes:
+        ctx = ssl.create_default_context(cafile=str(self.tls.ca_pem))
+        url = f"https://127.0.0.1:{self.management_port}{path}"
+        with urllib.request.urlopen(url, context=ctx, timeout=5) as response:
+            body: bytes = response.read()
+            return body
+
+    def root_pem(self, index: int = 0) -> bytes:
+        """The root that issued certificates chain to (``index`` > 0: an alternate root)."""
+        return self._management_get(f"/roots/{index}")
+
+    def intermediate_pem(self, index: int = 0) -> bytes:
+        return self._management_get(f"/intermediates/{index}")
+
+    def stop(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.processes:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.processes.clear()
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, deadline_s: float = 10.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"{proc.args!r} did not listen on port {port} within {deadline_s} s")
+
+
+def start_pebble(
+    workdir: Path | None = None,
+    *,
+    http_port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    eab_keys: Mapping[str, str] | None = None,
+) -> Pebble:
+    """Start pebble-challtestsrv (DNS only) and pebble; stop them with ``Pebble.stop()``.
+
+    ``env`` adds Pebble's fault switches (``PEBBLE_WFE_NONCEREJECT``, ``PEBBLE_ALTERNATE_ROOTS``, ...).
+    ``eab_keys`` (key id -> base64url HMAC key) makes External Account Binding required.
+    """
+    for binary in ("pebble", "pebble-challtestsrv"):
+        if shutil.which(binary) is None:
+            raise RuntimeError(f"{binary} is not installed: run `make install` (Debian package pebble)")
+    workdir = Path(tempfile.mkdtemp(prefix="pebble-")) if workdir is None else workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    tls = make_tls_files(workdir)
+    pebble = Pebble(
+        workdir=workdir,
+        tls=tls,
+        listen_port=free_port(),
+        management_port=free_port(),
+        http_port=http_port or free_port(),
+        dns_port=free_port(),
+        eab_keys=dict(eab_keys or {}),
+    )
+    config = {
+        "pebble": {
+            "listenAddress": f"127.0.0.1:{pebble.listen_port}",
+            "managementListenAddress": f"127.0.0.1:{pebble.management_port}",
+            "certificate": str(tls.cert_pem),
+            "privateKey": str(tls.key_pem),
+            "httpPort": pebble.http_port,
+            "tlsPort": free_port(),
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": bool(pebble.eab_keys),
+            "externalAccountMACKeys": pebble.eab_keys,
+        }
+    }
+    config_path = workdir / "pebble-config.json"
+    config_path.write_text(json.dumps(config))
+    dns_log = workdir / "challtestsrv.log"
+    dns = subprocess.Popen(
+        [
+            "pebble-challtestsrv",
+            "-dns01", f"127.0.0.1:{pebble.dns_port}",
+            "-management", f"127.0.0.1:{free_port()}",
+            "-http01", "", "-https01", "", "-tlsalpn01", "",
+            "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
+        ],
+        stdout=dns_log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    pebble.processes.append(dns)
+    run_env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", **(env or {})}
+    log = workdir / "pebble.log"
+    proc = subprocess.Popen(
+        ["pebble", "-config", str(config_path), "-dnsserver", f"127.0.0.1:{pebble.dns_port}"],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=run_env,
+        start_new_session=True,
+    )
+    pebble.processes.append(proc)
+    try:
+        _wait_for_port(pebble.listen_port, proc, log)
+        _wait_for_port(pebble.management_port, proc, log)
+    except Exception:
+        pebble.stop()
+        raise
+    return pebble
+
+
+@contextmanager
+def running_pebble(**kwargs: object) -> Iterator[Pebble]:
+    pebble = start_pebble(**kwargs)  # type: ignore[arg-type]
+    try:
+        yield pebble
+    finally:
+        pebble.stop()
