@@ -18,8 +18,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "issue": ("certkeeper.commands.issue:issue", "Issue a certificate for NAMES (or many, with --file)."),
     "renew": ("certkeeper.commands.renew:renew", "Renew every certificate in the store that is due."),
     "status": ("certkeeper.commands.status:status", "Show the certificates in the store."),
-    "run": ("certkeeper.kube.command:run", "Keep a Kubernetes Secret issued and renewed (the seed's container)."),
-    "proxy": ("certkeeper.proxy.command:proxy", "Run nginx as a TLS-terminating proxy that hot-reloads certificates."),
+    "run": (
+        "certkeeper.kube.command:run",
+        "Keep a Kubernetes Secret issued and renewed (the seed's container).",
+    ),
+    "proxy": (
+        "certkeeper.proxy.command:proxy",
+        "Run nginx as a TLS-terminating proxy that hot-reloads certificates.",
+    ),
 }
 
 

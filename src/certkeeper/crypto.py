@@ -46,6 +46,7 @@ def key_type_of(key_pem: bytes) -> KeyType | None:
     key = load_key(key_pem)
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return {"secp256r1": KeyType.EC_P256, "secp384r1": KeyType.EC_P384}.get(key.curve.name)
+    assert isinstance(key, rsa.RSAPrivateKey)
     return {2048: KeyType.RSA_2048, 3072: KeyType.RSA_3072, 4096: KeyType.RSA_4096}.get(key.key_size)
 
 

@@ -25,7 +25,7 @@ from certkeeper.planner import plan
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.spec import CertSpec, IssuerSpec
 from certkeeper.stores.base import StoredCert, check_replacement
-from certkeeper.web import Responder, build_app, start_responder
+from certkeeper.web import Responder, default_routes, start_responder
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -125,7 +125,7 @@ class Engine:
             return
         async with self._responder_lock:
             if self._responder is None:
-                self._responder = await start_responder(build_app(self.challenges), self.http_bind)
+                self._responder = await start_responder(default_routes(self.challenges), self.http_bind)
 
     async def close(self) -> None:
         if self._responder is not None:
@@ -191,7 +191,9 @@ class Engine:
             has_ari = window is not None
             replaces = usable.info.ari_id if usable is not None and usable.info and has_ari else None
             log.info("ordering %s (%s)", " ".join(spec.names), decision.reason if decision.due else "forced")
-            issued = await self._in_thread(self._client().order, spec, key_pem, self.challenges, replaces=replaces)
+            issued = await self._in_thread(
+                lambda: self._client().order(spec, key_pem, self.challenges, replaces=replaces)
+            )
             check_replacement(issued, spec.names, None if self.force else usable)
             changed = await self._in_thread(self.store.save, lineage, issued, self._meta(spec, issued, replaces))
             after = plan(spec, StoredCert.parse(issued.key_pem, issued.cert_pem, issued.chain_pem, {}), _now())

@@ -89,5 +89,7 @@ def plan(
         return Plan(False, "before the CA's renewal window (ARI)", renew_at, next_check)
     renew_at = backstop_renewal(info.not_before, info.not_after, info.fingerprint)
     if now >= renew_at:
-        return due("less than 1/3 of its lifetime left" if info.lifetime >= SHORT_LIFETIME else "half its lifetime used")
+        return due(
+            "less than 1/3 of its lifetime left" if info.lifetime >= SHORT_LIFETIME else "half its lifetime used"
+        )
     return Plan(False, "still good", renew_at, min(renew_at, now + MAX_CHECK_INTERVAL))

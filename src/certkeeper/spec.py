@@ -51,9 +51,7 @@ def normalize_name(raw: str, *, allow_wildcard: bool = False) -> str:
     except ValueError:
         pass
     else:
-        raise ConfigError(
-            f"{raw!r} is an IP address", "certkeeper issues certificates for DNS names; give a host name"
-        )
+        raise ConfigError(f"{raw!r} is an IP address", "certkeeper issues certificates for DNS names; give a host name")
     if not name.isascii():
         try:
             name = name.encode("idna").decode("ascii")

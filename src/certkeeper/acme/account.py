@@ -7,10 +7,10 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-import josepy as jose
 from acme import client as acme_client
 from acme import errors as acme_errors
 from acme import messages
+from josepy.jwk import JWK, JWKEC, JWKRSA
 
 from certkeeper.acme.network import make_network
 from certkeeper.acme.problems import translate
@@ -30,17 +30,17 @@ class Account:
     def __repr__(self) -> str:  # the key must never reach a log line
         return f"Account(directory_url={self.directory_url!r}, url={self.url!r})"
 
-    def jwk(self) -> jose.JWK:
+    def jwk(self) -> JWK:
         return jwk_from_pem(self.key_pem)
 
 
-def jwk_from_pem(key_pem: bytes) -> jose.JWK:
+def jwk_from_pem(key_pem: bytes) -> JWK:
     key = load_key(key_pem)
     from cryptography.hazmat.primitives.asymmetric import ec
 
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        return jose.JWKEC(key=key)
-    return jose.JWKRSA(key=key)
+        return JWKEC(key=key)
+    return JWKRSA(key=key)
 
 
 def account_id(directory_url: str) -> str:

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import josepy as jose
 import requests
 from acme import challenges, messages
 from acme import client as acme_client
+from josepy.json_util import field
 
 from certkeeper.acme.account import Account, fetch_directory
 from certkeeper.acme.network import make_network
@@ -38,7 +38,7 @@ MAX_RETRY_AFTER_S = 600.0
 class NewOrder(messages.NewOrder):
     """RFC 9773 §5: ``replaces`` names the certificate this order renews (exempts it from LE's limits)."""
 
-    replaces: str | None = jose.field("replaces", omitempty=True)
+    replaces: str | None = field("replaces", omitempty=True)
 
 
 class ChallengeSink(Protocol):
@@ -131,7 +131,8 @@ class AcmeClient:
         if profile not in offered:
             choices = ", ".join(sorted(offered)) or "none"
             raise ConfigError(
-                f"the CA does not offer the profile {profile!r}", f"choose one it offers ({choices}) or drop --profile"
+                f"the CA does not offer the profile {profile!r}",
+                f"choose one it offers ({choices}) or drop --profile",
             )
 
     def _new_order(self, spec: CertSpec, replaces: str | None) -> tuple[str, dict[str, Any]]:
@@ -162,7 +163,10 @@ class AcmeClient:
                 tokens.append(token)
                 self._post(challb.uri, challb.chall.response(self.jwk))
                 return authz_url
-        raise CAError(f"the CA offers no HTTP-01 challenge for {authz.identifier.value}", "use another validation method")
+        raise CAError(
+            f"the CA offers no HTTP-01 challenge for {authz.identifier.value}",
+            "use another validation method",
+        )
 
     def order(
         self,
@@ -246,5 +250,6 @@ class AcmeClient:
 def _authz_error(body: dict[str, Any]) -> messages.Error | CAError:
     for chall in body.get("challenges", []):
         if chall.get("error"):
-            return messages.Error.from_json(chall["error"])
+            problem: messages.Error = messages.Error.from_json(chall["error"])
+            return problem
     return CAError(f"authorization for {body.get('identifier', {}).get('value')} is {body.get('status')}")

@@ -59,8 +59,9 @@ def make_network(key: Any, ca_bundle: str | None, timeout: int = 30) -> Network:
 
 
 def _alg_for(key: Any) -> Any:
-    import josepy as jose
+    from josepy.jwa import ES256, ES384, RS256
+    from josepy.jwk import JWKEC
 
-    if isinstance(key, jose.JWKEC):
-        return {"P-256": jose.ES256, "P-384": jose.ES384}[key.fields_to_partial_json()["crv"]]
-    return jose.RS256
+    if isinstance(key, JWKEC):
+        return {"P-256": ES256, "P-384": ES384}[key.fields_to_partial_json()["crv"]]
+    return RS256

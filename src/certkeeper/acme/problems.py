@@ -38,9 +38,7 @@ def from_problem(error: messages.Error, names: tuple[str, ...] = ()) -> CAError:
     hint = hint.replace("NAME", names[0] if names else "the name")
     sub = ""
     if error.subproblems:
-        sub = "; " + "; ".join(
-            f"{p.identifier.value if p.identifier else '?'}: {p.detail}" for p in error.subproblems
-        )
+        sub = "; " + "; ".join(f"{p.identifier.value if p.identifier else '?'}: {p.detail}" for p in error.subproblems)
     detail = (error.detail or error.description or kind).replace("\n", " ")
     return CAError(f"CA error {kind}: {detail}{sub}", hint, acme_type=kind)
 
@@ -52,12 +50,11 @@ def translate(error: Exception, names: tuple[str, ...] = ()) -> CertkeeperError:
     if isinstance(error, messages.Error):
         return from_problem(error, names)
     if isinstance(error, acme_errors.ValidationError):
-        problems = []
         for authzr in error.failed_authzrs:
             for chall in authzr.body.challenges:
                 if chall.error is not None:
                     return from_problem(chall.error, (authzr.body.identifier.value,))
-        return CAError("validation failed: " + "; ".join(problems))
+        return CAError("validation failed without a reason from the CA")
     if isinstance(error, acme_errors.TimeoutError):
         return CAError("the CA did not finish the order in time", "try again later; check the CA's status page")
     return CAError(f"ACME error: {type(error).__name__}: {error}".replace("\n", " "))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 import threading
 
-from aiohttp import web
-
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 # RFC 8555 §8.3: the token is base64url without padding; CAs send 43 characters (256 bits).
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")
@@ -38,14 +36,16 @@ class ChallengeStore:
             return len(self._tokens)
 
 
-def challenge_handler(store: ChallengeStore) -> web.RequestHandler:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        # Match on the raw path so that percent-encoded slashes or dots cannot smuggle anything.
-        raw = request.raw_path.split("?", 1)[0]
-        token = raw[len(CHALLENGE_PREFIX) :] if raw.startswith(CHALLENGE_PREFIX) else ""
-        value = store.get(token) if TOKEN_RE.fullmatch(token) else None
-        if value is None:
-            return web.Response(status=404, text="no such challenge\n")
-        return web.Response(text=value, content_type="application/octet-stream")
+def challenge_response(store: ChallengeStore, raw_path: str) -> tuple[int, str] | None:
+    """(status, body) for a challenge path, or None if the path is not under the challenge prefix.
 
-    return handle
+    Matching is on the raw request path: a percent-encoded slash or dot is just an invalid token.
+    """
+    path = raw_path.split("?", 1)[0]
+    if not path.startswith(CHALLENGE_PREFIX):
+        return None
+    token = path[len(CHALLENGE_PREFIX) :]
+    value = store.get(token) if TOKEN_RE.fullmatch(token) else None
+    if value is None:
+        return 404, "no such challenge\n"
+    return 200, value

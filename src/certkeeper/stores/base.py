@@ -60,9 +60,16 @@ def check_replacement(new: IssuedCert, names: tuple[str, ...], old: StoredCert |
     missing = set(names) - set(new.info.names)
     if missing:
         raise CertkeeperError(f"refusing to store a certificate that lacks {', '.join(sorted(missing))}")
-    if old is not None and old.info is not None and old.problem is None and old.info.not_after > now:
-        if new.info.not_after < old.info.not_after and set(old.info.names) >= set(new.info.names) and not (
-            set(names) - set(old.info.names)
-        ):
-            # The stored one covers the same names for longer: keep it.
-            raise CertkeeperError("refusing to replace a certificate with one that expires sooner")
+    usable_old = old is not None and old.info is not None and old.problem is None and old.info.not_after > now
+    if (
+        usable_old
+        and old
+        and old.info
+        and (
+            new.info.not_after < old.info.not_after
+            and set(old.info.names) >= set(new.info.names)
+            and not (set(names) - set(old.info.names))
+        )
+    ):
+        # The stored one covers the same names for longer: keep it.
+        raise CertkeeperError("refusing to replace a certificate with one that expires sooner")

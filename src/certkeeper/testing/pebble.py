@@ -80,9 +80,7 @@ def make_tls_files(directory: Path, names: tuple[str, ...] = ("localhost",)) -> 
     files.ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     files.cert_pem.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
     files.key_pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     os.chmod(files.key_pem, 0o600)
     return files

@@ -1,0 +1,1 @@
+"""The store-based sub-commands: issue, renew, status."""

@@ -1,0 +1,133 @@
+"""What issue and renew share: store location, the engine run with progress, and the report."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from certkeeper.clikit import option
+from certkeeper.engine import Engine, Outcome
+from certkeeper.spec import CertSpec, IssuerSpec
+from certkeeper.stores.files import FileStore
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def default_store() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/certkeeper"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(base, "certkeeper")
+
+
+def store_option(fn: F) -> F:
+    return option(
+        "--store",
+        type=click.Path(file_okay=False),
+        default=default_store,
+        show_default="/var/lib/certkeeper as root, else ~/.local/share/certkeeper",
+        help="Directory holding certificates, keys and the ACME account.",
+    )(fn)
+
+
+def engine_options(fn: F) -> F:
+    decorators = [
+        option("--ca-bundle", type=click.Path(exists=True, dir_okay=False),
+               help="PEM file to trust for the CA's own HTTPS (a private CA such as Pebble)."),
+        option("--http-bind", default="0.0.0.0:80", show_default=True,
+               help="HOST:PORT where the HTTP-01 responder listens while ordering."),
+        option("--deploy-hook", metavar="CMD",
+               help="Shell command run after a certificate changed (RENEWED_LINEAGE, RENEWED_DOMAINS set)."),
+        option("--concurrency", type=click.IntRange(1, 64), default=16, show_default=True,
+               help="Certificates ordered at once."),
+        option("--force", is_flag=True, help="Order even if the stored certificate is still good."),
+        option("-v", "--verbose", count=True, help="More log output (-vv for debug)."),
+    ]  # fmt: skip
+    for decorator in reversed(decorators):
+        fn = decorator(fn)
+    return fn
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="certkeeper: %(levelname)s: %(message)s", stream=sys.stderr)
+    # The ACME library logs whole JWS bodies at debug level; keep it quiet unless asked for twice.
+    logging.getLogger("acme").setLevel(logging.DEBUG if verbose > 2 else logging.WARNING)
+
+
+def run_engine(
+    issuer: IssuerSpec,
+    store: FileStore,
+    specs: list[CertSpec],
+    *,
+    http_bind: str,
+    concurrency: int,
+    deploy_hook: str | None,
+    force: bool,
+) -> list[Outcome]:
+    """Run the engine, with a progress bar when several certificates go to a terminal."""
+    show_progress = len(specs) > 1 and sys.stderr.isatty()
+
+    async def go() -> list[Outcome]:
+        engine = Engine(issuer, store, http_bind=http_bind, concurrency=concurrency,
+                        deploy_hook=deploy_hook, force=force)  # fmt: skip
+        try:
+            if not show_progress:
+                return await engine.run(specs)
+            from rich.progress import Progress
+
+            with Progress(transient=True) as progress:
+                task = progress.add_task("certificates", total=len(specs))
+                return await engine.run(specs, lambda _: progress.advance(task))
+        finally:
+            await engine.close()
+
+    return asyncio.run(go())
+
+
+def _when(value: datetime.datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value else "-"
+
+
+def report(outcomes: list[Outcome], store: FileStore) -> int:
+    """One line per certificate (a table for many); failures on stderr. Returns the exit code."""
+    failed = [o for o in outcomes if not o.ok]
+    if len(outcomes) == 1 and not failed:
+        o = outcomes[0]
+        names = " ".join(o.spec.names)
+        if o.status == "unchanged":
+            click.echo(f"{names}: still good until {_when(o.info.not_after if o.info else None)} "
+                       f"({o.detail}); next check {_when(o.next_check)}")  # fmt: skip
+        else:
+            assert o.info is not None
+            click.echo(f"{o.status} {names}: serial {o.info.serial}, expires {_when(o.info.not_after)}, "
+                       f"stored in {Path(store.location(o.spec.lineage))}")  # fmt: skip
+    elif len(outcomes) > 1:
+        summary_table(outcomes)
+    for o in failed:
+        click.echo(f"certkeeper: error: {' '.join(o.spec.names)}: {o.detail}", err=True)
+    return 1 if failed else 0
+
+
+def summary_table(outcomes: list[Outcome]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    table = Table(title="certkeeper: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    for column in ("names", "result", "expires", "seconds"):
+        table.add_column(column)
+    for o in outcomes:
+        table.add_row(" ".join(o.spec.names), o.status, _when(o.info.not_after if o.info else None),
+                      f"{o.seconds:.2f}")  # fmt: skip
+    Console(width=max(100, Console().width)).print(table)

@@ -1,0 +1,103 @@
+"""``certkeeper issue``: one certificate for NAMES, or many from --file."""
+
+from __future__ import annotations
+
+import click
+
+from certkeeper.clikit import fail, option
+from certkeeper.commands.common import engine_options, report, run_engine, setup_logging, store_option
+from certkeeper.errors import CertkeeperError
+from certkeeper.spec import LETSENCRYPT, CertSpec, IssuerSpec, KeyType, normalize_names, resolve_server
+from certkeeper.stores.files import FileStore
+
+
+def read_name_file(path: str) -> list[list[str]]:
+    """One certificate per line, names separated by spaces; blank lines and # comments skipped."""
+    lines = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            text = line.split("#", 1)[0].strip()
+            if text:
+                lines.append((number, text.split()))
+    specs = []
+    for number, names in lines:
+        try:
+            normalize_names(names)
+        except CertkeeperError as error:
+            raise CertkeeperError(f"{path}, line {number}: {error}") from None
+        specs.append(names)
+    return specs
+
+
+@click.command()
+@click.argument("names", nargs=-1)
+@option(
+    "--file",
+    "name_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Many certificates: one per line, names separated by spaces.",
+)
+@option(
+    "--server",
+    default=LETSENCRYPT,
+    show_default="Let's Encrypt production",
+    help="ACME directory URL, or letsencrypt / letsencrypt-staging.",
+)
+@option("--email", help="Contact address for the ACME account.")
+@store_option
+@option(
+    "--key-type",
+    default="ec-p256",
+    show_default=True,
+    help="ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096.",
+)
+@option("--reuse-key", is_flag=True, help="Keep the previous private key when renewing.")
+@option("--profile", help="ACME profile to request (e.g. tlsserver, shortlived), if the CA offers it.")
+@option(
+    "--preferred-chain",
+    metavar="ISSUER_CN",
+    help="Pick the alternate chain whose top certificate is issued by this name.",
+)
+@option("--eab-kid", help="External Account Binding key id (CAs that require it).")
+@option("--eab-hmac-key", help="External Account Binding HMAC key, base64url.")
+@engine_options
+def issue(
+    names: tuple[str, ...],
+    name_file: str | None,
+    server: str,
+    email: str | None,
+    store: str,
+    key_type: str,
+    reuse_key: bool,
+    profile: str | None,
+    preferred_chain: str | None,
+    eab_kid: str | None,
+    eab_hmac_key: str | None,
+    ca_bundle: str | None,
+    http_bind: str,
+    deploy_hook: str | None,
+    concurrency: int,
+    force: bool,
+    verbose: int,
+) -> None:
+    """Issue a certificate for NAMES (the first names it), or one per line of --file.
+
+    A certificate that is still good is left alone unless --force is given.
+    """
+    setup_logging(verbose)
+    try:
+        if name_file and names:
+            raise CertkeeperError("give NAMES or --file, not both")
+        groups = read_name_file(name_file) if name_file else [list(names)]
+        kt = KeyType.parse(key_type)
+        specs = [CertSpec(normalize_names(g), kt, reuse_key, profile or None, preferred_chain or None) for g in groups]
+        issuer = IssuerSpec(resolve_server(server), email or None, eab_kid or None, eab_hmac_key or None, ca_bundle)
+        from certkeeper.web import parse_bind
+
+        parse_bind(http_bind)
+    except CertkeeperError as error:
+        fail(str(error))
+        return
+    outcomes = run_engine(issuer, FileStore(store), specs, http_bind=http_bind, concurrency=concurrency,
+                          deploy_hook=deploy_hook, force=force)  # fmt: skip
+    raise SystemExit(report(outcomes, FileStore(store)))
