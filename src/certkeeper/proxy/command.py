@@ -1,0 +1,47 @@
+"""``certkeeper proxy``: configured by the environment of the seed's nginx-ssl-proxy (see docs/proxy.md)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from certkeeper.errors import ConfigError
+from certkeeper.proxy.render import RunPaths, render
+from certkeeper.proxy.settings import ConfigErrors, load_settings
+from certkeeper.proxy.supervisor import Supervisor
+
+
+def _fail(error: ConfigError) -> None:
+    problems = error.problems if isinstance(error, ConfigErrors) else [error]
+    for problem in problems:
+        click.echo(f"certkeeper: error: {problem}", err=True)
+    raise SystemExit(2)
+
+
+@click.command()
+@click.option(
+    "--print-config",
+    is_flag=True,
+    help="Print the nginx configuration the environment yields (as if a certificate were present) and exit.",
+)
+def proxy(print_config: bool) -> None:
+    """Run nginx as a TLS-terminating proxy that hot-reloads certificates.
+
+    Configured by environment variables, those of nginx-ssl-proxy (ENABLE_SSL, TARGET_SERVICE,
+    CERT_SERVICE, SERVER_NAME, WEB_SOCKETS, ENABLE_BASIC_AUTH, *_ENV_NAME) plus SECRETS_DIR, HTTP_PORT,
+    HTTPS_PORT, HSTS, LISTEN_ADDRESS, RUN_DIR, ACCESS_LOG, NGINX_BIN, NGINX_USER, CERT_POLL_SECONDS.
+    """
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="certkeeper proxy: %(message)s")
+    try:
+        settings = load_settings()
+        if print_config:
+            click.echo(render(settings, RunPaths(settings.run_dir), has_cert=True, dhparam=False), nl=False)
+            return
+        supervisor = Supervisor(settings)
+        supervisor.prepare()
+    except ConfigError as e:
+        _fail(e)
+        return
+    raise SystemExit(supervisor.run())
