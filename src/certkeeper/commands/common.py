@@ -104,8 +104,9 @@ def report(outcomes: list[Outcome], store: FileStore) -> int:
         o = outcomes[0]
         names = " ".join(o.spec.names)
         if o.status == "unchanged":
-            click.echo(f"{names}: still good until {_when(o.info.not_after if o.info else None)} "
-                       f"({o.detail}); next check {_when(o.next_check)}")  # fmt: skip
+            why = "" if o.detail == "still good" else f" ({o.detail})"
+            click.echo(f"{names}: still good until {_when(o.info.not_after if o.info else None)}{why}; "
+                       f"no order made; next check {_when(o.next_check)}")  # fmt: skip
         else:
             assert o.info is not None
             click.echo(f"{o.status} {names}: serial {o.info.serial}, expires {_when(o.info.not_after)}, "

@@ -53,7 +53,8 @@ def status(store: str, as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(title=f"certkeeper status: {store}")
-    for column in ("names", "key", "issuer", "expires", "days left", "renews", "last error"):
+    table.add_column("names", no_wrap=True)
+    for column in ("key", "issuer", "expires", "days left", "renews", "last error"):
         table.add_column(column, overflow="fold")
     for r in rows:
         table.add_row(
@@ -65,4 +66,4 @@ def status(store: str, as_json: bool) -> None:
             (r["renew_at"] or "-")[:16].replace("T", " "),
             r["last_error"] or r["problem"] or "",
         )
-    Console(width=max(120, Console().width)).print(table)
+    Console(width=max(160, Console().width)).print(table)
