@@ -103,7 +103,10 @@ def report(outcomes: list[Outcome], store: FileStore) -> int:
     if len(outcomes) == 1 and not failed:
         o = outcomes[0]
         names = " ".join(o.spec.names)
-        if o.status == "unchanged":
+        if o.status == "unchanged" and (o.info is None or "backing off" in o.detail):
+            click.echo(f"{names}: not ordered: {o.detail}; next attempt after {_when(o.next_check)} "
+                       "(--force tries now)")  # fmt: skip
+        elif o.status == "unchanged":
             why = "" if o.detail == "still good" else f" ({o.detail})"
             click.echo(f"{names}: still good until {_when(o.info.not_after if o.info else None)}{why}; "
                        f"no order made; next check {_when(o.next_check)}")  # fmt: skip

@@ -246,7 +246,7 @@ def _start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
-def _alive(record: ProcessRecord) -> bool:
+def is_alive(record: ProcessRecord) -> bool:
     return _start_ticks(record.pid) == record.start_ticks
 
 
@@ -254,7 +254,7 @@ def _stop_records(records: Sequence[ProcessRecord], children: dict[int, subproce
     """Stop in reverse start order: the stand-in and controllers first, etcd last."""
     for record in reversed(records):
         own = children.get(record.pid)
-        if (own is not None and own.poll() is not None) or (own is None and not _alive(record)):
+        if (own is not None and own.poll() is not None) or (own is None and not is_alive(record)):
             children.pop(record.pid, None)
             continue
         for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
@@ -268,7 +268,7 @@ def _stop_records(records: Sequence[ProcessRecord], children: dict[int, subproce
                 child = children.get(record.pid)
                 if child is not None and child.poll() is not None:
                     break
-                if child is None and not _alive(record):
+                if child is None and not is_alive(record):
                     break
                 time.sleep(0.05)
             else:

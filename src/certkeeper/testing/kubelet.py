@@ -174,8 +174,9 @@ class Kubelet:
                     Pod, namespace="*", fields={"spec.nodeName": self.node_name}
                 ):
                     self.handle(kind, pod)
-            except (ApiError, OSError) as exc:
-                # A fresh watch replays every pod as ADDED, so nothing is missed across the gap.
+            except Exception as exc:
+                # Whatever broke the stream (410 Gone, a dropped connection), a fresh watch replays
+                # every pod as ADDED, so nothing is missed across the gap.
                 log.warning("pod watch ended (%s); watching again", exc)
                 await asyncio.sleep(0.5)
 
