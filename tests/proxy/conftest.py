@@ -1,0 +1,178 @@
+"""Fixtures for the proxy tests: real nginx (through ``certkeeper proxy``), real aiohttp backends, a local CA."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp import WSMsgType, web
+from proxy_helpers import LocalCA, wait_for
+
+CERTKEEPER = str(Path(sys.executable).parent / "certkeeper")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _echo(request: web.Request) -> web.StreamResponse:
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                await ws.send_str(f"echo: {message.data}")
+        return ws
+    return web.json_response({"path": request.path_qs, "headers": dict(request.headers)})
+
+
+async def _challenge(request: web.Request) -> web.Response:
+    return web.Response(text=f"challenge answer for {request.match_info['token']}")
+
+
+class Servers:
+    """aiohttp apps on a private event loop in a thread, for the life of the test session."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.runners: list[web.AppRunner] = []
+
+    def serve(self, app: web.Application) -> int:
+        return asyncio.run_coroutine_threadsafe(self._serve(app), self.loop).result(timeout=10)
+
+    async def _serve(self, app: web.Application) -> int:
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self.runners.append(runner)
+        return int(runner.addresses[0][1])
+
+    def close(self) -> None:
+        for runner in self.runners:
+            asyncio.run_coroutine_threadsafe(runner.cleanup(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    s = Servers()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def backend_port(servers: Servers) -> int:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", _echo)
+    return servers.serve(app)
+
+
+@pytest.fixture(scope="session")
+def cert_service_port(servers: Servers) -> int:
+    app = web.Application()
+    app.router.add_get("/.well-known/acme-challenge/{token}", _challenge)
+    return servers.serve(app)
+
+
+@pytest.fixture(scope="session")
+def ca() -> LocalCA:
+    return LocalCA()
+
+
+@pytest.fixture
+def world_dir() -> Iterator[Path]:
+    """A tmp dir nginx's unprivileged workers can traverse (pytest's own tmp dirs are 0700 to root)."""
+    path = Path(tempfile.mkdtemp(prefix="ckproxy-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def secrets_dir(world_dir: Path) -> Path:
+    path = world_dir / "secrets"
+    path.mkdir(mode=0o755)
+    return path
+
+
+@dataclass
+class RunningProxy:
+    process: subprocess.Popen[bytes]
+    http_port: int
+    https_port: int
+    run_dir: Path
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def master_pid(self) -> int:
+        return int((self.run_dir / "nginx.pid").read_text())
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=15)
+
+
+def run_certkeeper_proxy(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin", **env}
+    with log_path.open("ab") as log:
+        return subprocess.Popen([CERTKEEPER, "proxy"], env=full_env, stdout=log, stderr=subprocess.STDOUT)
+
+
+StartProxy = Callable[..., RunningProxy]
+
+
+@pytest.fixture
+def start_proxy(world_dir: Path, secrets_dir: Path, backend_port: int) -> Iterator[StartProxy]:
+    """Start ``certkeeper proxy`` on free loopback ports; wait until its HTTP port answers."""
+    started: list[RunningProxy] = []
+
+    def start(**env: str) -> RunningProxy:
+        http_port, https_port = free_port(), free_port()
+        run_dir = world_dir / f"run{len(started)}"
+        base = {
+            "TARGET_SERVICE": f"127.0.0.1:{backend_port}",
+            "SECRETS_DIR": str(secrets_dir),
+            "RUN_DIR": str(run_dir),
+            "HTTP_PORT": str(http_port),
+            "HTTPS_PORT": str(https_port),
+            "LISTEN_ADDRESS": "127.0.0.1",
+            "ACCESS_LOG": "off",
+            "CERT_POLL_SECONDS": "0.2",
+        }
+        log_path = world_dir / f"proxy{len(started)}.log"
+        process = run_certkeeper_proxy({**base, **env}, log_path)
+        proxy = RunningProxy(process, http_port, https_port, run_dir, log_path)
+        started.append(proxy)
+
+        def listening() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"certkeeper proxy exited {process.returncode}:\n{proxy.log()}")
+            with socket.create_connection(("127.0.0.1", http_port), timeout=1):
+                return True
+
+        wait_for(listening, 15, "certkeeper proxy listening on its HTTP port")
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()

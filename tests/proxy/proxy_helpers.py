@@ -1,0 +1,160 @@
+"""Test-side tools for the proxy: a small local CA, Secret-like directories, an HTTPS client."""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.client
+import os
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+HOST = "proxy.test"
+
+
+@dataclass(frozen=True)
+class Issued:
+    chain_pem: bytes
+    key_pem: bytes = field(repr=False)
+    serial: int
+
+
+class LocalCA:
+    def __init__(self) -> None:
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certkeeper proxy test CA")])
+        now = dt.datetime.now(dt.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self._key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self._key, hashes.SHA256())
+        )
+        self.pem = self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def issue(self, names: tuple[str, ...] = (HOST,), *, expired: bool = False) -> Issued:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        end = now - dt.timedelta(hours=1) if expired else now + dt.timedelta(days=1)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(end)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+            .sign(self._key, hashes.SHA256())
+        )
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        chain = cert.public_bytes(serialization.Encoding.PEM) + self.pem
+        return Issued(chain, key_pem, cert.serial_number)
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cadata=self.pem.decode())
+
+
+def write_plain(secrets: Path, cert: bytes, key: bytes, names: tuple[str, str] = ("proxycert", "proxykey")) -> None:
+    """Plain in-place writes, as a hand-run script or a hostPath volume would do them."""
+    (secrets / names[0]).write_bytes(cert)
+    key_path = secrets / names[1]
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(key)
+
+
+def write_secret_volume(secrets: Path, files: dict[str, bytes]) -> None:
+    """What the kubelet does for a mounted Secret: a new ``..<ts>`` dir, then an atomic ``..data`` swap."""
+    version = secrets / f"..{time.time_ns()}"
+    version.mkdir(mode=0o755)
+    for name, data in files.items():
+        (version / name).write_bytes(data)
+    old = os.readlink(secrets / "..data") if (secrets / "..data").is_symlink() else None
+    tmp = secrets / "..data_tmp"
+    tmp.symlink_to(version.name)
+    os.replace(tmp, secrets / "..data")
+    for name in files:
+        link = secrets / name
+        if not link.is_symlink():
+            link.symlink_to(f"..data/{name}")
+    if old is not None:
+        for stale in (secrets / old).iterdir():
+            stale.unlink()
+        (secrets / old).rmdir()
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    serial: int
+    tls_version: str
+    alpn: str | None
+
+
+def https_get(
+    port: int,
+    context: ssl.SSLContext,
+    path: str = "/",
+    headers: dict[str, str] | None = None,
+    alpn: list[str] | None = None,
+) -> Reply:
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with context.wrap_socket(raw, server_hostname=HOST) as tls:
+        peer = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True) or b"")
+        version, chosen = tls.version() or "", tls.selected_alpn_protocol()
+        if chosen == "h2":
+            return Reply(0, {}, b"", peer.serial_number, version, chosen)
+        lines = [f"GET {path} HTTP/1.1", f"Host: {HOST}", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        tls.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        response = http.client.HTTPResponse(tls)  # type: ignore[arg-type]
+        response.begin()
+        body = response.read()
+        reply_headers = {k.lower(): v for k, v in response.getheaders()}
+        return Reply(response.status, reply_headers, body, peer.serial_number, version, chosen)
+
+
+def http_get(port: int, path: str = "/", headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Host": HOST, **(headers or {})})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    """Generous bounded wait for something a user would see happen; not a timing assertion."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except (OSError, ssl.SSLError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"not within {seconds} s: {what}")
+
+
+def served_serial(port: int, context: ssl.SSLContext) -> int:
+    return https_get(port, context).serial
