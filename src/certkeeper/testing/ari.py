@@ -1,0 +1,206 @@
+"""A small ACME front for tests: Pebble plus ACME Renewal Information (RFC 9773).
+
+Pebble 2.4 has no ARI. ``AcmeFront`` listens over HTTPS on loopback and reverse-proxies every
+request to Pebble unchanged, keeping the ``Host`` header so that Pebble builds all its URLs (and
+checks every JWS ``url``) against the front. It adds ``renewalInfo`` to the directory, answers
+``GET /renewal-info/<certid>`` with a window the test sets, and records what clients sent: every
+request line, every ``newOrder`` payload (to assert ``replaces``) and every renewal-info query.
+
+The front runs its own event loop on a background thread; the test drives a client (typically the
+``certkeeper`` command in a subprocess) against ``front.directory_url`` with ``front.ca_bundle``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import json
+import ssl
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from certkeeper.testing.pebble import Pebble
+
+RENEWAL_INFO_PATH = "/renewal-info"
+RETRY_AFTER_S = 21600
+# Hop-by-hop and framing headers that each side sets for itself.
+_DROP_REQUEST = {"connection", "keep-alive", "transfer-encoding", "content-length", "accept-encoding", "te"}
+_DROP_RESPONSE = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
+
+
+def _b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _rfc3339(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class AcmeFront:
+    """A running front. Set ``window`` to decide what renewal-info answers."""
+
+    pebble: Pebble
+    port: int = 0
+    # The suggested renewal window served for every certificate (start, end).
+    window: tuple[datetime.datetime, datetime.datetime] | None = None
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) as received
+    orders: list[dict[str, Any]] = field(default_factory=list)  # decoded newOrder JWS payloads
+    renewal_info_queries: list[str] = field(default_factory=list)  # certificate ids asked about
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+    _runner: web.AppRunner | None = None
+    _session: aiohttp.ClientSession | None = None
+    _new_order_path: str = ""
+
+    @property
+    def directory_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}{urlsplit(self.pebble.directory_url).path}"
+
+    @property
+    def ca_bundle(self) -> Path:
+        """The front serves Pebble's own TLS certificate: trust the same anchor."""
+        return self.pebble.ca_bundle
+
+    @property
+    def http_port(self) -> int:
+        """Where Pebble's HTTP-01 validation connects (unchanged by the front)."""
+        return self.pebble.http_port
+
+    # -- what the test controls and reads ------------------------------------------------------
+
+    def set_window(self, start: datetime.datetime, end: datetime.datetime) -> None:
+        with self._lock:
+            self.window = (start, end)
+
+    def window_in_past(self) -> None:
+        """Renewal is due now: the window ended a day ago."""
+        now = datetime.datetime.now(datetime.UTC)
+        self.set_window(now - datetime.timedelta(days=2), now - datetime.timedelta(days=1))
+
+    def window_in_future(self) -> None:
+        """Renewal is not due: the window opens in 30 days."""
+        now = datetime.datetime.now(datetime.UTC)
+        self.set_window(now + datetime.timedelta(days=30), now + datetime.timedelta(days=31))
+
+    def reset(self) -> None:
+        """Forget recorded traffic; the window goes back to 'in the future'."""
+        with self._lock:
+            self.requests.clear()
+            self.orders.clear()
+            self.renewal_info_queries.clear()
+        self.window_in_future()
+
+    def recorded_orders(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.orders)
+
+    def recorded_requests(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self.requests)
+
+    def recorded_renewal_info_queries(self) -> list[str]:
+        with self._lock:
+            return list(self.renewal_info_queries)
+
+    # -- the server ----------------------------------------------------------------------------
+
+    def _upstream(self) -> str:
+        parts = urlsplit(self.pebble.directory_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    async def _renewal_info(self, request: web.Request) -> web.Response:
+        cert_id = request.match_info["cert_id"]
+        with self._lock:
+            self.requests.append((request.method, request.path_qs))
+            self.renewal_info_queries.append(cert_id)
+            window = self.window
+        if window is None or "." not in cert_id:
+            return web.json_response({"type": "urn:ietf:params:acme:error:malformed"}, status=404)
+        body = {"suggestedWindow": {"start": _rfc3339(window[0]), "end": _rfc3339(window[1])}}
+        return web.json_response(body, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    async def _proxy(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        with self._lock:
+            self.requests.append((request.method, request.path_qs))
+            if request.method == "POST" and request.path == self._new_order_path:
+                try:
+                    self.orders.append(json.loads(_b64url_decode(json.loads(body)["payload"])))
+                except (ValueError, KeyError, TypeError):
+                    self.orders.append({"unreadable": body.decode("latin-1")})
+        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST)
+        headers["Host"] = request.host
+        headers["Accept-Encoding"] = "identity"
+        assert self._session is not None
+        async with self._session.request(
+            request.method,
+            self._upstream() + request.path_qs,
+            headers=headers,
+            data=body if body else None,
+            allow_redirects=False,
+        ) as upstream:
+            payload = await upstream.read()
+            out = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE)
+            if request.method == "GET" and request.path == urlsplit(self.pebble.directory_url).path:
+                directory = json.loads(payload)
+                directory["renewalInfo"] = f"https://{request.host}{RENEWAL_INFO_PATH}"
+                payload = json.dumps(directory).encode()
+            return web.Response(status=upstream.status, body=payload, headers=out)
+
+    async def _start(self) -> None:
+        upstream_tls = ssl.create_default_context(cafile=str(self.pebble.ca_bundle))
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=upstream_tls))
+        async with self._session.get(self.pebble.directory_url) as response:
+            directory = await response.json()
+        self._new_order_path = urlsplit(directory["newOrder"]).path
+        app = web.Application()
+        app.router.add_get(RENEWAL_INFO_PATH + "/{cert_id}", self._renewal_info)
+        app.router.add_route("*", "/{tail:.*}", self._proxy)
+        serving_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        serving_tls.load_cert_chain(str(self.pebble.tls.cert_pem), str(self.pebble.tls.key_pem))
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=serving_tls)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    def stop(self) -> None:
+        if self._loop is None or self._thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+        self._loop = None
+
+
+def start_front(pebble: Pebble) -> AcmeFront:
+    """Start an ARI front for a running Pebble; stop it with ``AcmeFront.stop()``."""
+    front = AcmeFront(pebble=pebble)
+    front.window_in_future()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="acme-front", daemon=True)
+    thread.start()
+    front._loop, front._thread = loop, thread
+    try:
+        asyncio.run_coroutine_threadsafe(front._start(), loop).result(timeout=10)
+    except BaseException:
+        front.stop()
+        raise
+    return front
