@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 
@@ -42,7 +43,7 @@ class Nginx:
 def _first_complaint(output: str) -> str:
     for line in output.splitlines():
         if "[emerg]" in line or "[alert]" in line or "[crit]" in line:
-            return line.split("] ", 1)[-1].strip()
+            return re.sub(r"^\d+#\d+: ", "", line.split("] ", 1)[-1].strip())
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     return lines[0] if lines else "no message"
 
