@@ -1,0 +1,283 @@
+"""The long-running loop behind ``certkeeper run``: serve HTTP-01, check, store, roll, sleep."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import os
+import signal
+import threading
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import httpx2
+from lightkube import Client, KubeConfig
+from lightkube.core.exceptions import ConfigError as KubeConfigError
+from lightkube.resources.core_v1 import Secret
+
+from certkeeper.engine import Engine, Outcome
+from certkeeper.errors import CertkeeperError, ConfigError
+from certkeeper.kube.config import RunConfig
+from certkeeper.kube.events import Recorder
+from certkeeper.kube.rollout import RolloutResult, restart_rc, restart_workload
+from certkeeper.kube.secret_store import SecretStore, digest_of
+from certkeeper.solvers.http01 import ChallengeStore
+from certkeeper.web import Responder, default_routes, start_responder
+
+log = logging.getLogger("certkeeper.run")
+T = TypeVar("T")
+API_BACKOFF_S = (1, 2, 4, 8, 15, 30)
+# When the engine gives no time to try again (e.g. the CA's directory was unreachable).
+FAILURE_BACKOFF_S = (10, 30, 60, 300, 900)
+API_TIMEOUT_S = 10.0
+MAX_SLEEP = datetime.timedelta(hours=12)
+
+
+def load_kubeconfig() -> KubeConfig:
+    """KUBECONFIG when set, else the pod's ServiceAccount, else ~/.kube/config."""
+    path = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+    try:
+        if path:
+            return KubeConfig.from_file(path)
+        return KubeConfig.from_env()
+    except (KubeConfigError, OSError, ValueError) as error:
+        where = f"KUBECONFIG {path}" if path else "the in-cluster ServiceAccount or ~/.kube/config"
+        raise ConfigError(
+            f"cannot load Kubernetes credentials from {where} ({error})",
+            "run in a pod with a ServiceAccount, or set KUBECONFIG",
+        ) from None
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _when(moment: datetime.datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
+
+
+class Controller:
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.kubeconfig = load_kubeconfig()
+        current = self.kubeconfig.get()
+        self.server = current.cluster.server if current is not None else "?"
+        timeout = httpx2.Timeout(API_TIMEOUT_S)
+        self.client = Client(self.kubeconfig, namespace=config.namespace, timeout=timeout, field_manager="certkeeper")
+        self.store = SecretStore(
+            self.client,
+            config.namespace,
+            config.secret_name,
+            secret_type=config.secret_type,
+            account_secret_name=config.account_secret_name,
+        )
+        self.events = Recorder(self.client, config.namespace)
+        self.challenges = ChallengeStore()
+        self.abandoned_work = False
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._responder: Responder | None = None
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but return early when stopping or woken (the Secret was deleted or edited)."""
+        stop = asyncio.ensure_future(self._stop.wait())
+        wake = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({stop, wake}, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            wake.cancel()
+
+    async def _unless_stopped(self, work: Awaitable[T]) -> tuple[bool, T | None]:
+        """Await ``work`` unless a stop arrives first; returns (finished, result)."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if task.done():
+            return True, task.result()
+        task.cancel()
+        self.abandoned_work = True
+        return False, None
+
+    def _request_stop(self, signame: str) -> None:
+        log.info("%s received: stopping", signame)
+        self._stop.set()
+
+    # -- start-up --------------------------------------------------------------------------------
+
+    async def _wait_for_api(self) -> bool:
+        """Retry reading the Secret until the API answers; False when asked to stop meanwhile."""
+        attempt = 0
+        while not self._stop.is_set():
+            attempt += 1
+            try:
+                await asyncio.to_thread(self.store._get, self.config.secret_name)
+                if attempt > 1:
+                    log.info("the Kubernetes API at %s answers now (attempt %d)", self.server, attempt)
+                return True
+            except CertkeeperError as error:
+                delay = API_BACKOFF_S[min(attempt, len(API_BACKOFF_S)) - 1]
+                log.error(
+                    "cannot reach the Kubernetes API at %s: %s; retrying in %d s (attempt %d)",
+                    self.server,
+                    error,
+                    delay,
+                    attempt,
+                )
+                await self._sleep(delay)
+        return False
+
+    def _watch_secret(self) -> None:
+        """Wake the loop when the Secret is deleted or its certificate is changed by someone else."""
+        client = Client(self.kubeconfig, namespace=self.config.namespace, timeout=httpx2.Timeout(330.0))
+        failures = 0
+        stopped = threading.Event()
+        while not self._stop.is_set():
+            try:
+                for kind, obj in client.watch(
+                    Secret,
+                    namespace=self.config.namespace,
+                    fields={"metadata.name": self.config.secret_name},
+                    server_timeout=300,
+                ):
+                    failures = 0
+                    changed = kind in ("ADDED", "MODIFIED") and digest_of(obj) != self.store.last_digest
+                    if kind == "DELETED" or changed:
+                        log.info(
+                            "Secret %s/%s was %s by someone else: checking it now",
+                            self.config.namespace,
+                            self.config.secret_name,
+                            "deleted" if kind == "DELETED" else "changed",
+                        )
+                        if self._loop is not None:
+                            self._loop.call_soon_threadsafe(self._wake.set)
+            except Exception as error:  # the watch is an optimisation: the loop still checks on schedule
+                failures += 1
+                log.debug("watching the Secret failed (%s); again in a moment", error)
+                stopped.wait(min(30, 2**failures))
+
+    # -- one check -------------------------------------------------------------------------------
+
+    def _report(self, outcome: Outcome) -> None:
+        names = " ".join(outcome.spec.names)
+        secret = f"{self.config.namespace}/{self.config.secret_name}"
+        if outcome.status in ("issued", "renewed"):
+            assert outcome.info is not None
+            text = (
+                f"{outcome.status} a certificate for {names}: serial {outcome.info.serial}, "
+                f"expires {_when(outcome.info.not_after)} ({outcome.detail})"
+            )
+            if outcome.changed:
+                log.info("%s; stored in Secret %s in %.1f s", text, secret, outcome.seconds)
+                self.events.emit("Secret", self.config.secret_name, outcome.status.capitalize(), text)
+            else:
+                log.info("%s; Secret %s already held it", text, secret)
+        elif outcome.status == "unchanged":
+            until = _when(outcome.info.not_after) if outcome.info else "-"
+            log.info(
+                "certificate for %s still good until %s (%s); next check %s",
+                names,
+                until,
+                outcome.detail,
+                _when(outcome.next_check),
+            )
+        else:
+            log.error(
+                "could not get a certificate for %s: %s; next try %s", names, outcome.detail, _when(outcome.next_check)
+            )
+            self.events.emit(
+                "Secret",
+                self.config.secret_name,
+                "Failed",
+                f"could not get a certificate for {names}: {outcome.detail}",
+                warning=True,
+            )
+
+    def _roll(self) -> list[RolloutResult]:
+        results: list[RolloutResult] = []
+        ns = self.config.namespace
+        for name in self.config.rc_names:
+            results.append(restart_rc(self.client, ns, name, self.config.rollout_timeout, self._stop.is_set))
+        for workload in self.config.workloads:
+            results.append(restart_workload(self.client, ns, workload))
+        for result in results:
+            if result.ok:
+                log.info("%s", result.message)
+                self.events.emit(
+                    result.kind,
+                    result.name,
+                    "Rolled",
+                    result.message,
+                    api_version="v1" if result.kind == "ReplicationController" else "apps/v1",
+                )
+            else:
+                log.error("%s; the certificate is stored in Secret %s/%s", result.message, ns, self.config.secret_name)
+                reason = "WorkloadMissing" if result.missing else "RolloutFailed"
+                # A missing object cannot carry the Event: put it on the Secret.
+                self.events.emit("Secret", self.config.secret_name, reason, result.message, warning=True)
+        return results
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    async def main(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(signum, self._request_stop, signal.Signals(signum).name)
+        for note in self.config.notes:
+            log.warning("%s", note)
+        self._responder = await start_responder(default_routes(self.challenges), self.config.http_bind)
+        log.info(
+            "serving HTTP-01 and health on %s; certificate for %s goes to Secret %s/%s",
+            self.config.http_bind,
+            " ".join(self.config.spec.names),
+            self.config.namespace,
+            self.config.secret_name,
+        )
+        engine = Engine(
+            self.config.issuer, self.store, http_bind=self.config.http_bind, concurrency=2, challenges=self.challenges
+        )
+        try:
+            if not await self._wait_for_api():
+                return 0
+            threading.Thread(target=self._watch_secret, name="secret-watch", daemon=True).start()
+            await self._loop_checks(engine)
+            return 0
+        finally:
+            await engine.close()
+            await self._responder.stop()
+            self.client.close()
+
+    async def _loop_checks(self, engine: Engine) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            self._wake.clear()
+            finished, outcomes = await self._unless_stopped(engine.run([self.config.spec]))
+            if not finished or outcomes is None:
+                return
+            outcome = outcomes[0]
+            self._report(outcome)
+            if outcome.changed:
+                finished, _ = await self._unless_stopped(asyncio.to_thread(self._roll))
+                if not finished:
+                    return
+            now = _now()
+            if outcome.ok:
+                failures = 0
+                wake_at = outcome.next_check or now + MAX_SLEEP
+            else:
+                failures += 1
+                delay = FAILURE_BACKOFF_S[min(failures, len(FAILURE_BACKOFF_S)) - 1]
+                fallback = now + datetime.timedelta(seconds=delay)
+                wake_at = outcome.next_check or fallback
+            wake_at = min(wake_at, now + MAX_SLEEP)
+            if self.config.cron is not None:
+                cron_at = self.config.cron.next_after(now)
+                if cron_at is not None and cron_at < wake_at:
+                    wake_at = cron_at
+                    log.info("next check at %s (CRON_FREQUENCY)", _when(wake_at))
+            await self._sleep(max(1.0, (wake_at - _now()).total_seconds()))

@@ -1,0 +1,306 @@
+"""A ``CertStore`` on one Kubernetes Secret, in the seed's layout, plus the ACME account in its own Secret.
+
+Data keys: ``proxycert`` (full chain), ``proxykey``, ``dhparam`` (RFC 7919 ffdhe2048), and the same
+certificate and key as ``tls.crt`` / ``tls.key`` (and ``tls.pem``: chain then key, as later seed images
+wrote) so that an Ingress can use the Secret too. Other data keys (an ``htpasswd``, say) are kept.
+
+The engine calls these methods from worker threads; a synchronous lightkube ``Client`` is safe there.
+Every API failure becomes a one-line ``CertkeeperError``: it never carries Secret contents.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import httpx2
+from lightkube import Client
+from lightkube.core.exceptions import ApiError
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Secret
+from lightkube.types import PatchType
+
+from certkeeper.acme.account import Account
+from certkeeper.acme.client import IssuedCert
+from certkeeper.errors import CertkeeperError
+from certkeeper.stores.base import StoredCert
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# RFC 7919 ffdhe2048: a standard, well-audited group. Nothing is generated per save.
+FFDHE2048_PEM = b"""-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+"""
+
+PREFIX = "certkeeper.io/"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "certkeeper"}
+CONFLICT_RETRIES = 5
+CERT_KEYS = ("proxycert", "proxykey", "dhparam", "tls.crt", "tls.key", "tls.pem")
+
+
+def api_error_text(error: Exception) -> str:
+    """A short description of an API failure (status code and the server's message, or the transport error)."""
+    if isinstance(error, ApiError):
+        code = error.status.code
+        reason = error.status.reason or ""
+        message = (error.status.message or "").strip()
+        return f"{code} {reason}: {message}"[:300] if message else f"{code} {reason}"
+    return f"{type(error).__name__}: {error}"[:300]
+
+
+def call_api(what: str, fn: Callable[[], T]) -> T:
+    """Run one API call; any failure becomes a CertkeeperError naming ``what``."""
+    try:
+        return fn()
+    except ApiError as error:
+        fix = ""
+        if error.status.code == 403:
+            fix = "grant the ServiceAccount this permission (see deploy/certkeeper/rbac.yaml)"
+        raise CertkeeperError(f"cannot {what} ({api_error_text(error)})", fix) from None
+    except (httpx2.HTTPError, OSError) as error:
+        raise CertkeeperError(f"cannot {what}: the Kubernetes API is unreachable ({api_error_text(error)})") from None
+
+
+def is_not_found(error: Exception) -> bool:
+    return isinstance(error, ApiError) and error.status.code == 404
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str | None) -> bytes:
+    if not text:
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def digest_of(secret: Secret | None) -> str:
+    """What identifies the certificate held in a Secret (its full chain), to tell others' edits from ours."""
+    if secret is None or not secret.data:
+        return ""
+    return secret.data.get("proxycert") or secret.data.get("tls.crt") or ""
+
+
+class SecretStore:
+    def __init__(
+        self,
+        client: Client,
+        namespace: str,
+        secret_name: str,
+        *,
+        secret_type: str | None = None,
+        account_secret_name: str | None = None,
+    ) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.secret_name = secret_name
+        self.secret_type = secret_type or "kubernetes.io/tls"
+        self.account_secret_name = account_secret_name or f"{secret_name}-acme-account"
+        self._state: dict[str, Any] = {}
+        self.last_digest = ""  # proxycert of the last Secret seen or written by us
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _get(self, name: str) -> Secret | None:
+        def get() -> Secret | None:
+            try:
+                return self.client.get(Secret, name, namespace=self.namespace)
+            except ApiError as error:
+                if is_not_found(error):
+                    return None
+                raise
+
+        return call_api(f"read Secret {self.namespace}/{name}", get)
+
+    def location(self, lineage: str) -> str:
+        return f"secret/{self.namespace}/{self.secret_name}"
+
+    # -- certificate -----------------------------------------------------------------------------
+
+    def load(self, lineage: str) -> StoredCert | None:
+        secret = self._get(self.secret_name)
+        if secret is None:
+            self.last_digest = ""
+            return None
+        self.last_digest = digest_of(secret)
+        data = secret.data or {}
+        annotations = (secret.metadata.annotations if secret.metadata else None) or {}
+        meta: dict[str, Any] = {}
+        try:
+            meta = json.loads(annotations.get(PREFIX + "meta", "{}"))
+        except ValueError:
+            meta = {}
+        self._state = self._parse_state(annotations)
+        chain = _unb64(data.get("proxycert")) or _unb64(data.get("tls.crt"))
+        key = _unb64(data.get("proxykey")) or _unb64(data.get("tls.key"))
+        if not chain or not key:
+            return StoredCert(key, chain, b"", None, meta, "the Secret has no proxycert/proxykey")
+        return StoredCert.parse(key, chain, b"", meta if isinstance(meta, dict) else {})
+
+    def _body(self, issued: IssuedCert, meta: dict[str, Any], existing: Secret | None) -> Secret:
+        info = issued.info
+        data = dict((existing.data or {}) if existing is not None else {})
+        fullchain = issued.fullchain_pem
+        data.update(
+            {
+                "proxycert": _b64(fullchain),
+                "proxykey": _b64(issued.key_pem),
+                "dhparam": _b64(FFDHE2048_PEM),
+                "tls.crt": _b64(fullchain),
+                "tls.key": _b64(issued.key_pem),
+                "tls.pem": _b64(fullchain + issued.key_pem),
+            }
+        )
+        old_meta = existing.metadata if existing is not None and existing.metadata is not None else ObjectMeta()
+        labels = dict(old_meta.labels or {})
+        labels.update(MANAGED_BY)
+        if len(info.names[0]) <= 63:
+            labels[PREFIX + "domain"] = info.names[0].replace("*", "_")
+        annotations = dict(old_meta.annotations or {})
+        annotations.update(
+            {
+                PREFIX + "names": " ".join(info.names),
+                PREFIX + "not-after": info.not_after.isoformat(),
+                PREFIX + "not-before": info.not_before.isoformat(),
+                PREFIX + "issuer": info.issuer,
+                PREFIX + "serial": info.serial,
+                PREFIX + "fingerprint": info.fingerprint,
+                PREFIX + "meta": json.dumps(meta, sort_keys=True, default=str),
+            }
+        )
+        metadata = ObjectMeta(
+            name=self.secret_name,
+            namespace=self.namespace,
+            labels=labels,
+            annotations=annotations,
+            resourceVersion=old_meta.resourceVersion if existing is not None else None,
+        )
+        # The type of an existing Secret is immutable: keep it.
+        kind = existing.type if existing is not None and existing.type else self.secret_type
+        return Secret(metadata=metadata, type=kind, data=data)
+
+    def save(self, lineage: str, issued: IssuedCert, meta: dict[str, Any]) -> bool:
+        """Create or replace the Secret; False (nothing written) when it already holds this certificate."""
+        for attempt in range(CONFLICT_RETRIES):
+            existing = self._get(self.secret_name)
+            if existing is not None:
+                current = self.load(lineage)
+                if (
+                    current is not None
+                    and current.info is not None
+                    and not current.problem
+                    and current.info.fingerprint == issued.info.fingerprint
+                ):
+                    return False
+            body = self._body(issued, meta, existing)
+            try:
+                written = self.client.create(body) if existing is None else self.client.replace(body)
+            except ApiError as error:
+                # 409: someone else wrote it (or created it) meanwhile; read again and retry.
+                if error.status.code == 409 and attempt + 1 < CONFLICT_RETRIES:
+                    time.sleep(0.1 * (attempt + 1))
+                    continue
+                _fail(f"write Secret {self.namespace}/{self.secret_name}", error)
+            except (httpx2.HTTPError, OSError) as error:
+                _fail(f"write Secret {self.namespace}/{self.secret_name}", error)
+            else:
+                self.last_digest = digest_of(written)
+                return True
+        raise CertkeeperError(f"cannot write Secret {self.namespace}/{self.secret_name}: it kept changing (409)")
+
+    # -- renewal state: an annotation on the Secret (in memory while the Secret does not exist) --
+
+    @staticmethod
+    def _parse_state(annotations: dict[str, str]) -> dict[str, Any]:
+        try:
+            state = json.loads(annotations.get(PREFIX + "state", "{}"))
+        except ValueError:
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def load_state(self, lineage: str) -> dict[str, Any]:
+        secret = self._get(self.secret_name)
+        if secret is not None:
+            annotations = (secret.metadata.annotations if secret.metadata else None) or {}
+            if PREFIX + "state" in annotations:
+                self._state = self._parse_state(annotations)
+        return dict(self._state)
+
+    def save_state(self, lineage: str, state: dict[str, Any]) -> None:
+        if state == self._state:
+            return
+        self._state = dict(state)
+        patch = {"metadata": {"annotations": {PREFIX + "state": json.dumps(state, sort_keys=True, default=str)}}}
+
+        def write() -> None:
+            try:
+                self.client.patch(Secret, self.secret_name, patch, namespace=self.namespace, patch_type=PatchType.MERGE)
+            except ApiError as error:
+                if not is_not_found(error):  # no Secret yet: the state stays in memory
+                    raise
+
+        call_api(f"record the renewal state on Secret {self.namespace}/{self.secret_name}", write)
+
+    # -- ACME account ----------------------------------------------------------------------------
+
+    def load_account(self, directory_url: str) -> Account | None:
+        secret = self._get(self.account_secret_name)
+        if secret is None or not secret.data:
+            return None
+        annotations = (secret.metadata.annotations if secret.metadata else None) or {}
+        url = annotations.get(PREFIX + "account-url", "")
+        key_pem = _unb64(secret.data.get("key.pem"))
+        if annotations.get(PREFIX + "directory-url") != directory_url or not url or not key_pem:
+            return None
+        return Account(directory_url=directory_url, url=url, key_pem=key_pem)
+
+    def save_account(self, account: Account) -> None:
+        what = f"write Secret {self.namespace}/{self.account_secret_name} (the ACME account)"
+        for attempt in range(CONFLICT_RETRIES):
+            existing = self._get(self.account_secret_name)
+            metadata = ObjectMeta(
+                name=self.account_secret_name,
+                namespace=self.namespace,
+                labels=dict(MANAGED_BY),
+                annotations={PREFIX + "account-url": account.url, PREFIX + "directory-url": account.directory_url},
+                resourceVersion=existing.metadata.resourceVersion if existing and existing.metadata else None,
+            )
+            body = Secret(metadata=metadata, type="Opaque", data={"key.pem": _b64(account.key_pem)})
+            try:
+                if existing is None:
+                    self.client.create(body)
+                else:
+                    self.client.replace(body)
+                return
+            except ApiError as error:
+                if error.status.code == 409 and attempt + 1 < CONFLICT_RETRIES:
+                    continue
+                _fail(what, error)
+            except (httpx2.HTTPError, OSError) as error:
+                _fail(what, error)
+        raise CertkeeperError(f"cannot {what}: it kept changing (409)")
+
+
+def _fail(what: str, error: Exception) -> None:
+    """Raise ``error`` as the one-line CertkeeperError ``call_api`` would give."""
+
+    def again() -> None:
+        raise error
+
+    call_api(what, again)
