@@ -26,6 +26,8 @@ def read_name_file(path: str) -> list[list[str]]:
         except CertkeeperError as error:
             raise CertkeeperError(f"{path}, line {number}: {error}") from None
         specs.append(names)
+    if not specs:
+        raise CertkeeperError(f"{path} lists no names", "put one certificate per line, names separated by spaces")
     return specs
 
 

@@ -50,8 +50,10 @@ class AcmeFront:
 
     pebble: Pebble
     port: int = 0
-    # The suggested renewal window served for every certificate (start, end).
+    # The suggested renewal window (start, end) served for every certificate, unless ``windows``
+    # has one for its certificate id.
     window: tuple[datetime.datetime, datetime.datetime] | None = None
+    windows: dict[str, tuple[datetime.datetime, datetime.datetime]] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) as received
     orders: list[dict[str, Any]] = field(default_factory=list)  # decoded newOrder JWS payloads
     renewal_info_queries: list[str] = field(default_factory=list)  # certificate ids asked about
@@ -78,19 +80,23 @@ class AcmeFront:
 
     # -- what the test controls and reads ------------------------------------------------------
 
-    def set_window(self, start: datetime.datetime, end: datetime.datetime) -> None:
+    def set_window(self, start: datetime.datetime, end: datetime.datetime, cert_id: str | None = None) -> None:
+        """The window for one certificate id, or (``cert_id`` None) for all others."""
         with self._lock:
-            self.window = (start, end)
+            if cert_id is None:
+                self.window = (start, end)
+            else:
+                self.windows[cert_id] = (start, end)
 
-    def window_in_past(self) -> None:
+    def window_in_past(self, cert_id: str | None = None) -> None:
         """Renewal is due now: the window ended a day ago."""
         now = datetime.datetime.now(datetime.UTC)
-        self.set_window(now - datetime.timedelta(days=2), now - datetime.timedelta(days=1))
+        self.set_window(now - datetime.timedelta(days=2), now - datetime.timedelta(days=1), cert_id)
 
-    def window_in_future(self) -> None:
+    def window_in_future(self, cert_id: str | None = None) -> None:
         """Renewal is not due: the window opens in 30 days."""
         now = datetime.datetime.now(datetime.UTC)
-        self.set_window(now + datetime.timedelta(days=30), now + datetime.timedelta(days=31))
+        self.set_window(now + datetime.timedelta(days=30), now + datetime.timedelta(days=31), cert_id)
 
     def reset(self) -> None:
         """Forget recorded traffic; the window goes back to 'in the future'."""
@@ -98,6 +104,7 @@ class AcmeFront:
             self.requests.clear()
             self.orders.clear()
             self.renewal_info_queries.clear()
+            self.windows.clear()
         self.window_in_future()
 
     def recorded_orders(self) -> list[dict[str, Any]]:
@@ -123,7 +130,7 @@ class AcmeFront:
         with self._lock:
             self.requests.append((request.method, request.path_qs))
             self.renewal_info_queries.append(cert_id)
-            window = self.window
+            window = self.windows.get(cert_id, self.window)
         if window is None or "." not in cert_id:
             return web.json_response({"type": "urn:ietf:params:acme:error:malformed"}, status=404)
         body = {"suggestedWindow": {"start": _rfc3339(window[0]), "end": _rfc3339(window[1])}}

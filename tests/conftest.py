@@ -1,0 +1,95 @@
+"""Fixtures for the core tests: one real Pebble for the session, an ARI front over it, and the CLI.
+
+- ``pebble`` (session): a running ``certkeeper.testing.pebble.Pebble``.
+- ``front`` (session) / ``ari`` (per test, reset): ``certkeeper.testing.ari.AcmeFront`` over ``pebble``.
+- ``store``: a fresh store directory (not created: certkeeper makes it).
+- ``env`` / ``ari_env``: the environment that points ``certkeeper`` at ``pebble`` / ``ari`` and ``store``.
+- ``make_env(directory_url, ca_bundle, http_port, store)``: the same for a special Pebble.
+- ``certkeeper(env, *args)``: runs the ``certkeeper`` command as a user would; returns the CompletedProcess.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from certkeeper.testing.ari import AcmeFront, start_front
+from certkeeper.testing.pebble import Pebble, start_pebble
+
+Env = dict[str, str]
+MakeEnv = Callable[[str, "str | Path", int, Path], Env]
+Run = Callable[..., "subprocess.CompletedProcess[str]"]
+
+_BESIDE_PYTHON = Path(sys.executable).with_name("certkeeper")
+CERTKEEPER = str(_BESIDE_PYTHON) if _BESIDE_PYTHON.exists() else (shutil.which("certkeeper") or "certkeeper")
+
+
+def _make_env(directory_url: str, ca_bundle: str | Path, http_port: int, store: Path) -> Env:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTKEEPER_")}
+    env.update(
+        CERTKEEPER_SERVER=directory_url,
+        CERTKEEPER_CA_BUNDLE=str(ca_bundle),
+        CERTKEEPER_HTTP_BIND=f"127.0.0.1:{http_port}",
+        CERTKEEPER_STORE=str(store),
+        COLUMNS="200",
+    )
+    return env
+
+
+def _run(env: Env, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CERTKEEPER, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
+    server = start_pebble(tmp_path_factory.mktemp("pebble"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def front(pebble: Pebble) -> Iterator[AcmeFront]:
+    server = start_front(pebble)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def ari(front: AcmeFront) -> AcmeFront:
+    front.reset()
+    return front
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def make_env() -> MakeEnv:
+    return _make_env
+
+
+@pytest.fixture
+def env(pebble: Pebble, store: Path) -> Env:
+    return _make_env(pebble.directory_url, pebble.ca_bundle, pebble.http_port, store)
+
+
+@pytest.fixture
+def ari_env(ari: AcmeFront, store: Path) -> Env:
+    return _make_env(ari.directory_url, ari.ca_bundle, ari.http_port, store)
+
+
+@pytest.fixture
+def certkeeper() -> Run:
+    return _run
