@@ -15,7 +15,7 @@ from josepy.jwk import JWK, JWKEC, JWKRSA
 from certkeeper.acme.network import make_network
 from certkeeper.acme.problems import translate
 from certkeeper.crypto import generate_key, load_key
-from certkeeper.errors import CertkeeperError
+from certkeeper.errors import CAError, CertkeeperError
 from certkeeper.spec import IssuerSpec, KeyType
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,15 @@ def ensure_account(issuer: IssuerSpec, store: AccountStore) -> Account:
     except acme_errors.ConflictError as conflict:
         url = conflict.location
     except Exception as error:
-        raise translate(error) from error
+        problem = translate(error)
+        if eab is not None and isinstance(problem, CAError) and problem.acme_type in ("unauthorized", "malformed"):
+            # No name is validated at registration: an unauthorized account is a refused binding.
+            raise CAError(
+                problem.problem,
+                "the CA refused the External Account Binding: check --eab-kid and --eab-hmac-key",
+                acme_type=problem.acme_type,
+            ) from error
+        raise problem from error
     account = Account(directory_url=issuer.directory_url, url=url, key_pem=key_pem)
     store.save_account(account)
     log.info("registered ACME account %s", url)

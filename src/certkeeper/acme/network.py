@@ -14,7 +14,9 @@ from certkeeper.errors import CAError
 
 log = logging.getLogger(__name__)
 
-BAD_NONCE_RETRIES = 10
+# A CA rejecting half of all nonces fails a POST after n tries with probability 2**-n: with 10 tries,
+# one in ten runs of ten certificates (~100 POSTs) failed. 30 makes that about one POST in 10**9.
+BAD_NONCE_RETRIES = 30
 USER_AGENT = f"certkeeper/{__version__}"
 
 
