@@ -1,0 +1,203 @@
+"""The renewal planner: pure functions of the stored certificate, the CA's window, the state and ``now``."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from certkeeper.acme.client import RenewalWindow
+from certkeeper.planner import plan
+from certkeeper.spec import CertSpec, KeyType
+from certkeeper.stores.base import StoredCert
+
+T0 = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
+DAY = datetime.timedelta(days=1)
+
+_CA_KEY = ec.generate_private_key(ec.SECP256R1())
+_KEYS: dict[str, Any] = {}
+
+
+def _key(kind: str) -> Any:
+    if kind not in _KEYS:
+        _KEYS[kind] = ec.generate_private_key(ec.SECP256R1()) if kind == "ec" else rsa.generate_private_key(65537, 2048)
+    return _KEYS[kind]
+
+
+def stored(
+    names: tuple[str, ...] = ("plan.test", "www.plan.test"),
+    lifetime: datetime.timedelta = 90 * DAY,
+    kind: str = "ec",
+    key_kind: str | None = None,
+) -> StoredCert:
+    """A certificate issued at T0 by a throw-away CA, as a store would hand it to the planner."""
+    key = _key(kind)
+    issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "planner test CA")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(T0)
+        .not_valid_after(T0 + lifetime)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(_CA_KEY.public_key()), critical=False)
+        .sign(_CA_KEY, hashes.SHA256())
+    )
+    stored_key = _key(key_kind or kind)
+    key_pem = stored_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return StoredCert.parse(key_pem, cert.public_bytes(serialization.Encoding.PEM), b"", {})
+
+
+SPEC = CertSpec(("plan.test", "www.plan.test"))
+
+
+def window(start: datetime.datetime, end: datetime.datetime) -> RenewalWindow:
+    return RenewalWindow(start=start, end=end, retry_after=start - 10 * DAY)
+
+
+# -- what makes a certificate due ------------------------------------------------------------------
+
+
+def test_no_certificate_is_due() -> None:
+    decision = plan(SPEC, None, T0)
+    assert decision.due and decision.reason == "no certificate yet"
+
+
+def test_fresh_certificate_is_not_due_and_says_when() -> None:
+    decision = plan(SPEC, stored(), T0 + DAY)
+    assert not decision.due
+    assert decision.renew_at is not None
+    # 1/3 of 90 days left = day 60, minus at most 2 % of the lifetime of jitter.
+    assert T0 + 60 * DAY - 1.8 * DAY <= decision.renew_at <= T0 + 60 * DAY
+    assert decision.next_check <= T0 + DAY + datetime.timedelta(hours=12)
+
+
+def test_backstop_one_third_of_the_lifetime() -> None:
+    cert = stored()
+    assert not plan(SPEC, cert, T0 + 58 * DAY).due  # before day 60 minus the largest jitter
+    late = plan(SPEC, cert, T0 + 60 * DAY)
+    assert late.due and "1/3" in late.reason
+
+
+def test_backstop_one_half_for_short_lifetimes() -> None:
+    cert = stored(lifetime=6 * DAY)
+    # Half of 6 days left = day 3 (minus <= 0.12 days of jitter); the 1/3 rule would say day 4.
+    assert not plan(SPEC, cert, T0 + 2.85 * DAY).due
+    due = plan(SPEC, cert, T0 + 3 * DAY)
+    assert due.due and "half" in due.reason
+
+
+def test_jitter_is_stable_for_one_certificate() -> None:
+    cert = stored()
+    first = plan(SPEC, cert, T0 + DAY).renew_at
+    assert all(plan(SPEC, cert, T0 + n * DAY).renew_at == first for n in range(2, 10))
+
+
+def test_expired_certificate_is_due() -> None:
+    decision = plan(SPEC, stored(), T0 + 91 * DAY)
+    assert decision.due and decision.reason == "expired"
+
+
+def test_names_change_makes_it_due() -> None:
+    more = CertSpec(("plan.test", "www.plan.test", "api.plan.test"))
+    decision = plan(more, stored(), T0 + DAY)
+    assert decision.due and "api.plan.test" in decision.reason
+    fewer = CertSpec(("plan.test",))
+    assert not plan(fewer, stored(), T0 + DAY).due, "a certificate covering more names still covers these"
+
+
+@pytest.mark.parametrize(("kind", "wanted"), [("ec", KeyType.RSA_2048), ("rsa", KeyType.EC_P256)])
+def test_key_type_change_makes_it_due(kind: str, wanted: KeyType) -> None:
+    spec = CertSpec(SPEC.names, key_type=wanted)
+    decision = plan(spec, stored(kind=kind), T0 + DAY)
+    assert decision.due and wanted.value in decision.reason
+    same = CertSpec(SPEC.names, key_type=KeyType.EC_P256 if kind == "ec" else KeyType.RSA_2048)
+    assert not plan(same, stored(kind=kind), T0 + DAY).due
+
+
+def test_key_not_matching_certificate_is_due() -> None:
+    broken = stored(kind="ec", key_kind="rsa")
+    assert broken.problem is not None
+    decision = plan(CertSpec(SPEC.names, key_type=KeyType.RSA_2048), broken, T0 + DAY)
+    assert decision.due and "does not match" in decision.reason
+
+
+# -- the CA's window (ARI) comes first -------------------------------------------------------------
+
+
+def test_ari_window_in_the_past_is_due_even_for_a_young_certificate() -> None:
+    decision = plan(SPEC, stored(), T0 + 2 * DAY, window(T0, T0 + DAY))
+    assert decision.due and "ARI" in decision.reason
+
+
+def test_ari_window_in_the_future_is_not_due_even_past_the_backstop() -> None:
+    at = T0 + 70 * DAY  # past the 1/3 backstop
+    decision = plan(SPEC, stored(), at, window(T0 + 80 * DAY, T0 + 82 * DAY))
+    assert not decision.due and "ARI" in decision.reason
+    assert decision.renew_at is not None
+    assert T0 + 80 * DAY <= decision.renew_at <= T0 + 82 * DAY
+    assert decision.next_check <= at + datetime.timedelta(hours=12), "ARI is asked again at least twice a day"
+
+
+def test_ari_point_inside_the_window() -> None:
+    cert = stored()
+    w = window(T0 + 10 * DAY, T0 + 20 * DAY)
+    renew_at = plan(SPEC, cert, T0, w).renew_at
+    assert renew_at is not None
+    assert not plan(SPEC, cert, renew_at - datetime.timedelta(seconds=1), w).due
+    assert plan(SPEC, cert, renew_at, w).due
+
+
+def test_ari_retry_after_bounds_the_next_check() -> None:
+    w = RenewalWindow(T0 + 50 * DAY, T0 + 51 * DAY, retry_after=T0 + DAY + datetime.timedelta(hours=1))
+    assert plan(SPEC, stored(), T0 + DAY, w).next_check == T0 + DAY + datetime.timedelta(hours=1)
+
+
+# -- backoff after failures ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("failures", "wait"),
+    [
+        (1, datetime.timedelta(minutes=1)),
+        (2, datetime.timedelta(minutes=10)),
+        (3, datetime.timedelta(minutes=100)),
+        (4, datetime.timedelta(days=1)),
+        (9, datetime.timedelta(days=1)),
+    ],
+)
+def test_backoff_after_failures(failures: int, wait: datetime.timedelta) -> None:
+    failed_at = T0 + 70 * DAY  # the certificate is due (past the backstop)
+    state = {"failures": failures, "last_failure": failed_at.isoformat()}
+    blocked = plan(SPEC, stored(), failed_at + wait - datetime.timedelta(seconds=1), state=state)
+    assert not blocked.due and "backing off" in blocked.reason
+    assert blocked.next_check == failed_at + wait
+    assert plan(SPEC, stored(), failed_at + wait, state=state).due
+
+
+def test_backoff_honours_a_later_retry_after() -> None:
+    failed_at = T0 + 70 * DAY
+    later = failed_at + datetime.timedelta(hours=3)
+    state = {"failures": 1, "last_failure": failed_at.isoformat(), "retry_after": later.isoformat()}
+    assert not plan(SPEC, stored(), failed_at + datetime.timedelta(hours=2), state=state).due
+    assert plan(SPEC, stored(), later, state=state).due
+
+
+def test_backoff_applies_to_a_missing_certificate_too() -> None:
+    state = {"failures": 2, "last_failure": T0.isoformat()}
+    assert not plan(SPEC, None, T0 + datetime.timedelta(minutes=5), state=state).due
+    assert plan(SPEC, None, T0 + datetime.timedelta(minutes=10), state=state).due
+
+
+def test_success_clears_backoff() -> None:
+    state = {"failures": 0, "last_failure": T0.isoformat()}
+    assert plan(SPEC, None, T0, state=state).due
