@@ -1,0 +1,142 @@
+"""The file store: version directories, an atomic ``current`` swap, the previous version kept."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import stat
+import subprocess
+import threading
+from pathlib import Path
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from certkeeper.acme.client import IssuedCert
+from certkeeper.crypto import cert_info
+from certkeeper.stores.files import FileStore
+
+Env = dict[str, str]
+PEM_FILES = ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem")
+
+
+class Run(Protocol):  # conftest's ``certkeeper`` fixture
+    def __call__(self, env: Env, *args: str, timeout: float = ...) -> subprocess.CompletedProcess[str]: ...
+
+
+def spki_of_key(path: Path) -> bytes:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    return key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def spki_of_cert(path: Path) -> bytes:
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def versions(lineage: Path) -> list[str]:
+    return sorted((p.name for p in (lineage / "versions").iterdir()), key=int)
+
+
+def test_each_issuance_is_a_new_version_and_the_previous_is_kept(env: Env, store: Path, certkeeper: Run) -> None:
+    lineage = store / "versions.test"
+    serials = []
+    for args in ((), ("--force",), ("--force",)):
+        result = certkeeper(env, "issue", *args, "versions.test")
+        assert result.returncode == 0, result.stderr
+        serials.append(x509.load_pem_x509_certificate((lineage / "cert.pem").read_bytes()).serial_number)
+    assert len(set(serials)) == 3
+
+    assert versions(lineage) == ["2", "3"], "the current and the previous version are kept, older ones pruned"
+    assert os.readlink(lineage / "current") == "versions/3"
+    for name in PEM_FILES:
+        assert os.readlink(lineage / name) == f"current/{name}"
+    previous = lineage / "versions" / "2"
+    assert x509.load_pem_x509_certificate((previous / "cert.pem").read_bytes()).serial_number == serials[1]
+    for version in (previous, lineage / "versions" / "3"):
+        assert spki_of_key(version / "privkey.pem") == spki_of_cert(version / "cert.pem")
+        assert stat.S_IMODE((version / "privkey.pem").stat().st_mode) == 0o600
+        assert json.loads((version / "meta.json").read_text())["names"] == ["versions.test"]
+    assert not list(lineage.rglob(".*")), "no temporary files left behind"
+
+
+def test_a_corrupt_certificate_is_reported_and_replaced(env: Env, store: Path, certkeeper: Run) -> None:
+    assert certkeeper(env, "issue", "corrupt.test").returncode == 0
+    lineage = store / "corrupt.test"
+    (lineage / "current" / "cert.pem").write_text("not a certificate\n")
+    rows = json.loads(certkeeper(env, "status", "--json").stdout)
+    assert rows[0]["problem"] and "unreadable" in rows[0]["problem"]
+    result = certkeeper(env, "issue", "corrupt.test")
+    assert result.returncode == 0, result.stderr
+    assert spki_of_key(lineage / "privkey.pem") == spki_of_cert(lineage / "cert.pem")
+    assert json.loads(certkeeper(env, "status", "--json").stdout)[0]["problem"] is None
+
+
+# -- a reader never sees a key and a certificate from different issuances --------------------------
+
+
+def _issued(name: str, number: int) -> IssuedCert:
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(1000 + number)
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=90 + number))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return IssuedCert(key_pem=key_pem, cert_pem=cert_pem, chain_pem=b"", info=cert_info(cert_pem))
+
+
+def test_reader_resolving_current_sees_a_matching_pair(tmp_path: Path) -> None:
+    files = FileStore(tmp_path / "store")
+    lineage = Path(files.location("swap.test"))
+    issuances = [_issued("swap.test", n) for n in range(40)]
+    assert files.save("swap.test", issuances[0], {"names": ["swap.test"]})
+    done = threading.Event()
+    checked: list[bool] = []
+
+    def read() -> None:
+        while not done.is_set():
+            version = (lineage / "current").resolve()  # resolve once, then read both files from it
+            try:
+                checked.append(spki_of_key(version / "privkey.pem") == spki_of_cert(version / "cert.pem"))
+            except FileNotFoundError:
+                continue  # two newer versions were written meanwhile and this one was pruned
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    try:
+        for issued in issuances[1:]:
+            assert files.save("swap.test", issued, {"names": ["swap.test"]})
+    finally:
+        done.set()
+        for reader in readers:
+            reader.join()
+    assert len(checked) > 10, "the readers hardly ran"
+    assert all(checked), f"{checked.count(False)} of {len(checked)} reads mixed two issuances"
+    loaded = files.load("swap.test")
+    assert loaded is not None and loaded.info is not None
+    assert loaded.info.serial == issuances[-1].info.serial
+
+
+def test_saving_the_current_issuance_again_changes_nothing(tmp_path: Path) -> None:
+    files = FileStore(tmp_path / "store")
+    issued = _issued("same.test", 1)
+    assert files.save("same.test", issued, {"names": ["same.test"]}) is True
+    assert files.save("same.test", issued, {"names": ["same.test"]}) is False
+    assert versions(Path(files.location("same.test"))) == ["1"]
