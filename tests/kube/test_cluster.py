@@ -88,9 +88,7 @@ def test_rc_with_two_replicas_gets_two_ready_pods(
     wait_until("the RC to report 2 ready replicas", rc_reports_ready)
 
 
-def test_deleted_pod_is_replaced_by_a_ready_one(
-    kube_client: Client, namespace: str, wait_until: WaitUntil
-) -> None:
+def test_deleted_pod_is_replaced_by_a_ready_one(kube_client: Client, namespace: str, wait_until: WaitUntil) -> None:
     make_rc(kube_client, namespace, "web", 2)
     wait_until("2 Ready pods", lambda: len(ready_pods(kube_client, namespace, "web")) == 2)
     victim = ready_pods(kube_client, namespace, "web")[0]
@@ -111,9 +109,7 @@ def test_deleted_pod_is_replaced_by_a_ready_one(
     assert missing.value.status.code == 404
 
 
-def test_deployment_restart_rollout_completes(
-    kube_client: Client, namespace: str, wait_until: WaitUntil
-) -> None:
+def test_deployment_restart_rollout_completes(kube_client: Client, namespace: str, wait_until: WaitUntil) -> None:
     kube_client.create(
         build(
             Deployment,
@@ -251,9 +247,7 @@ def test_unknown_token_is_unauthenticated(cluster: bench.Cluster, tmp_path: Path
     assert refused.value.status.code == 401
 
 
-def test_kubectl_applies_a_kustomization(
-    kubectl: Kubectl, kube_client: Client, namespace: str, tmp_path: Path
-) -> None:
+def test_kubectl_applies_a_kustomization(kubectl: Kubectl, kube_client: Client, namespace: str, tmp_path: Path) -> None:
     (tmp_path / "kustomization.yaml").write_text("resources:\n- settings.yaml\n")
     (tmp_path / "settings.yaml").write_text(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  colour: blue\n"
@@ -270,9 +264,7 @@ def test_kubectl_applies_a_kustomization(
 @pytest.mark.slow
 def test_script_starts_and_stops_a_separate_cluster(tmp_path: Path) -> None:
     script = ROOT / "scripts" / "test-cluster"
-    up = subprocess.run(
-        [script, "up", str(tmp_path)], capture_output=True, text=True, timeout=180, check=False
-    )
+    up = subprocess.run([script, "up", str(tmp_path)], capture_output=True, text=True, timeout=180, check=False)
     try:
         assert up.returncode == 0, up.stderr
         assert up.stdout.strip() == f"KUBECONFIG={tmp_path.resolve() / 'kubeconfig'}"

@@ -170,9 +170,7 @@ class Kubelet:
     async def watch_pods(self) -> None:
         while True:
             try:
-                async for kind, pod in self.client.watch(
-                    Pod, namespace="*", fields={"spec.nodeName": self.node_name}
-                ):
+                async for kind, pod in self.client.watch(Pod, namespace="*", fields={"spec.nodeName": self.node_name}):
                     self.handle(kind, pod)
             except Exception as exc:
                 # Whatever broke the stream (410 Gone, a dropped connection), a fresh watch replays
@@ -261,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ready-delay", type=float, default=0.2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    # One line per HTTP request would bury what the stand-in did to which pod.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     asyncio.run(run(args.kubeconfig, args.node_name, args.ready_delay))
     return 0
 
