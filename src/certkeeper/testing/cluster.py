@@ -136,6 +136,10 @@ def build(log: TextIO = sys.stderr) -> Path:
     if not reflect2.is_dir():
         raise ClusterError("golang-github-modern-go-reflect2-dev is not installed: run scripts/install")
     target.parent.mkdir(parents=True, exist_ok=True)
+    log.write(
+        f"building Kubernetes {KUBERNETES_VERSION} from Debian's source package into {target} "
+        "(once per machine; 5 to 15 minutes)\n"
+    )
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="kubernetes-build-", dir=target.parent) as tmp:
         work = Path(tmp)
@@ -563,6 +567,9 @@ def start(
                 f"--service-account-private-key-file={pki / 'sa.key'}",
                 f"--root-ca-file={ca_file}",
                 "--use-service-account-credentials=true",
+                # The TaintNodesByCondition admission plugin taints a new node not-ready; the node
+                # lifecycle controller lifts it on its next pass, which by default is up to 5 s away.
+                "--node-monitor-period=1s",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--profiling=false",
             ],
