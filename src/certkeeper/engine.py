@@ -94,7 +94,7 @@ class Engine:
         self.deploy_hook = deploy_hook
         self.force = force
         # A caller that already serves HTTP-01 (``certkeeper run``) passes its own store.
-        self.challenges = challenges or ChallengeStore()
+        self.challenges = challenges if challenges is not None else ChallengeStore()  # an empty store is falsy
         self._serve_challenges = challenges is None
         self._responder: Responder | None = None
         self._responder_lock = asyncio.Lock()

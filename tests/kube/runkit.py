@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import httpx2
 from lightkube import Client
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Pod, ReplicationController, Secret
@@ -137,37 +138,45 @@ class ReadyWatch:
     ready: dict[str, bool] = field(default_factory=dict)
     minimum: int | None = None
     events: int = 0
+    version: str = ""
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _started: threading.Event = field(default_factory=threading.Event)
 
     def start(self, initial: int) -> None:
         def watch() -> None:
-            pods = self.client.list(Pod, namespace=self.namespace, labels=RC_LABELS)
-            version = cast(Any, pods).resourceVersion
+            listing = self.client.list(Pod, namespace=self.namespace, labels=RC_LABELS)
+            pods = list(listing)
+            self.version = cast(Any, listing).resourceVersion
             self.ready = {p.metadata.name: is_ready(p) for p in pods if p.metadata and p.metadata.name}
             self.minimum = sum(self.ready.values())
             assert self.minimum >= initial, f"only {self.minimum} Ready pods when the watch started"
             self._started.set()
             while not self._stop.is_set():
-                for kind, pod in self.client.watch(
-                    Pod, namespace=self.namespace, labels=RC_LABELS, resource_version=version, server_timeout=2
-                ):
-                    assert pod.metadata is not None and pod.metadata.name is not None
-                    version = pod.metadata.resourceVersion or version
-                    if kind == "DELETED":
-                        self.ready.pop(pod.metadata.name, None)
-                    else:
-                        self.ready[pod.metadata.name] = is_ready(pod)
-                    self.events += 1
-                    count = sum(self.ready.values())
-                    self.minimum = count if self.minimum is None else min(self.minimum, count)
-                    if self._stop.is_set():
-                        break
+                try:
+                    self._follow()
+                except httpx2.HTTPError:
+                    continue  # the server ended the watch; resume from the last version seen
 
         self._thread = threading.Thread(target=watch, daemon=True)
         self._thread.start()
         assert self._started.wait(20), "the pod watch did not start"
+
+    def _follow(self) -> None:
+        for kind, pod in self.client.watch(
+            Pod, namespace=self.namespace, labels=RC_LABELS, resource_version=self.version, server_timeout=2
+        ):
+            assert pod.metadata is not None and pod.metadata.name is not None
+            self.version = pod.metadata.resourceVersion or self.version
+            if kind == "DELETED":
+                self.ready.pop(pod.metadata.name, None)
+            else:
+                self.ready[pod.metadata.name] = is_ready(pod)
+            self.events += 1
+            count = sum(self.ready.values())
+            self.minimum = count if self.minimum is None else min(self.minimum, count)
+            if self._stop.is_set():
+                return
 
     def stop(self) -> None:
         self._stop.set()
