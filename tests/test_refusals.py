@@ -32,11 +32,10 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
         (["--", "-a.test"], "invalid label '-a'"),
         (["*.a.test"], "wildcard"),
         (["127.0.0.1"], "IP address"),
-        (["[::1]"], "IP address"),
         ([], "no names given"),
         (["good.test", "bad..name"], "empty label"),
     ],
-    ids=["double-dot", "leading-hyphen", "wildcard", "ipv4", "ipv6", "empty", "one-bad-among-good"],
+    ids=["double-dot", "leading-hyphen", "wildcard", "ipv4", "empty", "one-bad-among-good"],
 )
 def test_invalid_names_are_refused_before_any_order(
     names: list[str], says: str, ari: AcmeFront, ari_env: Env, store: Path, certkeeper: Run
@@ -51,8 +50,8 @@ def test_invalid_names_are_refused_before_any_order(
 
 @pytest.mark.parametrize(
     ("content", "says"),
-    [("good.test\n\n# comment\nbad..name other.test\n", "line 4"), ("", "lists no names"), ("# none\n", "no names")],
-    ids=["bad-line", "empty-file", "only-comments"],
+    [("good.test\n\n# comment\nbad..name other.test\n", "line 4"), ("# nothing but a comment\n", "lists no names")],
+    ids=["bad-line", "no-names"],
 )
 def test_invalid_name_file_is_refused_before_any_order(
     content: str, says: str, ari: AcmeFront, ari_env: Env, store: Path, certkeeper: Run, tmp_path: Path

@@ -90,7 +90,7 @@ def test_renew_force_renews_everything_with_replaces(
     ari: AcmeFront, ari_env: Env, store: Path, certkeeper: Run
 ) -> None:
     for name in ("force-a.test", "force-b.test"):
-        assert certkeeper(ari_env, "issue", "--key-type", "rsa-2048", name).returncode == 0
+        assert certkeeper(ari_env, "issue", "--key-type", "ec-p384", name).returncode == 0
     old = {name: load_cert(store / name / "cert.pem") for name in ("force-a.test", "force-b.test")}
     result = certkeeper(ari_env, "renew", "--force")
     assert result.returncode == 0, result.stderr
@@ -99,7 +99,7 @@ def test_renew_force_renews_everything_with_replaces(
     for name, cert in old.items():
         assert load_cert(store / name / "cert.pem").serial_number != cert.serial_number
     # The key type it was issued with is kept.
-    assert "rsa-2048" in certkeeper(ari_env, "status").stdout
+    assert "ec-p384" in certkeeper(ari_env, "status").stdout
 
 
 def test_renew_with_empty_store_says_so(ari_env: Env, store: Path, certkeeper: Run) -> None:
