@@ -26,7 +26,7 @@ CERTKEEPER = str(Path(sys.executable).with_name("certkeeper"))
 DOMAINS = "example.com foo.example.com"
 SECRET = "certs-example.com"
 RC = "nginx-ssl-proxy-api"
-RC_LABELS = {"name": RC}
+RC_LABELS: dict[str, Any] = {"name": RC}
 
 
 @dataclass
@@ -102,20 +102,23 @@ def secret_bytes(secret: Secret, key: str) -> bytes:
 
 
 def make_rc(client: Client, namespace: str, replicas: int = 2) -> ReplicationController:
-    rc = ReplicationController.from_dict(
-        {
-            "metadata": {"name": RC, "namespace": namespace},
-            "spec": {
-                "replicas": replicas,
-                "selector": RC_LABELS,
-                "template": {
-                    "metadata": {"labels": RC_LABELS},
-                    "spec": {"containers": [{"name": "nginx", "image": "ployst/nginx-ssl-proxy:0.0.3"}]},
+    rc = cast(
+        ReplicationController,
+        ReplicationController.from_dict(
+            {
+                "metadata": {"name": RC, "namespace": namespace},
+                "spec": {
+                    "replicas": replicas,
+                    "selector": RC_LABELS,
+                    "template": {
+                        "metadata": {"labels": RC_LABELS},
+                        "spec": {"containers": [{"name": "nginx", "image": "ployst/nginx-ssl-proxy:0.0.3"}]},
+                    },
                 },
-            },
-        }
+            }
+        ),
     )
-    return cast(ReplicationController, client.create(rc))
+    return client.create(rc)
 
 
 def is_ready(pod: Pod) -> bool:
@@ -179,9 +182,11 @@ class ReadyWatch:
                 return
 
     def stop(self) -> None:
+        # lightkube's watch reconnects by itself, so the (daemon) thread ends at its next pod event,
+        # at the latest when the test's namespace is deleted; the counts are final already.
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(10)
+            self._thread.join(0.5)
 
 
 def wait_for(what: str, predicate: Any, timeout: float = 60.0, run: Run | None = None) -> Any:

@@ -7,7 +7,7 @@ import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import pytest
 from lightkube import Client
@@ -75,7 +75,7 @@ def assert_good_secret(secret: Secret, pebble: Pebble, tmp_path: Path) -> str:
     assert secret.metadata is not None and secret.metadata.annotations is not None
     assert secret.metadata.annotations["certkeeper.io/names"] == DOMAINS
     assert secret.metadata.annotations["certkeeper.io/not-after"] == info.not_after.isoformat()
-    return info.serial
+    return str(info.serial)
 
 
 def no_key_material(text: str, *keys: bytes) -> None:
@@ -218,7 +218,7 @@ def test_deploy_manifests_apply_and_their_service_account_is_enough_and_no_more(
         assert run.stop() == 0
     assert_good_secret(secret, pebble, tmp_path)
 
-    other = kube_client.create(Namespace.from_dict({"metadata": {"generateName": "other-"}}))
+    other = kube_client.create(cast(Namespace, Namespace.from_dict({"metadata": {"generateName": "other-"}})))
     assert other.metadata is not None and other.metadata.name is not None
     try:
         sa_client = Client(KubeConfig.from_file(sa_config))

@@ -9,6 +9,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from lightkube import Client
@@ -140,7 +141,10 @@ def test_garbage_in_the_secret_is_replaced_by_a_good_certificate_and_its_type_ke
         "htpasswd": base64.b64encode(b"user:$apr1$x$y\n").decode(),
     }
     kube_client.create(
-        Secret.from_dict({"metadata": {"name": SECRET, "namespace": namespace}, "type": "Opaque", "data": junk})
+        cast(
+            Secret,
+            Secret.from_dict({"metadata": {"name": SECRET, "namespace": namespace}, "type": "Opaque", "data": junk}),
+        )
     )
     env = seed_env(pebble, namespace, kubeconfig, RC_NAMES="")
     with certkeeper_run(env, tmp_path / "run.log") as run:
