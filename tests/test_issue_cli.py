@@ -219,6 +219,14 @@ def test_failed_validation_is_reported_and_shown_by_status(
     assert rows[0]["lineage"] == "unreachable-responder.test"
     assert "connection" in rows[0]["last_error"]
 
+    # Straight away again: the failure backs off (1 minute) instead of burning another authorization.
+    again = certkeeper(wrong, "issue", "unreachable-responder.test")
+    assert again.returncode == 1
+    lines = again.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "not ordered" in lines[0] and "backing off after 1 failure" in lines[0]
+    assert "CA error connection" in lines[0] and "--force tries now" in lines[0]
+
 
 def test_private_key_never_appears_in_output(ari: AcmeFront, ari_env: Env, store: Path, certkeeper: Run) -> None:
     runs = [certkeeper(ari_env, "issue", "-vv", "secret.test", "www.secret.test")]

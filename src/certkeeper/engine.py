@@ -30,7 +30,8 @@ from certkeeper.web import Responder, default_routes, start_responder
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-Status = Literal["issued", "renewed", "unchanged", "failed"]
+# "deferred": due, but held back by backoff after failures (or the CA's Retry-After).
+Status = Literal["issued", "renewed", "unchanged", "deferred", "failed"]
 
 
 class CertStore(AccountStore, Protocol):
@@ -57,7 +58,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return self.status != "failed"
+        return self.status not in ("failed", "deferred")
 
 
 def _now() -> datetime.datetime:
@@ -179,6 +180,11 @@ class Engine:
                     state["renew_at"] = decision.renew_at.isoformat()
                 await self._in_thread(self.store.save_state, lineage, state)
                 info = stored.info if stored else None
+                if decision.held_back:
+                    last = state.get("last_error")
+                    detail = f"{decision.reason}" + (f"; last error: {last}" if last else "")
+                    return Outcome(spec, "deferred", detail, info, time.monotonic() - started,
+                                   next_check=decision.next_check)  # fmt: skip
                 return Outcome(spec, "unchanged", decision.reason, info, time.monotonic() - started,
                                next_check=decision.next_check)  # fmt: skip
             await self._ensure_responder()

@@ -27,6 +27,7 @@ class Plan:
     reason: str
     renew_at: datetime.datetime | None  # when it becomes due (None: due now / unknown)
     next_check: datetime.datetime  # when to look again
+    held_back: bool = False  # due, but backing off after failures
 
 
 def _fraction(seed: str) -> float:
@@ -65,7 +66,8 @@ def plan(
 
     def due(reason: str) -> Plan:
         if blocked_until is not None and now < blocked_until:
-            return Plan(False, f"{reason}; backing off after {state.get('failures')} failure(s)", None, blocked_until)
+            why = f"{reason}; backing off after {state.get('failures')} failure(s)"
+            return Plan(False, why, None, blocked_until, held_back=True)
         return Plan(True, reason, None, now)
 
     if stored is None:

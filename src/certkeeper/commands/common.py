@@ -103,10 +103,7 @@ def report(outcomes: list[Outcome], store: FileStore) -> int:
     if len(outcomes) == 1 and not failed:
         o = outcomes[0]
         names = " ".join(o.spec.names)
-        if o.status == "unchanged" and (o.info is None or "backing off" in o.detail):
-            click.echo(f"{names}: not ordered: {o.detail}; next attempt after {_when(o.next_check)} "
-                       "(--force tries now)")  # fmt: skip
-        elif o.status == "unchanged":
+        if o.status == "unchanged":
             why = "" if o.detail == "still good" else f" ({o.detail})"
             click.echo(f"{names}: still good until {_when(o.info.not_after if o.info else None)}{why}; "
                        f"no order made; next check {_when(o.next_check)}")  # fmt: skip
@@ -117,7 +114,11 @@ def report(outcomes: list[Outcome], store: FileStore) -> int:
     elif len(outcomes) > 1:
         summary_table(outcomes)
     for o in failed:
-        click.echo(f"certkeeper: error: {' '.join(o.spec.names)}: {o.detail}", err=True)
+        if o.status == "deferred":
+            click.echo(f"certkeeper: error: {' '.join(o.spec.names)}: not ordered: {o.detail}; next attempt after "
+                       f"{_when(o.next_check)} (--force tries now)", err=True)  # fmt: skip
+        else:
+            click.echo(f"certkeeper: error: {' '.join(o.spec.names)}: {o.detail}", err=True)
     return 1 if failed else 0
 
 
