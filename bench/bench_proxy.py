@@ -41,8 +41,8 @@ CIPHERS = (
     "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
     "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
 )
-SECONDS = int(os.environ.get("BENCH_PROXY_SECONDS", "6"))
-ROUNDS = 5
+SECONDS = int(os.environ.get("BENCH_PROXY_SECONDS", "4"))
+ROUNDS = 8
 ROTATION_SECONDS = 30
 ROTATE_EVERY = 3.0
 
@@ -445,6 +445,7 @@ def main() -> None:
         reloading.stop()
         started.remove(reloading)
 
+        results["handshake_cost"] = handshake_cost(work, ca, backend_port)
         results["pinning"] = pinning_check(work, ca, backend_port)
     finally:
         for process in started:
@@ -466,6 +467,42 @@ def pairs_of(runs: dict[str, list[WrkResult]]) -> list[tuple[WrkResult, WrkResul
 def ck_port_of(proxy: CertkeeperProxy) -> int:
     conf = (proxy.dir / "nginx.conf").read_text()
     return int(re.search(r"listen 127\.0\.0\.1:(\d+) ssl", conf).group(1))  # type: ignore[union-attr]
+
+
+def handshake_cost(work: Path, ca: CA, backend_port: int) -> dict[str, object]:
+    """Worker CPU per full handshake, the same hand-written config with the certificate loaded once vs
+    per handshake from a pinned generation (certkeeper's way): the cost of the choice, isolated."""
+    report: dict[str, object] = {}
+    for key_type in ("rsa", "ecdsa"):
+        chain, key = ca.issue(key_type)
+        servers: dict[str, tuple[BareNginx, int]] = {}
+        for how in ("static", "pinned-variable"):
+            base = work / f"hs-{key_type}-{how}"
+            (base / "g").mkdir(parents=True, mode=0o755)
+            base.chmod(0o755)
+            write_static(base / "g", chain, key)
+            os.chmod(base / "g" / "key.pem", 0o644)  # throwaway bench key; workers run as another user
+            (base / "current").symlink_to("g")
+            (base / "nginx").mkdir()
+            port = free_port()
+            servers[how] = (
+                BareNginx(base / "nginx", bare_conf(base / "nginx", port, backend_port, base / "current", how)),
+                port,
+            )
+            wait_listening(port)
+        cpu: dict[str, list[float]] = {how: [] for how in servers}
+        for _ in range(ROUNDS // 2):
+            for how, (server, port) in servers.items():
+                cpu[how].append(wrk(port, SECONDS, True, server.master_pid, connections=2).worker_cpu_us_per_request)
+        for server, _ in servers.values():
+            server.stop()
+        static, pinned = median(cpu["static"]), median(cpu["pinned-variable"])
+        report[key_type] = {"static_us": static, "per_handshake_us": pinned, "cost_us": round(pinned - static, 1),
+                            "cost_percent": round((pinned - static) / static * 100, 1), "runs": cpu}  # fmt: skip
+        print(f"handshake {key_type:5} worker CPU per full handshake: loaded once {static} us, per handshake "
+              f"{pinned} us: cost {pinned - static:.1f} us ({(pinned - static) / static * 100:.1f}%)",
+              flush=True)  # fmt: skip
+    return report
 
 
 def pinning_check(work: Path, ca: CA, backend_port: int) -> dict[str, object]:
