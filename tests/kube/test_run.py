@@ -86,6 +86,12 @@ def no_key_material(text: str, *keys: bytes) -> None:
         assert base64.b64encode(key)[:40].decode() not in text
 
 
+def rollout_state(client: Client, namespace: str) -> str | None:
+    secret = get_secret(client, namespace)
+    annotations = (secret.metadata.annotations if secret and secret.metadata else None) or {}
+    return annotations.get("certkeeper.io/rollout")
+
+
 def event_reasons(client: Client, namespace: str) -> list[str]:
     return [e.reason or "" for e in client.list(Event, namespace=namespace)]
 
@@ -111,6 +117,7 @@ def test_post_scenario_then_restart_then_secret_deleted(
 
             new_pods = wait_for("every pod of the RC replaced by a Ready one", rolled, timeout=90, run=run)
             wait_for("the rollout logged", lambda: f"pod(s) of replicationcontroller/{RC}" in run.log, run=run)
+            wait_for("the rollout recorded on the Secret", lambda: rollout_state(kube_client, namespace) == "done")
             # The health path of the original image, served all the time.
             port = env["CERTKEEPER_HTTP_BIND"].rsplit(":", 1)[1]
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/.well-known/acme-challenge/health", timeout=5) as r:
@@ -230,3 +237,27 @@ def test_deploy_manifests_apply_and_their_service_account_is_enough_and_no_more(
         assert refused_get.value.status.code == 403
     finally:
         kube_client.delete(Namespace, other.metadata.name)
+
+
+def test_a_rollout_interrupted_after_storing_is_finished_at_the_next_start(
+    kube_client: Client, namespace: str, kubeconfig: Path, pebble: Pebble, tmp_path: Path
+) -> None:
+    from lightkube.types import PatchType
+
+    make_rc(kube_client, namespace, replicas=2)
+    old_pods = wait_for("2 Ready pods", lambda: (p := ready_pods(kube_client, namespace)) and len(p) == 2 and p)
+    with certkeeper_run(seed_env(pebble, namespace, kubeconfig, RC_NAMES=""), tmp_path / "first.log") as run:
+        wait_for("the rollout recorded", lambda: rollout_state(kube_client, namespace) == "done", run=run)
+        assert run.stop() == 0
+    stored = get_secret(kube_client, namespace)
+    assert stored is not None and ready_pods(kube_client, namespace) == old_pods
+    # As if certkeeper had been killed between writing the Secret and restarting the pods.
+    patch = {"metadata": {"annotations": {"certkeeper.io/rollout": "pending"}}}
+    kube_client.patch(Secret, SECRET, patch, namespace=namespace, patch_type=PatchType.MERGE)
+    with certkeeper_run(seed_env(pebble, namespace, kubeconfig), tmp_path / "second.log") as run:
+        wait_for("the rollout finished", lambda: rollout_state(kube_client, namespace) == "done", run=run)
+        assert not ready_pods(kube_client, namespace) & old_pods
+        assert "ordering " not in run.log
+        assert run.stop() == 0
+    after = get_secret(kube_client, namespace)
+    assert after is not None and after.data == stored.data, "the certificate itself must not change"

@@ -261,10 +261,16 @@ class Controller:
                 return
             outcome = outcomes[0]
             self._report(outcome)
-            if outcome.changed:
+            if outcome.changed or (outcome.ok and self.store.rollout_pending):
+                if not outcome.changed:
+                    log.info("the stored certificate's consumers were not restarted yet (interrupted?): doing it now")
                 finished, _ = await self._unless_stopped(asyncio.to_thread(self._roll))
                 if not finished:
                     return
+                try:
+                    await asyncio.to_thread(self.store.mark_rolled)
+                except CertkeeperError as error:
+                    log.warning("%s", error)
             now = _now()
             if outcome.ok:
                 failures = 0

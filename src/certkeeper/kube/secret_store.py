@@ -114,6 +114,7 @@ class SecretStore:
         self.account_secret_name = account_secret_name or f"{secret_name}-acme-account"
         self._state: dict[str, Any] = {}
         self.last_digest = ""  # proxycert of the last Secret seen or written by us
+        self.rollout_pending = False  # stored, but its consumers not yet restarted (e.g. a crash between)
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -147,6 +148,7 @@ class SecretStore:
         except ValueError:
             meta = {}
         self._state = self._parse_state(annotations)
+        self.rollout_pending = annotations.get(PREFIX + "rollout") == "pending"
         chain = _unb64(data.get("proxycert")) or _unb64(data.get("tls.crt"))
         key = _unb64(data.get("proxykey")) or _unb64(data.get("tls.key"))
         if not chain or not key:
@@ -182,6 +184,7 @@ class SecretStore:
                 PREFIX + "serial": info.serial,
                 PREFIX + "fingerprint": info.fingerprint,
                 PREFIX + "meta": json.dumps(meta, sort_keys=True, default=str),
+                PREFIX + "rollout": "pending",
             }
         )
         metadata = ObjectMeta(
@@ -221,6 +224,7 @@ class SecretStore:
                 _fail(f"write Secret {self.namespace}/{self.secret_name}", error)
             else:
                 self.last_digest = digest_of(written)
+                self.rollout_pending = True
                 return True
         raise CertkeeperError(f"cannot write Secret {self.namespace}/{self.secret_name}: it kept changing (409)")
 
@@ -256,6 +260,16 @@ class SecretStore:
                     raise
 
         call_api(f"record the renewal state on Secret {self.namespace}/{self.secret_name}", write)
+
+    def mark_rolled(self) -> None:
+        """Record that the consumers of the stored certificate were restarted."""
+        patch = {"metadata": {"annotations": {PREFIX + "rollout": "done"}}}
+
+        def write() -> None:
+            self.client.patch(Secret, self.secret_name, patch, namespace=self.namespace, patch_type=PatchType.MERGE)
+
+        call_api(f"record the rollout on Secret {self.namespace}/{self.secret_name}", write)
+        self.rollout_pending = False
 
     # -- ACME account ----------------------------------------------------------------------------
 
