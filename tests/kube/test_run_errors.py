@@ -193,3 +193,19 @@ def test_a_good_secret_is_never_overwritten_when_the_ca_fails(
     after = get_secret(kube_client, namespace)
     assert after is not None and after.data == good.data
     assert cert_info(split_pem_chain(secret_bytes(after, "proxycert"))[0]).serial == serial
+
+
+def test_sigterm_while_the_ca_hangs_exits_cleanly_at_once(
+    namespace: str, kubeconfig: Path, pebble: Pebble, tmp_path: Path
+) -> None:
+    with socket.socket() as silent:  # accepts connections (the kernel does) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        env = seed_env(pebble, namespace, kubeconfig, RC_NAMES="", LETSENCRYPT_ENDPOINT=f"https://127.0.0.1:{port}/dir")
+        with certkeeper_run(env, tmp_path / "run.log") as run:
+            wait_for("certkeeper serving", lambda: "serving HTTP-01" in run.log, run=run)
+            time.sleep(1.0)  # now it waits for the CA's directory
+            assert "could not get a certificate" not in run.log, "the CA was meant to hang, not fail"
+            assert run.stop(timeout=15) == 0
+    assert "SIGTERM received: stopping" in run.log and "Traceback" not in run.log
