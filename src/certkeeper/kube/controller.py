@@ -177,6 +177,14 @@ class Controller:
                 self.events.emit("Secret", self.config.secret_name, outcome.status.capitalize(), text)
             else:
                 log.info("%s; Secret %s already held it", text, secret)
+        elif outcome.status == "deferred":
+            # Due, but backing off after a failure (already reported when it happened).
+            log.info(
+                "certificate for %s is due but backing off (%s); next try %s",
+                names,
+                outcome.detail,
+                _when(outcome.next_check),
+            )
         elif outcome.status == "unchanged":
             until = _when(outcome.info.not_after) if outcome.info else "-"
             log.info(
@@ -272,7 +280,7 @@ class Controller:
                 except CertkeeperError as error:
                     log.warning("%s", error)
             now = _now()
-            if outcome.ok:
+            if outcome.ok or (outcome.status == "deferred" and outcome.next_check is not None):
                 failures = 0
                 wake_at = outcome.next_check or now + MAX_SLEEP
             else:
