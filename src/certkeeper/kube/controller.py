@@ -21,7 +21,7 @@ from certkeeper.errors import CertkeeperError, ConfigError
 from certkeeper.kube.config import RunConfig
 from certkeeper.kube.events import Recorder
 from certkeeper.kube.rollout import RolloutResult, restart_rc, restart_workload
-from certkeeper.kube.secret_store import SecretStore, digest_of
+from certkeeper.kube.secret_store import SecretStore, api_error_text, digest_of
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.web import Responder, default_routes, start_responder
 
@@ -210,9 +210,17 @@ class Controller:
         results: list[RolloutResult] = []
         ns = self.config.namespace
         for name in self.config.rc_names:
-            results.append(restart_rc(self.client, ns, name, self.config.rollout_timeout, self._stop.is_set))
+            try:
+                results.append(restart_rc(self.client, ns, name, self.config.rollout_timeout, self._stop.is_set))
+            except Exception as error:  # e.g. the API went away mid-rollout: report, keep running
+                message = f"replicationcontroller/{name}: rollout interrupted ({api_error_text(error)})"
+                results.append(RolloutResult("ReplicationController", name, False, False, message))
         for workload in self.config.workloads:
-            results.append(restart_workload(self.client, ns, workload))
+            try:
+                results.append(restart_workload(self.client, ns, workload))
+            except Exception as error:
+                message = f"{workload}: restart failed ({api_error_text(error)})"
+                results.append(RolloutResult(workload.kind, workload.name, False, False, message))
         for result in results:
             if result.ok:
                 log.info("%s", result.message)
@@ -264,7 +272,14 @@ class Controller:
         failures = 0
         while not self._stop.is_set():
             self._wake.clear()
-            finished, outcomes = await self._unless_stopped(engine.run([self.config.spec]))
+            try:
+                finished, outcomes = await self._unless_stopped(engine.run([self.config.spec]))
+            except Exception as error:  # a bug, not a CA or API answer: keep serving, try again later
+                failures += 1
+                delay = FAILURE_BACKOFF_S[min(failures, len(FAILURE_BACKOFF_S)) - 1]
+                log.error("the check failed unexpectedly (%s: %s); again in %d s", type(error).__name__, error, delay)
+                await self._sleep(delay)
+                continue
             if not finished or outcomes is None:
                 return
             outcome = outcomes[0]

@@ -24,7 +24,7 @@ from lightkube.types import PatchType
 
 from certkeeper.errors import CertkeeperError
 from certkeeper.kube.config import Workload
-from certkeeper.kube.secret_store import call_api, is_not_found
+from certkeeper.kube.secret_store import api_error_text, call_api, is_not_found
 
 log = logging.getLogger(__name__)
 POLL_S = 0.25
@@ -97,7 +97,7 @@ def restart_rc(
                 client.delete(Pod, pod_name, namespace=namespace)
             except ApiError as error:
                 if not is_not_found(error):
-                    raise CertkeeperError(f"cannot delete pod {pod_name} ({error.status.code})") from None
+                    raise CertkeeperError(f"cannot delete pod {pod_name} ({api_error_text(error)})") from None
             deadline = time.monotonic() + timeout
 
             def back(pod_name: str = pod_name) -> bool:
