@@ -209,3 +209,55 @@ def test_sigterm_while_the_ca_hangs_exits_cleanly_at_once(
             assert "could not get a certificate" not in run.log, "the CA was meant to hang, not fail"
             assert run.stop(timeout=15) == 0
     assert "SIGTERM received: stopping" in run.log and "Traceback" not in run.log
+
+
+def test_workloads_secret_name_and_type_are_honoured(
+    kube_client: Client, namespace: str, kubeconfig: Path, pebble: Pebble, tmp_path: Path
+) -> None:
+    from lightkube.resources.apps_v1 import DaemonSet, StatefulSet
+
+    def spec(name: str) -> dict[str, object]:
+        labels = {"app": name}
+        return {
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}},
+        }
+
+    kube_client.create(
+        cast(
+            StatefulSet,
+            StatefulSet.from_dict(
+                {"metadata": {"name": "db", "namespace": namespace}, "spec": {**spec("db"), "serviceName": "db"}}
+            ),
+        )
+    )
+    kube_client.create(
+        cast(
+            DaemonSet,
+            DaemonSet.from_dict({"metadata": {"name": "agent", "namespace": namespace}, "spec": spec("agent")}),
+        )
+    )
+    env = seed_env(
+        pebble,
+        namespace,
+        kubeconfig,
+        RC_NAMES="",
+        SECRET_NAME="tls-web",
+        TYPE="Opaque",
+        WORKLOADS="sts/db daemonset/agent deployment/gone",
+    )
+
+    def restarted(kind: type[StatefulSet] | type[DaemonSet], name: str) -> bool:
+        template = kube_client.get(kind, name, namespace=namespace).spec.template  # type: ignore[union-attr]
+        return "kubectl.kubernetes.io/restartedAt" in (
+            (template.metadata.annotations if template.metadata else None) or {}
+        )
+
+    with certkeeper_run(env, tmp_path / "run.log") as run:
+        secret = wait_for("Secret tls-web", lambda: get_secret(kube_client, namespace, "tls-web"), run=run)
+        wait_for("statefulset/db restarted", lambda: restarted(StatefulSet, "db"), run=run)
+        wait_for("daemonset/agent restarted", lambda: restarted(DaemonSet, "agent"), run=run)
+        wait_for("deployment/gone reported", lambda: "deployment/gone not found" in run.log, run=run)
+        assert run.stop() == 0
+    assert secret.type == "Opaque"
+    assert get_secret(kube_client, namespace, SECRET) is None, "SECRET_NAME replaces certs-<domain>"
