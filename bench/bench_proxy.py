@@ -361,9 +361,10 @@ def main() -> None:
             modes = [("keepalive", False), ("close", True)] if key_type == "rsa" else [("close", True)]
             for mode, close in modes:
                 runs: dict[str, list[WrkResult]] = {"certkeeper": [], "bare": []}
-                for _ in range(ROUNDS):  # alternate, so drift on a shared machine hits both sides alike
-                    runs["certkeeper"].append(wrk(ck_port, SECONDS, close, ck.master_pid))
-                    runs["bare"].append(wrk(bare_port, SECONDS, close, bare.master_pid))
+                for n in range(ROUNDS):  # alternate (ABBA), so drift on a shared machine hits both sides alike
+                    sides = [("certkeeper", ck_port, ck.master_pid), ("bare", bare_port, bare.master_pid)]
+                    for side, port, master in sides if n % 2 == 0 else sides[::-1]:
+                        runs[side].append(wrk(port, SECONDS, close, master))
                 rps = {side: median(w.requests_per_s for w in r) for side, r in runs.items()}
                 cpu = {side: median(w.worker_cpu_us_per_request for w in r) for side, r in runs.items()}
                 entry = {
@@ -491,8 +492,8 @@ def handshake_cost(work: Path, ca: CA, backend_port: int) -> dict[str, object]:
             )
             wait_listening(port)
         cpu: dict[str, list[float]] = {how: [] for how in servers}
-        for _ in range(ROUNDS // 2):
-            for how, (server, port) in servers.items():
+        for n in range(ROUNDS // 2):
+            for how, (server, port) in list(servers.items())[:: 1 if n % 2 == 0 else -1]:
                 cpu[how].append(wrk(port, SECONDS, True, server.master_pid, connections=2).worker_cpu_us_per_request)
         for server, _ in servers.values():
             server.stop()

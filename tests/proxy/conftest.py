@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from aiohttp import WSMsgType, web
-from proxy_helpers import LocalCA, wait_for
-
-CERTKEEPER = str(Path(sys.executable).parent / "certkeeper")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from proxy_helpers import LocalCA, RunningProxy, StartProxy, free_port, run_certkeeper_proxy, wait_for
 
 
 async def _echo(request: web.Request) -> web.StreamResponse:
@@ -110,35 +97,6 @@ def secrets_dir(world_dir: Path) -> Path:
     path = world_dir / "secrets"
     path.mkdir(mode=0o755)
     return path
-
-
-@dataclass
-class RunningProxy:
-    process: subprocess.Popen[bytes]
-    http_port: int
-    https_port: int
-    run_dir: Path
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def master_pid(self) -> int:
-        return int((self.run_dir / "nginx.pid").read_text())
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=15)
-
-
-def run_certkeeper_proxy(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin", **env}
-    with log_path.open("ab") as log:
-        return subprocess.Popen([CERTKEEPER, "proxy"], env=full_env, stdout=log, stderr=subprocess.STDOUT)
-
-
-StartProxy = Callable[..., RunningProxy]
 
 
 @pytest.fixture

@@ -5,8 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import os
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 HOST = "proxy.test"
+CERTKEEPER = str(Path(sys.executable).parent / "certkeeper")
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,7 @@ def https_get(
         lines = [f"GET {path} HTTP/1.1", f"Host: {HOST}", "Connection: close"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         tls.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        response = http.client.HTTPResponse(tls)  # type: ignore[arg-type]
+        response = http.client.HTTPResponse(tls)
         response.begin()
         body = response.read()
         reply_headers = {k.lower(): v for k, v in response.getheaders()}
@@ -158,3 +162,38 @@ def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
 
 def served_serial(port: int, context: ssl.SSLContext) -> int:
     return https_get(port, context).serial
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningProxy:
+    process: subprocess.Popen[bytes]
+    http_port: int
+    https_port: int
+    run_dir: Path
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def master_pid(self) -> int:
+        return int((self.run_dir / "nginx.pid").read_text())
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=15)
+
+
+def run_certkeeper_proxy(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin", **env}
+    with log_path.open("ab") as log:
+        return subprocess.Popen([CERTKEEPER, "proxy"], env=full_env, stdout=log, stderr=subprocess.STDOUT)
+
+
+StartProxy = Callable[..., RunningProxy]

@@ -7,8 +7,7 @@ import pwd
 import socket
 from pathlib import Path
 
-from conftest import StartProxy
-from proxy_helpers import LocalCA, http_get, served_serial, wait_for, write_plain, write_secret_volume
+from proxy_helpers import LocalCA, StartProxy, http_get, served_serial, wait_for, write_plain, write_secret_volume
 
 SERVED_WITHIN = 10  # generous: the proxy polls every 0.2 s in these tests
 

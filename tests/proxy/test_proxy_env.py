@@ -6,8 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import StartProxy, free_port, run_certkeeper_proxy
-from proxy_helpers import http_get
+from proxy_helpers import CERTKEEPER, StartProxy, free_port, http_get, run_certkeeper_proxy
 
 
 def _run(world_dir: Path, env: dict[str, str]) -> tuple[int, list[str]]:
@@ -95,3 +94,18 @@ def test_nginx_failure_to_start_is_the_exit_status(start_proxy: StartProxy, worl
     )
     assert process.wait(timeout=30) == 1
     assert "Address already in use" in (world_dir / "second.log").read_text()
+
+
+def test_print_config_shows_the_nginx_configuration_without_starting_it(world_dir: Path) -> None:
+    result = subprocess.run(
+        [CERTKEEPER, "proxy", "--print-config"],
+        env={"PATH": "/usr/bin:/bin:/usr/sbin", "ENABLE_SSL": "true", "TARGET_SERVICE": "10.0.0.7:8080",
+             "RUN_DIR": str(world_dir / "run"), "SERVER_NAME": "example.com"},
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert "server 10.0.0.7:8080;" in result.stdout
+    assert "server_name example.com;" in result.stdout
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in result.stdout
+    assert not (world_dir / "run").exists()

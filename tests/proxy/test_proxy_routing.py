@@ -10,8 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import StartProxy
-from proxy_helpers import HOST, LocalCA, http_get, https_get, write_plain
+from proxy_helpers import HOST, LocalCA, StartProxy, http_get, https_get, write_plain
 
 
 def test_https_reaches_backend_with_the_original_proxy_headers(

@@ -7,8 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import RunningProxy, StartProxy
-from proxy_helpers import HOST, LocalCA, https_get, write_plain
+from proxy_helpers import HOST, LocalCA, RunningProxy, StartProxy, https_get, write_plain
 
 
 @pytest.fixture
