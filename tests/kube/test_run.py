@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import subprocess
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -28,19 +27,10 @@ from runkit import (
 
 from certkeeper.crypto import cert_info, key_matches_cert, split_pem_chain
 from certkeeper.kube.secret_store import FFDHE2048_PEM
-from certkeeper.testing.pebble import Pebble, start_pebble
+from certkeeper.testing.pebble import Pebble
 
 if TYPE_CHECKING:
     from conftest import Kubectl
-
-
-@pytest.fixture(scope="module")
-def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
-    running = start_pebble(tmp_path_factory.mktemp("pebble"))
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def assert_good_secret(secret: Secret, pebble: Pebble, tmp_path: Path) -> str:

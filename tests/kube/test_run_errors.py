@@ -7,7 +7,6 @@ import json
 import socket
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
@@ -18,16 +17,7 @@ from runkit import SECRET, certkeeper_run, get_secret, run_to_exit, secret_bytes
 
 from certkeeper.crypto import cert_info, key_matches_cert, split_pem_chain
 from certkeeper.testing.cluster import write_kubeconfig
-from certkeeper.testing.pebble import Pebble, start_pebble
-
-
-@pytest.fixture(scope="module")
-def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
-    running = start_pebble(tmp_path_factory.mktemp("pebble"))
-    try:
-        yield running
-    finally:
-        running.stop()
+from certkeeper.testing.pebble import Pebble
 
 
 def closed_port() -> int:
