@@ -73,9 +73,13 @@ def test_rc_with_two_replicas_gets_two_ready_pods(
 ) -> None:
     make_rc(kube_client, namespace, "web", 2)
 
-    pods = wait_until("2 Ready pods", lambda: len(ready_pods(kube_client, namespace, "web")) == 2 or None)
-    assert pods
-    for pod in ready_pods(kube_client, namespace, "web"):
+    def two_ready() -> list[Pod] | None:
+        found = ready_pods(kube_client, namespace, "web")
+        return found if len(found) == 2 else None
+
+    pods = wait_until("2 Ready pods", two_ready)
+    assert len({p.status.podIP for p in pods if p.status}) == 2, "each pod has its own IP"
+    for pod in pods:
         assert pod.spec is not None and pod.spec.nodeName == cluster.node_name
         assert pod.status is not None and pod.status.podIP
         owners = pod.metadata.ownerReferences if pod.metadata else None
