@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import fcntl
 import glob
 import ipaddress
 import json
@@ -123,19 +124,27 @@ def _run(cmd: Sequence[str | os.PathLike[str]], log: TextIO, cwd: Path | None = 
 def build(log: TextIO = sys.stderr) -> Path:
     """Build the control-plane binaries from Debian's source package unless they are cached.
 
-    Returns the cache directory. Takes about 5 minutes and 1.3 GB of scratch space on a fresh machine;
-    a no-op afterwards.
+    Returns the cache directory. Takes 5 to 20 minutes (CPU-bound) and 1.3 GB of scratch space on a
+    fresh machine; a no-op afterwards. Concurrent callers wait for one build instead of racing.
     """
     target = cache_dir()
     if binaries_ready():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if binaries_ready():
+            return target
+        return _build(target, log)
+
+
+def _build(target: Path, log: TextIO) -> Path:
     for tool in ("apt-get", "dpkg-source", "go", "make", "rsync"):
         if shutil.which(tool) is None:
             raise ClusterError(f"{tool} not found: run scripts/install (it installs scripts/debian-packages)")
     reflect2 = Path("/usr/share/gocode/src/github.com/modern-go/reflect2")
     if not reflect2.is_dir():
         raise ClusterError("golang-github-modern-go-reflect2-dev is not installed: run scripts/install")
-    target.parent.mkdir(parents=True, exist_ok=True)
     log.write(
         f"building Kubernetes {KUBERNETES_VERSION} from Debian's source package into {target} "
         "(once per machine; 5 to 15 minutes)\n"
