@@ -247,9 +247,10 @@ async def run(kubeconfig: str, node_name: str, ready_delay: float) -> None:
     for task in [*tasks, stopped]:
         task.cancel()
     await client.close()
+    # A loop that ended by itself failed: exit non-zero so the failure shows in the stand-in's log.
     for task in done:
-        if task is not stopped and not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
+        if task is not stopped and not task.cancelled() and (error := task.exception()) is not None:
+            raise error
 
 
 def main(argv: Sequence[str] | None = None) -> int:
