@@ -6,20 +6,18 @@ import datetime
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 
 from certkeeper.acme.client import RenewalWindow
 from certkeeper.planner import plan
 from certkeeper.spec import CertSpec, KeyType
 from certkeeper.stores.base import StoredCert
+from certkeeper.testing.pki import TestCA, key_pem
 
 T0 = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
 DAY = datetime.timedelta(days=1)
 
-_CA_KEY = ec.generate_private_key(ec.SECP256R1())
+_CA = TestCA("planner test CA")
 _KEYS: dict[str, Any] = {}
 
 
@@ -36,25 +34,8 @@ def stored(
     key_kind: str | None = None,
 ) -> StoredCert:
     """A certificate issued at T0 by a throw-away CA, as a store would hand it to the planner."""
-    key = _key(kind)
-    issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "planner test CA")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(T0)
-        .not_valid_after(T0 + lifetime)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(_CA_KEY.public_key()), critical=False)
-        .sign(_CA_KEY, hashes.SHA256())
-    )
-    stored_key = _key(key_kind or kind)
-    key_pem = stored_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return StoredCert.parse(key_pem, cert.public_bytes(serialization.Encoding.PEM), b"", {})
+    leaf = _CA.issue(names, key=_key(kind), not_before=T0, not_after=T0 + lifetime)
+    return StoredCert.parse(key_pem(_key(key_kind or kind)), leaf.cert_pem, b"", {})
 
 
 SPEC = CertSpec(("plan.test", "www.plan.test"))

@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Protocol
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from certkeeper.acme.client import IssuedCert
 from certkeeper.crypto import cert_info
 from certkeeper.stores.files import FileStore
+from certkeeper.testing.pki import TestCA
 
 Env = dict[str, str]
 PEM_FILES = ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem")
@@ -81,24 +80,11 @@ def test_a_corrupt_certificate_is_reported_and_replaced(env: Env, store: Path, c
 
 def _issued(name: str, number: int) -> IssuedCert:
     now = datetime.datetime.now(datetime.UTC)
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(1000 + number)
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=90 + number))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return IssuedCert(key_pem=key_pem, cert_pem=cert_pem, chain_pem=b"", info=cert_info(cert_pem))
+    leaf = _CA.issue([name], serial=1000 + number, not_after=now + datetime.timedelta(days=90 + number))
+    return IssuedCert(key_pem=leaf.key_pem, cert_pem=leaf.cert_pem, chain_pem=b"", info=cert_info(leaf.cert_pem))
+
+
+_CA = TestCA("store test CA")
 
 
 def test_reader_resolving_current_sees_a_matching_pair(tmp_path: Path) -> None:

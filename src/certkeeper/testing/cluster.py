@@ -11,10 +11,8 @@ from another shell) ends exactly those processes.
 from __future__ import annotations
 
 import base64
-import datetime
 import fcntl
 import glob
-import ipaddress
 import json
 import os
 import secrets
@@ -363,69 +361,24 @@ class _Launcher:
 
 def _write_pki(pki: Path) -> None:
     """A CA, the apiserver's serving certificate, and the service-account signing key pair."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from certkeeper.testing.pki import TestCA, key_pem
 
     pki.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certkeeper test cluster CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = [
-        x509.DNSName(n)
-        for n in ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-                  "kubernetes.default.svc.cluster.local")
-    ]  # fmt: skip
-    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", SERVICE_IP)]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    pkcs8 = serialization.PrivateFormat.PKCS8
-    plain = serialization.NoEncryption()
-    (pki / "ca.crt").write_bytes(ca_cert.public_bytes(pem))
-    (pki / "apiserver.crt").write_bytes(cert.public_bytes(pem))
-    (pki / "apiserver.key").write_bytes(key.private_bytes(pem, pkcs8, plain))
+    ca = TestCA("certkeeper test cluster CA")
+    names = ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+             "kubernetes.default.svc.cluster.local")  # fmt: skip
+    serving = ca.issue(names, ips=("127.0.0.1", SERVICE_IP), server_auth=True)
+    (pki / "ca.crt").write_bytes(ca.cert_pem)
+    (pki / "apiserver.crt").write_bytes(serving.cert_pem)
+    (pki / "apiserver.key").write_bytes(serving.key_pem)
     # ES256 service-account tokens: the apiserver accepts them, and the key is made in microseconds.
     sa_key = ec.generate_private_key(ec.SECP256R1())
-    (pki / "sa.key").write_bytes(sa_key.private_bytes(pem, pkcs8, plain))
-    (pki / "sa.pub").write_bytes(sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (pki / "sa.key").write_bytes(key_pem(sa_key))
+    pub = sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (pki / "sa.pub").write_bytes(pub)
     for path in pki.glob("*.key"):
         path.chmod(0o600)
 

@@ -7,7 +7,6 @@ responder on ``http_port``.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import shutil
@@ -23,10 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from certkeeper.testing.pki import TestCA
 
 
 def free_port() -> int:
@@ -46,43 +42,14 @@ class TLSFiles:
 
 
 def make_tls_files(directory: Path, names: tuple[str, ...] = ("localhost",)) -> TLSFiles:
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certkeeper test bench CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    import ipaddress
-
-    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
-    sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca = TestCA("certkeeper test bench CA")
+    leaf = ca.issue(names, ips=("127.0.0.1",))
     files = TLSFiles(directory / "tls-ca.pem", directory / "tls-cert.pem", directory / "tls-key.pem")
-    files.ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    files.cert_pem.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    files.key_pem.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    os.chmod(files.key_pem, 0o600)
+    files.ca_pem.write_bytes(ca.cert_pem)
+    files.cert_pem.write_bytes(leaf.cert_pem)
+    fd = os.open(files.key_pem, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(leaf.key_pem)
     return files
 
 
