@@ -254,7 +254,13 @@ class CertkeeperProxy:
 
     @property
     def master_pid(self) -> int:
-        return int((self.dir / "nginx.pid").read_text())
+        # nginx creates the pid file, then writes it: right after start it can be empty for a moment.
+        for _ in range(100):
+            text = (self.dir / "nginx.pid").read_text().strip()
+            if text:
+                return int(text)
+            time.sleep(0.05)
+        raise RuntimeError("nginx wrote no pid")
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)

@@ -182,6 +182,8 @@ class RunningProxy:
         return self.log_path.read_text(errors="replace")
 
     def master_pid(self) -> int:
+        # nginx creates the pid file, then writes it: right after start it can be empty for a moment.
+        wait_for(lambda: bool((self.run_dir / "nginx.pid").read_text().strip()), 10, "nginx's pid file")
         return int((self.run_dir / "nginx.pid").read_text())
 
     def stop(self) -> int:
