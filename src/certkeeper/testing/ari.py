@@ -138,13 +138,14 @@ class AcmeFront:
 
     async def _proxy(self, request: web.Request) -> web.Response:
         body = await request.read()
+        order: dict[str, Any] | None = None
         with self._lock:
             self.requests.append((request.method, request.path_qs))
-            if request.method == "POST" and request.path == self._new_order_path:
-                try:
-                    self.orders.append(json.loads(_b64url_decode(json.loads(body)["payload"])))
-                except (ValueError, KeyError, TypeError):
-                    self.orders.append({"unreadable": body.decode("latin-1")})
+        if request.method == "POST" and request.path == self._new_order_path:
+            try:
+                order = json.loads(_b64url_decode(json.loads(body)["payload"]))
+            except (ValueError, KeyError, TypeError):
+                order = {"unreadable": body.decode("latin-1")}
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST)
         headers["Host"] = request.host
         headers["Accept-Encoding"] = "identity"
@@ -157,6 +158,11 @@ class AcmeFront:
             allow_redirects=False,
         ) as upstream:
             payload = await upstream.read()
+            if order is not None and upstream.status == 201:
+                # Only orders the CA created: a request refused for a stale nonce (Pebble rejects
+                # some at random) and sent again is one order, not two.
+                with self._lock:
+                    self.orders.append(order)
             out = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE)
             if request.method == "GET" and request.path == urlsplit(self.pebble.directory_url).path:
                 directory = json.loads(payload)
