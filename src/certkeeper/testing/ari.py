@@ -4,7 +4,8 @@ Pebble 2.4 has no ARI. ``AcmeFront`` listens over HTTPS on loopback and reverse-
 request to Pebble unchanged, keeping the ``Host`` header so that Pebble builds all its URLs (and
 checks every JWS ``url``) against the front. It adds ``renewalInfo`` to the directory, answers
 ``GET /renewal-info/<certid>`` with a window the test sets, and records what clients sent: every
-request line, every ``newOrder`` payload (to assert ``replaces``) and every renewal-info query.
+request line, the payload of each order the CA created (to assert ``replaces``) and every
+renewal-info query.
 
 The front runs its own event loop on a background thread; the test drives a client (typically the
 ``certkeeper`` command in a subprocess) against ``front.directory_url`` with ``front.ca_bundle``.
