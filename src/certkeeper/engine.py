@@ -20,8 +20,8 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from certkeeper.acme import Account, AccountStore, AcmeClient, IssuedCert, RenewalWindow, ensure_account
 from certkeeper.crypto import CertInfo, generate_key, key_type_of
-from certkeeper.errors import CAError, CertkeeperError
-from certkeeper.planner import plan
+from certkeeper.errors import CAError, CertkeeperError, ConfigError
+from certkeeper.planner import plan, retry_at
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.spec import CertSpec, IssuerSpec
 from certkeeper.stores.base import StoredCert, check_replacement
@@ -220,12 +220,16 @@ class Engine:
             return await self._failed(spec, state, error, started)
 
     async def _failed(self, spec: CertSpec, state: dict[str, Any], error: CertkeeperError, started: float) -> Outcome:
-        from certkeeper.planner import retry_at
-
-        failures = int(state.get("failures", 0)) + 1
-        state.update(failures=failures, last_failure=_now().isoformat(), last_error=str(error))
+        if isinstance(error, ConfigError):
+            # Nothing reached the CA: no rate limit to protect, so the next run may try at once.
+            state["last_error"] = str(error)
+        else:
+            failures = int(state.get("failures", 0)) + 1
+            state.update(failures=failures, last_failure=_now().isoformat(), last_error=str(error))
         if isinstance(error, CAError) and error.acme_type == "rateLimited":
-            state["retry_after"] = (_now() + datetime.timedelta(hours=1)).isoformat()
+            # Honour the CA's Retry-After; without one, an hour (Let's Encrypt's windows are hours long).
+            wait = error.retry_after if error.retry_after is not None else 3600.0
+            state["retry_after"] = (_now() + datetime.timedelta(seconds=wait)).isoformat()
         next_try = retry_at(state)
         if next_try:
             state["next_check"] = next_try.isoformat()

@@ -22,3 +22,4 @@ class CAError(CertkeeperError):
     def __init__(self, problem: str, fix: str = "", acme_type: str | None = None) -> None:
         super().__init__(problem, fix)
         self.acme_type = acme_type
+        self.retry_after: float | None = None  # seconds, from the CA's Retry-After when it sent one

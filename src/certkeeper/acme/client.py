@@ -8,7 +8,6 @@ deadline, so a certificate from a fast CA takes a fraction of a second and a slo
 from __future__ import annotations
 
 import datetime
-import email.utils
 import logging
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from acme import client as acme_client
 from josepy.json_util import field
 
 from certkeeper.acme.account import Account, fetch_directory
-from certkeeper.acme.network import make_network
+from certkeeper.acme.network import make_network, retry_after_seconds
 from certkeeper.acme.problems import translate
 from certkeeper.crypto import CertInfo, cert_info, chain_issuer_names, load_csr, make_csr, split_pem_chain
 from certkeeper.errors import CAError, CertkeeperError, ConfigError
@@ -71,21 +70,6 @@ class RenewalWindow:
     start: datetime.datetime
     end: datetime.datetime
     retry_after: datetime.datetime
-
-
-def retry_after_seconds(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
 
 
 class AcmeClient:
@@ -203,7 +187,10 @@ class AcmeClient:
         except CertkeeperError:
             raise
         except Exception as error:
-            raise translate(error, spec.names) from error
+            problem = translate(error, spec.names)
+            if isinstance(problem, CAError) and problem.acme_type == "rateLimited":
+                problem.retry_after = self.net.last_retry_after
+            raise problem from error
         finally:
             for token in tokens:
                 sink.remove(token)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import logging
 from typing import Any
 
@@ -23,6 +25,10 @@ USER_AGENT = f"certkeeper/{__version__}"
 class Network(acme_client.ClientNetwork):
     """One per worker thread: ``acme`` and its requests session are not thread-safe."""
 
+    # Retry-After of the last response, in seconds: the library drops headers when it raises a
+    # problem, and a rate limit's Retry-After must still reach the planner.
+    last_retry_after: float | None = None
+
     def post(self, *args: Any, **kwargs: Any) -> requests.Response:
         # The library retries a rejected nonce once; a CA that rejects half of them (as Pebble
         # can be told to) needs more tries, still bounded so a broken CA cannot spin us.
@@ -37,7 +43,9 @@ class Network(acme_client.ClientNetwork):
 
     def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
         try:
-            return super()._send_request(method, url, *args, **kwargs)
+            response = super()._send_request(method, url, *args, **kwargs)
+            self.last_retry_after = retry_after_seconds(response)
+            return response
         except requests.exceptions.SSLError as error:
             raise CAError(
                 f"cannot verify the TLS certificate of the CA at {url}",
@@ -48,6 +56,21 @@ class Network(acme_client.ClientNetwork):
                 f"cannot reach the CA at {url} ({type(error).__name__})",
                 "check --server and that this host can reach it",
             ) from error
+
+
+def retry_after_seconds(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
 
 
 def make_network(key: Any, ca_bundle: str | None, timeout: int = 30) -> Network:

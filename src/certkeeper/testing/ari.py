@@ -58,6 +58,10 @@ class AcmeFront:
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) as received
     orders: list[dict[str, Any]] = field(default_factory=list)  # decoded newOrder JWS payloads
     renewal_info_queries: list[str] = field(default_factory=list)  # certificate ids asked about
+    # ACME profiles advertised in the directory's meta (Pebble 2.4 has none and ignores the order field).
+    profiles: dict[str, str] = field(default_factory=dict)
+    # When set, every newOrder is refused as Let's Encrypt does at a rate limit, with this Retry-After.
+    rate_limit_retry_after: int | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
@@ -100,8 +104,10 @@ class AcmeFront:
         self.set_window(now + datetime.timedelta(days=30), now + datetime.timedelta(days=31), cert_id)
 
     def reset(self) -> None:
-        """Forget recorded traffic; the window goes back to 'in the future'."""
+        """Forget recorded traffic; no profiles; the window goes back to 'in the future'."""
         with self._lock:
+            self.profiles.clear()
+            self.rate_limit_retry_after = None
             self.requests.clear()
             self.orders.clear()
             self.renewal_info_queries.clear()
@@ -142,6 +148,14 @@ class AcmeFront:
         order: dict[str, Any] | None = None
         with self._lock:
             self.requests.append((request.method, request.path_qs))
+        if request.method == "POST" and request.path == self._new_order_path and self.rate_limit_retry_after:
+            problem = {
+                "type": "urn:ietf:params:acme:error:rateLimited",
+                "detail": "too many new orders recently (test front)",
+                "status": 429,
+            }
+            limited = {"Retry-After": str(self.rate_limit_retry_after), "Content-Type": "application/problem+json"}
+            return web.Response(status=429, text=json.dumps(problem), headers=limited)
         if request.method == "POST" and request.path == self._new_order_path:
             try:
                 order = json.loads(_b64url_decode(json.loads(body)["payload"]))
@@ -168,6 +182,9 @@ class AcmeFront:
             if request.method == "GET" and request.path == urlsplit(self.pebble.directory_url).path:
                 directory = json.loads(payload)
                 directory["renewalInfo"] = f"https://{request.host}{RENEWAL_INFO_PATH}"
+                with self._lock:
+                    if self.profiles:
+                        directory.setdefault("meta", {})["profiles"] = dict(self.profiles)
                 payload = json.dumps(directory).encode()
             return web.Response(status=upstream.status, body=payload, headers=out)
 
