@@ -27,10 +27,10 @@ from pathlib import Path
 from statistics import median
 
 import psutil
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+
+from certkeeper.testing.pebble import free_port
+from certkeeper.testing.pki import TestCA
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "proxy.json"
@@ -47,12 +47,6 @@ ROTATION_SECONDS = 30
 ROTATE_EVERY = 3.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_listening(port: int, seconds: float = 15) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -67,42 +61,16 @@ def wait_listening(port: int, seconds: float = 15) -> None:
 # -- certificates ---------------------------------------------------------------------------------------
 class CA:
     def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench CA")])
-        now = dt.datetime.now(dt.UTC)
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
+        self._ca = TestCA("bench CA", days=2)
+        self.cert = self._ca.cert
 
     def issue(self, key_type: str, padding: int = 0) -> tuple[bytes, bytes]:
         key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = (
             rsa.generate_private_key(65537, 2048) if key_type == "rsa" else ec.generate_private_key(ec.SECP256R1())
         )
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench.test")]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("bench.test")]), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        pem = serialization.Encoding.PEM
+        leaf = self._ca.issue(["bench.test"], key=key)
         # padding: extra copies of the CA in the chain, only to widen a race window on purpose.
-        chain = cert.public_bytes(pem) + self.cert.public_bytes(pem) * (1 + padding)
-        key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        return chain, key_pem
+        return leaf.cert_pem + self._ca.cert_pem * (1 + padding), leaf.key_pem
 
 
 def secret_volume_swap(secrets: Path, files: dict[str, bytes]) -> None:

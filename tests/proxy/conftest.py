@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import shutil
-import socket
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import WSMsgType, web
-from proxy_helpers import LocalCA, RunningProxy, StartProxy, free_port, run_certkeeper_proxy, wait_for
+from proxy_helpers import HOST, LocalCA, RunningProxy, StartProxy, free_port, run_certkeeper_proxy, wait_for
 
 
 async def _echo(request: web.Request) -> web.StreamResponse:
@@ -125,8 +125,16 @@ def start_proxy(world_dir: Path, secrets_dir: Path, backend_port: int) -> Iterat
         def listening() -> bool:
             if process.poll() is not None:
                 raise AssertionError(f"certkeeper proxy exited {process.returncode}:\n{proxy.log()}")
-            with socket.create_connection(("127.0.0.1", http_port), timeout=1):
-                return True
+            # An HTTP answer, not just a TCP connect: `nginx -t`, run before nginx starts, binds and
+            # listens on the ports for a moment, so a connect alone can succeed before nginx is up.
+            conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=1)
+            try:
+                conn.request("GET", "/.well-known/acme-challenge/ready-probe", headers={"Host": HOST})
+                return conn.getresponse().status > 0
+            except http.client.HTTPException:
+                return False
+            finally:
+                conn.close()
 
         wait_for(listening, 15, "certkeeper proxy listening on its HTTP port")
         return proxy

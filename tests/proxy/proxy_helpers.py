@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from certkeeper.testing.pki import TestCA
 
 HOST = "proxy.test"
 CERTKEEPER = str(Path(sys.executable).parent / "certkeeper")
@@ -33,42 +32,15 @@ class Issued:
 
 class LocalCA:
     def __init__(self) -> None:
-        self._key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certkeeper proxy test CA")])
-        now = dt.datetime.now(dt.UTC)
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self._key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self._key, hashes.SHA256())
-        )
-        self.pem = self.cert.public_bytes(serialization.Encoding.PEM)
+        self._ca = TestCA("certkeeper proxy test CA", days=2)
+        self.cert = self._ca.cert
+        self.pem = self._ca.cert_pem
 
     def issue(self, names: tuple[str, ...] = (HOST,), *, expired: bool = False) -> Issued:
-        key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         end = now - dt.timedelta(hours=1) if expired else now + dt.timedelta(days=1)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(end)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-            .sign(self._key, hashes.SHA256())
-        )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        chain = cert.public_bytes(serialization.Encoding.PEM) + self.pem
-        return Issued(chain, key_pem, cert.serial_number)
+        leaf = self._ca.issue(names, not_before=now - dt.timedelta(days=1), not_after=end)
+        return Issued(leaf.cert_pem + self.pem, leaf.key_pem, leaf.cert.serial_number)
 
     def client_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cadata=self.pem.decode())
