@@ -74,7 +74,8 @@ async def _serve(routes: list[Route], reader: asyncio.StreamReader, writer: asyn
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             status, body, method = 400, "bad request\n", "GET"
         else:
-            method, path = parts[0], parts[1]
+            # Routes see the path without its query string.
+            method, path = parts[0], parts[1].split("?", 1)[0]
             status, body = _answer(routes, method, path)
         data = body.encode()
         writer.write(
