@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certkeeper.testing.pebble import free_port
 from certkeeper.testing.pki import TestCA
+from certkeeper.testing.volumes import write_secret_volume
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "proxy.json"
@@ -71,22 +72,6 @@ class CA:
         leaf = self._ca.issue(["bench.test"], key=key)
         # padding: extra copies of the CA in the chain, only to widen a race window on purpose.
         return leaf.cert_pem + self._ca.cert_pem * (1 + padding), leaf.key_pem
-
-
-def secret_volume_swap(secrets: Path, files: dict[str, bytes]) -> None:
-    """The kubelet's way of updating a mounted Secret: new ``..<ts>`` dir, atomic ``..data`` swap."""
-    version = secrets / f"..{time.time_ns()}"
-    version.mkdir(mode=0o755)
-    for name, data in files.items():
-        (version / name).write_bytes(data)
-    old = os.readlink(secrets / "..data") if (secrets / "..data").is_symlink() else None
-    (secrets / "..data_tmp").symlink_to(version.name)
-    os.replace(secrets / "..data_tmp", secrets / "..data")
-    for name in files:
-        if not (secrets / name).is_symlink():
-            (secrets / name).symlink_to(f"..data/{name}")
-    if old:
-        shutil.rmtree(secrets / old)
 
 
 def write_static(directory: Path, chain: bytes, key: bytes) -> None:
@@ -319,7 +304,7 @@ def main() -> None:
             chain, key = ca.issue(key_type)
             secrets = work / f"secrets-{key_type}"
             secrets.mkdir(mode=0o755)
-            secret_volume_swap(secrets, {"proxycert": chain, "proxykey": key})
+            write_secret_volume(secrets, {"proxycert": chain, "proxykey": key})
             static = work / f"static-{key_type}"
             static.mkdir(mode=0o755)
             write_static(static, chain, key)
@@ -374,7 +359,7 @@ def main() -> None:
 
             def swap(n: int, rotations: list[int] = rotations) -> None:
                 chain, key = pairs[next(counter) % len(pairs)]
-                secret_volume_swap(rsa_secrets, {"proxycert": chain, "proxykey": key})
+                write_secret_volume(rsa_secrets, {"proxycert": chain, "proxykey": key})
                 rotations[0] += 1
 
             thread = rotating(swap, ROTATE_EVERY, stop)

@@ -54,26 +54,6 @@ def write_plain(secrets: Path, cert: bytes, key: bytes, names: tuple[str, str] =
     key_path.write_bytes(key)
 
 
-def write_secret_volume(secrets: Path, files: dict[str, bytes]) -> None:
-    """What the kubelet does for a mounted Secret: a new ``..<ts>`` dir, then an atomic ``..data`` swap."""
-    version = secrets / f"..{time.time_ns()}"
-    version.mkdir(mode=0o755)
-    for name, data in files.items():
-        (version / name).write_bytes(data)
-    old = os.readlink(secrets / "..data") if (secrets / "..data").is_symlink() else None
-    tmp = secrets / "..data_tmp"
-    tmp.symlink_to(version.name)
-    os.replace(tmp, secrets / "..data")
-    for name in files:
-        link = secrets / name
-        if not link.is_symlink():
-            link.symlink_to(f"..data/{name}")
-    if old is not None:
-        for stale in (secrets / old).iterdir():
-            stale.unlink()
-        (secrets / old).rmdir()
-
-
 @dataclass
 class Reply:
     status: int
