@@ -72,6 +72,17 @@ def test_unknown_key_type_is_refused(ari: AcmeFront, ari_env: Env, certkeeper: R
     assert ari.recorded_requests() == []
 
 
+@pytest.mark.parametrize("command", ["issue", "renew"])
+def test_bad_bind_address_is_refused_by_issue_and_renew(
+    command: str, ari: AcmeFront, ari_env: Env, certkeeper: Run
+) -> None:
+    args = [command, "--http-bind", "port-eighty"] + (["bind.test"] if command == "issue" else [])
+    result = certkeeper(ari_env, *args)
+    assert result.returncode == 2
+    assert "'port-eighty' is not HOST:PORT" in one_error_line(result)
+    assert ari.recorded_requests() == []
+
+
 def test_unreachable_ca_is_one_clear_line_and_writes_nothing(ari_env: Env, store: Path, certkeeper: Run) -> None:
     closed = f"https://127.0.0.1:{free_port()}/dir"
     result = certkeeper({**ari_env, "CERTKEEPER_SERVER": closed}, "issue", "offline.test", "www.offline.test")

@@ -202,7 +202,8 @@ class Engine:
             )
             check_replacement(issued, spec.names, None if self.force else usable)
             changed = await self._in_thread(self.store.save, lineage, issued, self._meta(spec, issued, replaces))
-            after = plan(spec, StoredCert.parse(issued.key_pem, issued.cert_pem, issued.chain_pem, {}), _now())
+            # check_replacement already matched key and certificate: plan from the parsed facts.
+            after = plan(spec, StoredCert(issued.key_pem, issued.cert_pem, issued.chain_pem, issued.info), _now())
             state = {
                 "failures": 0,
                 "next_check": after.next_check.isoformat(),

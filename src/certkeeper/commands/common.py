@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
-from certkeeper.clikit import option
+from certkeeper.clikit import fail, option
 from certkeeper.engine import Engine, Outcome
+from certkeeper.errors import CertkeeperError
 from certkeeper.spec import CertSpec, IssuerSpec
 from certkeeper.stores.files import FileStore
+from certkeeper.web import parse_bind
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,7 +42,31 @@ def store_option(fn: F) -> F:
     )(fn)
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """The options issue and renew share, handed to the command as one ``engine`` argument."""
+
+    ca_bundle: str | None
+    http_bind: str
+    deploy_hook: str | None
+    concurrency: int
+    force: bool
+    verbose: int
+
+
 def engine_options(fn: F) -> F:
+    """Add the shared options; the command receives them as ``engine: EngineOptions``, checked and logging set up."""
+
+    @functools.wraps(fn)
+    def command(**kwargs: Any) -> Any:
+        engine = EngineOptions(**{f.name: kwargs.pop(f.name) for f in fields(EngineOptions)})
+        setup_logging(engine.verbose)
+        try:
+            parse_bind(engine.http_bind)
+        except CertkeeperError as error:
+            fail(str(error))
+        return fn(engine=engine, **kwargs)
+
     decorators = [
         option("--ca-bundle", type=click.Path(exists=True, dir_okay=False),
                help="PEM file to trust for the CA's own HTTPS (a private CA such as Pebble)."),
@@ -51,9 +79,10 @@ def engine_options(fn: F) -> F:
         option("--force", is_flag=True, help="Order even if the stored certificate is still good."),
         option("-v", "--verbose", count=True, help="More log output (-vv for debug)."),
     ]  # fmt: skip
+    wrapped: Any = command
     for decorator in reversed(decorators):
-        fn = decorator(fn)
-    return fn
+        wrapped = decorator(wrapped)
+    return cast(F, wrapped)
 
 
 def setup_logging(verbose: int) -> None:
@@ -63,22 +92,13 @@ def setup_logging(verbose: int) -> None:
     logging.getLogger("acme").setLevel(logging.DEBUG if verbose > 2 else logging.WARNING)
 
 
-def run_engine(
-    issuer: IssuerSpec,
-    store: FileStore,
-    specs: list[CertSpec],
-    *,
-    http_bind: str,
-    concurrency: int,
-    deploy_hook: str | None,
-    force: bool,
-) -> list[Outcome]:
+def run_engine(issuer: IssuerSpec, store: FileStore, specs: list[CertSpec], options: EngineOptions) -> list[Outcome]:
     """Run the engine, with a progress bar when several certificates go to a terminal."""
     show_progress = len(specs) > 1 and sys.stderr.isatty()
 
     async def go() -> list[Outcome]:
-        engine = Engine(issuer, store, http_bind=http_bind, concurrency=concurrency,
-                        deploy_hook=deploy_hook, force=force)  # fmt: skip
+        engine = Engine(issuer, store, http_bind=options.http_bind, concurrency=options.concurrency,
+                        deploy_hook=options.deploy_hook, force=options.force)  # fmt: skip
         try:
             if not show_progress:
                 return await engine.run(specs)

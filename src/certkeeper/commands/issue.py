@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from certkeeper.clikit import fail, option
-from certkeeper.commands.common import engine_options, report, run_engine, setup_logging, store_option
+from certkeeper.commands.common import EngineOptions, engine_options, report, run_engine, store_option
 from certkeeper.errors import CertkeeperError
 from certkeeper.spec import LETSENCRYPT, CertSpec, IssuerSpec, KeyType, normalize_names, resolve_server
 from certkeeper.stores.files import FileStore
@@ -75,31 +75,23 @@ def issue(
     preferred_chain: str | None,
     eab_kid: str | None,
     eab_hmac_key: str | None,
-    ca_bundle: str | None,
-    http_bind: str,
-    deploy_hook: str | None,
-    concurrency: int,
-    force: bool,
-    verbose: int,
+    engine: EngineOptions,
 ) -> None:
     """Issue a certificate for NAMES (the first names it), or one per line of --file.
 
     A certificate that is still good is left alone unless --force is given.
     """
-    setup_logging(verbose)
     try:
         if name_file and names:
             raise CertkeeperError("give NAMES or --file, not both")
         groups = read_name_file(name_file) if name_file else [list(names)]
         kt = KeyType.parse(key_type)
         specs = [CertSpec(normalize_names(g), kt, reuse_key, profile or None, preferred_chain or None) for g in groups]
-        issuer = IssuerSpec(resolve_server(server), email or None, eab_kid or None, eab_hmac_key or None, ca_bundle)
-        from certkeeper.web import parse_bind
-
-        parse_bind(http_bind)
+        issuer = IssuerSpec(
+            resolve_server(server), email or None, eab_kid or None, eab_hmac_key or None, engine.ca_bundle
+        )
     except CertkeeperError as error:
         fail(str(error))
         return
-    outcomes = run_engine(issuer, FileStore(store), specs, http_bind=http_bind, concurrency=concurrency,
-                          deploy_hook=deploy_hook, force=force)  # fmt: skip
-    raise SystemExit(report(outcomes, FileStore(store)))
+    files = FileStore(store)
+    raise SystemExit(report(run_engine(issuer, files, specs, engine), files))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from certkeeper.clikit import fail
-from certkeeper.commands.common import engine_options, report, run_engine, setup_logging, store_option
+from certkeeper.commands.common import EngineOptions, engine_options, report, run_engine, store_option
 from certkeeper.engine import Outcome
 from certkeeper.errors import CertkeeperError
 from certkeeper.spec import CertSpec, IssuerSpec, KeyType
@@ -15,20 +15,11 @@ from certkeeper.stores.files import FileStore
 @click.command()
 @store_option
 @engine_options
-def renew(
-    store: str,
-    ca_bundle: str | None,
-    http_bind: str,
-    deploy_hook: str | None,
-    concurrency: int,
-    force: bool,
-    verbose: int,
-) -> None:
+def renew(store: str, engine: EngineOptions) -> None:
     """Renew every certificate in the store that is due (all of them with --force).
 
     Each certificate is renewed at the CA and with the choices it was issued with.
     """
-    setup_logging(verbose)
     files = FileStore(store)
     by_issuer: dict[IssuerSpec, list[CertSpec]] = {}
     try:
@@ -38,7 +29,9 @@ def renew(
                 click.echo(f"certkeeper: warning: {lineage}: no readable metadata; issue it again", err=True)
                 continue
             meta = current.meta
-            issuer = IssuerSpec(meta["directory_url"], meta.get("email"), ca_bundle=ca_bundle or meta.get("ca_bundle"))
+            issuer = IssuerSpec(
+                meta["directory_url"], meta.get("email"), ca_bundle=engine.ca_bundle or meta.get("ca_bundle")
+            )
             spec = CertSpec(tuple(meta["names"]), KeyType.parse(meta.get("key_type", "ec-p256")),
                             bool(meta.get("reuse_key")), meta.get("profile"), meta.get("preferred_chain"))  # fmt: skip
             by_issuer.setdefault(issuer, []).append(spec)
@@ -49,6 +42,5 @@ def renew(
         raise SystemExit(0)
     outcomes: list[Outcome] = []
     for issuer, specs in by_issuer.items():
-        outcomes += run_engine(issuer, files, specs, http_bind=http_bind, concurrency=concurrency,
-                               deploy_hook=deploy_hook, force=force)  # fmt: skip
+        outcomes += run_engine(issuer, files, specs, engine)
     raise SystemExit(report(outcomes, files))
