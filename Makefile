@@ -10,7 +10,7 @@ install:
 
 lint: install
 	$(VENV)/ruff check .
-	$(VENV)/ruff format --check src tests bench
+	$(VENV)/ruff format --check src tests bench testbench
 	$(VENV)/mypy
 
 cluster-bin: install
@@ -20,7 +20,7 @@ test: install lint cluster-bin
 	$(VENV)/pytest $(PYTEST_ARGS)
 
 demo: install
-	$(VENV)/python scripts/demo.py
+	PYTHONPATH=. $(VENV)/python scripts/demo.py
 
 bench: install
 	bench/run

@@ -34,7 +34,7 @@ from typing import Any
 
 import psutil
 
-from certkeeper.testing.pebble import Pebble, free_port, start_pebble
+from testbench.pebble import Pebble, free_port, start_pebble
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"

@@ -29,9 +29,9 @@ from statistics import median
 import psutil
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from certkeeper.testing.pebble import free_port
-from certkeeper.testing.pki import TestCA
-from certkeeper.testing.volumes import write_secret_volume
+from testbench.pebble import free_port
+from testbench.pki import TestCA
+from testbench.volumes import write_secret_volume
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "proxy.json"

@@ -1,6 +1,6 @@
 """``certkeeper run`` benchmark (issue 3): start-up to Secret written, and idle memory.
 
-Starts the test bench's control plane (``certkeeper.testing.cluster.running``) and a Pebble, then for
+Starts the test bench's control plane (``testbench.cluster.running``) and a Pebble, then for
 each of ``--rounds`` fresh namespaces starts ``certkeeper run`` with the post's environment and measures
 the wall time from process start to the Secret ``certs-<domain>`` existing (seen through a watch).
 After the last round the process is left to settle (issuance done, one check logged) and its resident
@@ -29,8 +29,8 @@ from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Secret, ServiceAccount
 
-from certkeeper.testing import cluster as bench
-from certkeeper.testing.pebble import Pebble, start_pebble
+from testbench import cluster as bench
+from testbench.pebble import Pebble, start_pebble
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from certkeeper.testing.pebble import running_pebble
+from testbench.pebble import running_pebble
 
 CERTKEEPER = str(Path(sys.executable).with_name("certkeeper"))
 

@@ -1,7 +1,7 @@
 """Fixtures for the core tests: one real Pebble for the session, an ARI front over it, and the CLI.
 
-- ``pebble`` (session): a running ``certkeeper.testing.pebble.Pebble``.
-- ``front`` (session) / ``ari`` (per test, reset): ``certkeeper.testing.ari.AcmeFront`` over ``pebble``.
+- ``pebble`` (session): a running ``testbench.pebble.Pebble``.
+- ``front`` (session) / ``ari`` (per test, reset): ``testbench.ari.AcmeFront`` over ``pebble``.
 - ``store``: a fresh store directory (not created: certkeeper makes it).
 - ``env`` / ``ari_env``: the environment that points ``certkeeper`` at ``pebble`` / ``ari`` and ``store``.
 - ``make_env(directory_url, ca_bundle, http_port, store)``: the same for a special Pebble.
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from certkeeper.testing.ari import AcmeFront, start_front
-from certkeeper.testing.pebble import Pebble, start_pebble
+from testbench.ari import AcmeFront, start_front
+from testbench.pebble import Pebble, start_pebble
 
 Env = dict[str, str]
 MakeEnv = Callable[[str, "str | Path", int, Path], Env]

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Protocol
 
-from certkeeper.testing.ari import AcmeFront
+from testbench.ari import AcmeFront
 
 Env = dict[str, str]
 

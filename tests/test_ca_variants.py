@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from certkeeper.testing.pebble import Pebble, start_pebble
+from testbench.pebble import Pebble, start_pebble
 
 Env = dict[str, str]
 MakeEnv = Callable[[str, "str | Path", int, Path], Env]

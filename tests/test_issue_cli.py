@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from certkeeper.testing.ari import AcmeFront
-from certkeeper.testing.pebble import Pebble
+from testbench.ari import AcmeFront
+from testbench.pebble import Pebble
 
 Env = dict[str, str]
 
@@ -206,7 +206,7 @@ def test_failed_validation_is_reported_and_shown_by_status(
     pebble: Pebble, make_env: Any, store: Path, certkeeper: Run
 ) -> None:
     """The responder listens where the CA does not look: the CA's problem reaches the user."""
-    from certkeeper.testing.pebble import free_port
+    from testbench.pebble import free_port
 
     wrong = make_env(pebble.directory_url, pebble.ca_bundle, free_port(), store)
     result = certkeeper(wrong, "issue", "unreachable-responder.test")

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from certkeeper.acme.client import RenewalWindow
+from certkeeper.model import RenewalWindow
 from certkeeper.planner import plan
 from certkeeper.spec import CertSpec, KeyType
 from certkeeper.stores.base import StoredCert
-from certkeeper.testing.pki import TestCA, key_pem
+from testbench.pki import TestCA, key_pem
 
 T0 = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
 DAY = datetime.timedelta(days=1)

@@ -8,8 +8,8 @@ from typing import Protocol
 
 import pytest
 
-from certkeeper.testing.ari import AcmeFront
-from certkeeper.testing.pebble import Pebble, free_port
+from testbench.ari import AcmeFront
+from testbench.pebble import Pebble, free_port
 
 Env = dict[str, str]
 

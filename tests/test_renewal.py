@@ -10,7 +10,7 @@ from typing import Protocol
 
 from cryptography import x509
 
-from certkeeper.testing.ari import AcmeFront
+from testbench.ari import AcmeFront
 
 Env = dict[str, str]
 

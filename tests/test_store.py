@@ -14,10 +14,10 @@ from typing import Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certkeeper.acme.client import IssuedCert
 from certkeeper.crypto import cert_info
+from certkeeper.model import IssuedCert
 from certkeeper.stores.files import FileStore
-from certkeeper.testing.pki import TestCA
+from testbench.pki import TestCA
 
 Env = dict[str, str]
 PEM_FILES = ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -13,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from certkeeper.errors import CertkeeperError
+from certkeeper.model import CertInfo
 from certkeeper.spec import KeyType
 
 _CURVES = {KeyType.EC_P256: ec.SECP256R1, KeyType.EC_P384: ec.SECP384R1}
@@ -69,23 +68,6 @@ def split_pem_chain(fullchain_pem: bytes) -> list[bytes]:
     marker = b"-----END CERTIFICATE-----"
     parts = [p.strip() + b"\n" for p in fullchain_pem.split(marker) if p.strip()]
     return [p.replace(b"\n\n", b"\n").rstrip(b"\n") + b"\n" + marker + b"\n" for p in parts]
-
-
-@dataclass(frozen=True)
-class CertInfo:
-    """What the planner and status need to know of a leaf certificate."""
-
-    names: tuple[str, ...]
-    not_before: datetime.datetime
-    not_after: datetime.datetime
-    serial: str
-    issuer: str
-    ari_id: str | None  # RFC 9773 certificate identifier: base64url(AKI) "." base64url(serial)
-    fingerprint: str
-
-    @property
-    def lifetime(self) -> datetime.timedelta:
-        return self.not_after - self.not_before
 
 
 def _b64url(data: bytes) -> str:

@@ -18,9 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
-from certkeeper.acme import Account, AccountStore, AcmeClient, IssuedCert, RenewalWindow, ensure_account
-from certkeeper.crypto import CertInfo, generate_key, key_type_of
+from certkeeper.acme import Account, AccountStore, AcmeClient, ensure_account
+from certkeeper.crypto import generate_key, key_type_of
 from certkeeper.errors import CAError, CertkeeperError, ConfigError
+from certkeeper.model import CertInfo, IssuedCert, RenewalWindow
 from certkeeper.planner import plan, retry_at
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.spec import CertSpec, IssuerSpec

@@ -10,8 +10,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from certkeeper.acme.client import RenewalWindow
 from certkeeper.crypto import key_type_of
+from certkeeper.model import RenewalWindow
 from certkeeper.spec import CertSpec
 from certkeeper.stores.base import StoredCert
 

@@ -1,4 +1,4 @@
-"""Fixtures for tests against a real Kubernetes control plane (``certkeeper.testing.cluster``).
+"""Fixtures for tests against a real Kubernetes control plane (``testbench.cluster``).
 
 - ``cluster`` (session): the running ``Cluster``: ``.server``, ``.kubeconfig``, ``.ca_file``,
   ``.admin_token``, ``.kubectl``, ``.node_name``, ``.workdir`` (logs in ``workdir/logs``).
@@ -27,7 +27,7 @@ from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, ServiceAccount
 
-from certkeeper.testing import cluster as bench
+from testbench import cluster as bench
 
 T = TypeVar("T")
 

@@ -20,7 +20,7 @@ from lightkube import Client
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Pod, ReplicationController, Secret
 
-from certkeeper.testing.pebble import Pebble
+from testbench.pebble import Pebble
 
 CERTKEEPER = str(Path(sys.executable).with_name("certkeeper"))
 DOMAINS = "example.com foo.example.com"

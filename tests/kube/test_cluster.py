@@ -24,7 +24,7 @@ from lightkube.resources.core_v1 import (
 )
 from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
 
-from certkeeper.testing import cluster as bench
+from testbench import cluster as bench
 
 if TYPE_CHECKING:
     from conftest import Kubectl, WaitUntil

@@ -27,7 +27,7 @@ from runkit import (
 
 from certkeeper.crypto import cert_info, key_matches_cert, split_pem_chain
 from certkeeper.kube.secret_store import FFDHE2048_PEM
-from certkeeper.testing.pebble import Pebble
+from testbench.pebble import Pebble
 
 if TYPE_CHECKING:
     from conftest import Kubectl
@@ -153,7 +153,7 @@ def service_account_kubeconfig(client: Client, namespace: str, cluster_server: s
     """A kubeconfig holding the token of the ServiceAccount ``certkeeper`` (v1.20 makes token Secrets)."""
     from lightkube.resources.core_v1 import ServiceAccount
 
-    from certkeeper.testing.cluster import write_kubeconfig
+    from testbench.cluster import write_kubeconfig
 
     def token_secret() -> str | None:
         account = client.get(ServiceAccount, "certkeeper", namespace=namespace)
@@ -173,7 +173,7 @@ def test_deploy_manifests_apply_and_their_service_account_is_enough_and_no_more(
     from lightkube.resources.apps_v1 import Deployment
     from lightkube.resources.core_v1 import Namespace, Service
 
-    from certkeeper.testing.cluster import Cluster
+    from testbench.cluster import Cluster
 
     assert isinstance(cluster, Cluster)
     applied = kubectl("apply", "-k", str(ROOT / "deploy" / "certkeeper"))

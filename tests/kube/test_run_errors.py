@@ -16,8 +16,8 @@ from lightkube.resources.core_v1 import Event, Secret
 from runkit import SECRET, certkeeper_run, get_secret, run_to_exit, secret_bytes, seed_env, wait_for
 
 from certkeeper.crypto import cert_info, key_matches_cert, split_pem_chain
-from certkeeper.testing.cluster import write_kubeconfig
-from certkeeper.testing.pebble import Pebble
+from testbench.cluster import write_kubeconfig
+from testbench.pebble import Pebble
 
 
 def closed_port() -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from certkeeper.testing.pki import TestCA
+from testbench.pki import TestCA
 
 HOST = "proxy.test"
 CERTKEEPER = str(Path(sys.executable).parent / "certkeeper")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from proxy_helpers import LocalCA, StartProxy, http_get, served_serial, wait_for, write_plain
 
-from certkeeper.testing.volumes import write_secret_volume
+from testbench.volumes import write_secret_volume
 
 SERVED_WITHIN = 10  # generous: the proxy polls every 0.2 s in these tests
 

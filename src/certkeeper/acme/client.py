@@ -11,7 +11,6 @@ import datetime
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import requests
@@ -22,8 +21,9 @@ from josepy.json_util import field
 from certkeeper.acme.account import Account, fetch_directory
 from certkeeper.acme.network import make_network, retry_after_seconds
 from certkeeper.acme.problems import translate
-from certkeeper.crypto import CertInfo, cert_info, chain_issuer_names, load_csr, make_csr, split_pem_chain
+from certkeeper.crypto import cert_info, chain_issuer_names, load_csr, make_csr, split_pem_chain
 from certkeeper.errors import CAError, CertkeeperError, ConfigError
+from certkeeper.model import CertInfo, IssuedCert, RenewalWindow
 from certkeeper.spec import CertSpec, IssuerSpec
 
 log = logging.getLogger(__name__)
@@ -46,30 +46,6 @@ class ChallengeSink(Protocol):
     def put(self, token: str, key_authorization: str) -> None: ...
 
     def remove(self, token: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class IssuedCert:
-    key_pem: bytes
-    cert_pem: bytes
-    chain_pem: bytes
-    info: CertInfo
-
-    @property
-    def fullchain_pem(self) -> bytes:
-        return self.cert_pem + self.chain_pem
-
-    def __repr__(self) -> str:  # never show the key
-        return f"IssuedCert(names={self.info.names!r}, serial={self.info.serial}, not_after={self.info.not_after})"
-
-
-@dataclass(frozen=True)
-class RenewalWindow:
-    """The CA's suggested renewal window (ARI) and when to ask again."""
-
-    start: datetime.datetime
-    end: datetime.datetime
-    retry_after: datetime.datetime
 
 
 class AcmeClient:

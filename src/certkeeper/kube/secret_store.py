@@ -26,8 +26,8 @@ from lightkube.resources.core_v1 import Secret
 from lightkube.types import PatchType
 
 from certkeeper.acme.account import Account
-from certkeeper.acme.client import IssuedCert
 from certkeeper.errors import CertkeeperError
+from certkeeper.model import IssuedCert
 from certkeeper.stores.base import StoredCert
 
 log = logging.getLogger(__name__)

@@ -6,9 +6,9 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
-from certkeeper.acme.client import IssuedCert
-from certkeeper.crypto import CertInfo, cert_info, key_matches_cert
+from certkeeper.crypto import cert_info, key_matches_cert
 from certkeeper.errors import CertkeeperError
+from certkeeper.model import CertInfo, IssuedCert
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from certkeeper.acme.account import Account, account_id
-from certkeeper.acme.client import IssuedCert
 from certkeeper.errors import ConfigError
+from certkeeper.model import IssuedCert
 from certkeeper.stores.base import StoredCert
 
 FILES = ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem", "meta.json")

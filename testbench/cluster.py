@@ -1,5 +1,5 @@
 """A real Kubernetes control plane for the tests: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler, and a small kubelet stand-in (``certkeeper.testing.kubelet``).
+kube-scheduler, and a small kubelet stand-in (``testbench.kubelet``).
 
 The binaries come from Debian's ``kubernetes`` source package, built once and cached outside the
 repository, keyed by version (``build()``). ``start()`` runs everything on 127.0.0.1 with token
@@ -364,7 +364,7 @@ def _write_pki(pki: Path) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from certkeeper.testing.pki import TestCA, key_pem
+    from testbench.pki import TestCA, key_pem
 
     pki.mkdir(parents=True, exist_ok=True)
     ca = TestCA("certkeeper test cluster CA")
@@ -548,7 +548,7 @@ def start(
         launcher.spawn(
             "kubelet",
             [
-                sys.executable, "-m", "certkeeper.testing.kubelet",
+                sys.executable, "-m", "testbench.kubelet",
                 f"--kubeconfig={component_configs['kubelet']}",
                 f"--node-name={NODE_NAME}", f"--ready-delay={ready_delay}",
             ],

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from certkeeper.testing.pki import TestCA
+from testbench.pki import TestCA
 
 
 def free_port() -> int:

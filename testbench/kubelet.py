@@ -11,7 +11,7 @@ It does the parts of a kubelet that controllers can observe, and nothing else:
 That is enough for ReplicationControllers to replace deleted pods and for Deployment rollouts to proceed.
 It authenticates as ``system:node:<name>``, so the Node authorizer limits it as it limits a real kubelet.
 
-Run: ``python -m certkeeper.testing.kubelet --kubeconfig PATH --node-name NAME [--ready-delay S]``.
+Run: ``python -m testbench.kubelet --kubeconfig PATH --node-name NAME [--ready-delay S]``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from lightkube.core.exceptions import ApiError
 from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Node, Pod
 
-log = logging.getLogger("certkeeper.testing.kubelet")
+log = logging.getLogger("testbench.kubelet")
 
 LEASE_NAMESPACE = "kube-node-lease"
 LEASE_SECONDS = 40

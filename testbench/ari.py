@@ -28,7 +28,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from certkeeper.testing.pebble import Pebble
+from testbench.pebble import Pebble
 
 RENEWAL_INFO_PATH = "/renewal-info"
 RETRY_AFTER_S = 21600
