@@ -83,6 +83,51 @@ def test_jitter_is_stable_for_one_certificate() -> None:
     assert all(plan(SPEC, cert, T0 + n * DAY).renew_at == first for n in range(2, 10))
 
 
+def _same_lifetime_certificates(count: int, lifetime: datetime.timedelta) -> list[StoredCert]:
+    """``count`` certificates issued at the same instant for the same names: only the serial differs."""
+    return [
+        StoredCert.parse(
+            key_pem(_key("ec")),
+            _CA.issue(SPEC.names, key=_key("ec"), not_before=T0, not_after=T0 + lifetime, serial=5000 + n).cert_pem,
+            b"",
+            {},
+        )
+        for n in range(count)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "renew_by"),
+    [(90 * DAY, 60 * DAY), (6 * DAY, 3 * DAY)],  # 1/3 of the lifetime left; 1/2 under 10 days
+    ids=["90-days", "6-days"],
+)
+def test_jitter_spreads_certificates_of_the_same_lifetime(
+    lifetime: datetime.timedelta, renew_by: datetime.timedelta
+) -> None:
+    # Without jitter every certificate issued at one instant would renew at one instant: a herd at the CA.
+    certs = _same_lifetime_certificates(40, lifetime)
+    times = [plan(SPEC, cert, T0 + datetime.timedelta(hours=1)).renew_at for cert in certs]
+    assert all(t is not None for t in times)
+    band_end = T0 + renew_by
+    band_start = band_end - lifetime * 0.02  # at most 2 % of the lifetime earlier
+    assert all(band_start <= t <= band_end for t in times if t is not None), "a renewal time left the band"
+    assert len(set(times)) == len(certs), "two certificates got the same renewal time"
+    spread = max(t for t in times if t) - min(t for t in times if t)
+    assert spread > (band_end - band_start) / 2, (
+        f"40 certificates use only {spread} of the {band_end - band_start} band"
+    )
+
+
+def test_ari_points_spread_across_the_window() -> None:
+    certs = _same_lifetime_certificates(40, 90 * DAY)
+    w = window(T0 + 50 * DAY, T0 + 52 * DAY)
+    points = [plan(SPEC, cert, T0 + DAY, w).renew_at for cert in certs]
+    assert all(p is not None and w.start <= p < w.end for p in points), "a renewal point left the CA's window"
+    assert len(set(points)) == len(certs), "two certificates got the same point in the window"
+    spread = max(p for p in points if p) - min(p for p in points if p)
+    assert spread > (w.end - w.start) / 2, f"40 certificates use only {spread} of the 2-day window"
+
+
 def test_expired_certificate_is_due() -> None:
     decision = plan(SPEC, stored(), T0 + 91 * DAY)
     assert decision.due and decision.reason == "expired"
