@@ -7,6 +7,11 @@ checks every JWS ``url``) against the front. It adds ``renewalInfo`` to the dire
 request line, the payload of each order the CA created (to assert ``replaces``) and every
 renewal-info query.
 
+It can also play a CA gone wrong (``reset()`` puts everything right again):
+``rate_limit_retry_after`` refuses new orders as at a rate limit; ``authorizations_stay_pending``
+reports every authorization as pending forever; ``certificate_fault`` spoils each certificate
+downloaded in one of the ways in ``CERTIFICATE_FAULTS``.
+
 The front runs its own event loop on a background thread; the test drives a client (typically the
 ``certkeeper`` command in a subprocess) against ``front.directory_url`` with ``front.ca_bundle``.
 """
@@ -26,15 +31,31 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from multidict import CIMultiDict
 
 from testbench.pebble import Pebble
+from testbench.pki import TestCA
 
 RENEWAL_INFO_PATH = "/renewal-info"
 RETRY_AFTER_S = 21600
 # Hop-by-hop and framing headers that each side sets for itself.
 _DROP_REQUEST = {"connection", "keep-alive", "transfer-encoding", "content-length", "accept-encoding", "te"}
 _DROP_RESPONSE = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
+
+
+# How ``certificate_fault`` spoils a certificate: each breaks one rule a client must check.
+CERTIFICATE_FAULTS = {
+    "lacks-name": "the last name the order asked for is left out",
+    "expires-sooner": "it expires a day before the certificate the CA issued",
+    "wrong-key": "it is for another key than the one in the CSR",
+    "not-yet-valid": "it becomes valid only tomorrow",
+    "replay": "the certificate downloaded before this one is sent again",
+}
+_PEM_CHAIN = "application/pem-certificate-chain"
+_BAD_CA = TestCA("a CA gone wrong")
 
 
 def _b64url_decode(text: str) -> bytes:
@@ -62,6 +83,11 @@ class AcmeFront:
     profiles: dict[str, str] = field(default_factory=dict)
     # When set, every newOrder is refused as Let's Encrypt does at a rate limit, with this Retry-After.
     rate_limit_retry_after: int | None = None
+    # When set, every authorization is reported pending, however Pebble's validation went.
+    authorizations_stay_pending: bool = False
+    # When set (a key of CERTIFICATE_FAULTS), every certificate downloaded is spoiled that way.
+    certificate_fault: str | None = None
+    _last_chain: bytes | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
@@ -108,6 +134,8 @@ class AcmeFront:
         with self._lock:
             self.profiles.clear()
             self.rate_limit_retry_after = None
+            self.authorizations_stay_pending = False
+            self.certificate_fault = None
             self.requests.clear()
             self.orders.clear()
             self.renewal_info_queries.clear()
@@ -131,6 +159,44 @@ class AcmeFront:
     def _upstream(self) -> str:
         parts = urlsplit(self.pebble.directory_url)
         return f"{parts.scheme}://{parts.netloc}"
+
+    def _spoil(self, chain: bytes) -> bytes:
+        """The chain as a faulty CA would send it (``certificate_fault``); remembers good ones for replay."""
+        with self._lock:
+            fault, previous = self.certificate_fault, self._last_chain
+            self._last_chain = chain
+        if fault is None:
+            return chain
+        if fault == "replay":
+            assert previous is not None, "nothing was downloaded before: nothing to replay"
+            with self._lock:
+                self._last_chain = previous
+            return previous
+        end = b"-----END CERTIFICATE-----\n"
+        leaf_pem, _, rest = chain.partition(end)
+        leaf = x509.load_pem_x509_certificate(leaf_pem + end)
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName
+        )
+        tomorrow = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
+        changes: dict[str, dict[str, Any]] = {
+            "lacks-name": {"names": names[:-1]},
+            "expires-sooner": {"not_after": leaf.not_valid_after_utc - datetime.timedelta(days=1)},
+            "wrong-key": {"public_key": ec.generate_private_key(ec.SECP256R1()).public_key()},
+            "not-yet-valid": {"not_before": tomorrow},
+        }
+        spoiled = _BAD_CA.reissue(leaf, **changes[fault])
+        return spoiled.public_bytes(serialization.Encoding.PEM) + rest
+
+    def _authorization_pending(self, payload: bytes) -> bytes:
+        body = json.loads(payload)
+        if not (isinstance(body, dict) and "identifier" in body and "challenges" in body):
+            return payload  # not an authorization
+        body["status"] = "pending"
+        for challenge in body["challenges"]:
+            challenge["status"] = "pending"
+            challenge.pop("validated", None)
+        return json.dumps(body).encode()
 
     async def _renewal_info(self, request: web.Request) -> web.Response:
         cert_id = request.match_info["cert_id"]
@@ -173,6 +239,15 @@ class AcmeFront:
             allow_redirects=False,
         ) as upstream:
             payload = await upstream.read()
+            content_type = upstream.headers.get("Content-Type", "")
+            if upstream.status == 200 and content_type.startswith(_PEM_CHAIN):
+                payload = self._spoil(payload)
+            if (
+                self.authorizations_stay_pending
+                and upstream.status == 200
+                and content_type.startswith("application/json")
+            ):
+                payload = self._authorization_pending(payload)
             if order is not None and upstream.status == 201:
                 # Only orders the CA created: a request refused for a stale nonce (Pebble rejects
                 # some at random) and sent again is one order, not two.

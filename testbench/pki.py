@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 
 def key_pem(key: PrivateKey) -> bytes:
@@ -104,3 +105,32 @@ class TestCA:
         if server_auth:
             builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         return Issued(key, builder.sign(self.key, hashes.SHA256()))
+
+    def reissue(
+        self,
+        cert: x509.Certificate,
+        *,
+        names: Sequence[str] | None = None,
+        public_key: PublicKey | None = None,
+        not_before: datetime.datetime | None = None,
+        not_after: datetime.datetime | None = None,
+    ) -> x509.Certificate:
+        """A copy of ``cert`` signed by this CA, with what is given changed (a CA gone wrong, for tests)."""
+        if names is None:
+            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+                x509.DNSName
+            )
+        key = public_key if public_key is not None else cert.public_key()
+        assert isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey), "only EC and RSA keys are issued"
+        return (
+            x509.CertificateBuilder()
+            .subject_name(_name(names[0]) if names else cert.subject)
+            .issuer_name(self.name)
+            .public_key(key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before or cert.not_valid_before_utc)
+            .not_valid_after(not_after or cert.not_valid_after_utc)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )

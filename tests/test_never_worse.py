@@ -1,0 +1,123 @@
+"""The never-worse rule: a stored certificate is replaced only by one at least as good.
+
+``check_replacement`` runs between the CA's answer and the store, for files and Secrets alike. Each
+refusal is shown here with a certificate crafted to have exactly one fault; the end-to-end tests
+(tests/test_bad_certificates.py) show a CA sending such a certificate changes nothing stored.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from certkeeper.crypto import cert_info
+from certkeeper.errors import CertkeeperError
+from certkeeper.model import IssuedCert
+from certkeeper.stores.base import StoredCert, check_replacement
+from testbench.pki import TestCA, key_pem
+
+_CA = TestCA("never-worse test CA")
+_KEY = ec.generate_private_key(ec.SECP256R1())
+_OTHER_KEY = ec.generate_private_key(ec.SECP256R1())
+NAMES = ("worse.test", "www.worse.test")
+MINUTE = datetime.timedelta(minutes=1)
+DAY = datetime.timedelta(days=1)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def issued(
+    names: tuple[str, ...] = NAMES,
+    *,
+    not_before: datetime.timedelta = -5 * MINUTE,
+    not_after: datetime.timedelta = 90 * DAY,
+    key: ec.EllipticCurvePrivateKey = _KEY,
+) -> IssuedCert:
+    """A certificate for ``key`` valid from ``now + not_before`` to ``now + not_after``, held with ``_KEY``."""
+    now = _now()
+    leaf = _CA.issue(names, key=key, not_before=now + not_before, not_after=now + not_after)
+    return IssuedCert(key_pem=key_pem(_KEY), cert_pem=leaf.cert_pem, chain_pem=b"", info=cert_info(leaf.cert_pem))
+
+
+def stored(names: tuple[str, ...] = NAMES, *, not_after: datetime.timedelta = 60 * DAY) -> StoredCert:
+    cert = issued(names, not_before=-30 * DAY, not_after=not_after)
+    return StoredCert.parse(cert.key_pem, cert.cert_pem, b"", {})
+
+
+def refused(new: IssuedCert, old: StoredCert | None, names: tuple[str, ...] = NAMES) -> str:
+    with pytest.raises(CertkeeperError) as error:
+        check_replacement(new, names, old)
+    return str(error.value)
+
+
+# -- each refusal ----------------------------------------------------------------------------------
+
+
+def test_a_certificate_for_another_key_is_refused() -> None:
+    assert "key does not match" in refused(issued(key=_OTHER_KEY), None)
+    assert "key does not match" in refused(issued(key=_OTHER_KEY), stored())
+
+
+@pytest.mark.parametrize(
+    ("not_before", "not_after"),
+    [(10 * MINUTE, 90 * DAY), (-90 * DAY, -MINUTE)],
+    ids=["not-yet-valid", "already-expired"],
+)
+def test_a_certificate_not_valid_now_is_refused(not_before: datetime.timedelta, not_after: datetime.timedelta) -> None:
+    assert "not valid now" in refused(issued(not_before=not_before, not_after=not_after), None)
+
+
+def test_a_few_minutes_of_clock_skew_are_allowed() -> None:
+    # CAs backdate, but a CA clock a little ahead of ours must not make every issuance fail.
+    check_replacement(issued(not_before=4 * MINUTE), NAMES, None)
+
+
+@pytest.mark.parametrize("lacking", ["worse.test", "www.worse.test"])
+def test_a_certificate_lacking_a_requested_name_is_refused(lacking: str) -> None:
+    fewer = tuple(n for n in NAMES if n != lacking)
+    message = refused(issued(fewer), None)
+    assert f"lacks {lacking}" in message
+    assert "lacks" in refused(issued(fewer), stored())
+
+
+def test_a_certificate_lacking_several_names_names_them_all() -> None:
+    names = (*NAMES, "api.worse.test")
+    assert "lacks api.worse.test, www.worse.test" in refused(issued(("worse.test",)), None, names)
+
+
+def test_a_certificate_expiring_sooner_than_the_stored_one_is_refused() -> None:
+    old = stored(not_after=60 * DAY)
+    assert "expires sooner" in refused(issued(not_after=30 * DAY), old)
+    assert "expires sooner" in refused(issued(not_after=60 * DAY - MINUTE), old)
+
+
+# -- what is not worse ------------------------------------------------------------------------------
+
+
+def test_a_good_certificate_is_accepted_with_or_without_one_stored() -> None:
+    check_replacement(issued(), NAMES, None)
+    check_replacement(issued(not_after=90 * DAY), NAMES, stored(not_after=60 * DAY))
+
+
+def test_a_certificate_covering_more_names_is_accepted() -> None:
+    check_replacement(issued((*NAMES, "extra.worse.test")), NAMES, stored())
+
+
+def test_expiring_sooner_is_accepted_when_the_stored_one_cannot_serve() -> None:
+    sooner = issued(not_after=10 * DAY)
+    # The stored one has expired.
+    check_replacement(sooner, NAMES, stored(not_after=-MINUTE))
+    # The stored one is unusable (its key does not match it).
+    broken = stored()
+    broken = StoredCert.parse(key_pem(_OTHER_KEY), broken.cert_pem, b"", {})
+    assert broken.problem is not None
+    check_replacement(sooner, NAMES, broken)
+    # The stored one lacks a name that is now requested.
+    more = (*NAMES, "new.worse.test")
+    check_replacement(issued(more, not_after=10 * DAY), more, stored())
+    # The new one adds a name the stored one does not have.
+    check_replacement(issued((*NAMES, "extra.worse.test"), not_after=10 * DAY), NAMES, stored())
