@@ -1,5 +1,8 @@
 """The test bench's control plane behaves like a cluster where it matters to certkeeper: controllers
-keep pods Ready, rollouts finish, and tokens plus RBAC decide who may do what."""
+keep pods Ready, rollouts finish, and tokens plus RBAC decide who may do what.
+
+These check the bench, not certkeeper (marked ``bench_check``): they say the other Kubernetes
+tests run against something real. ``pytest -m "not bench_check"`` leaves them out."""
 
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ from testbench import cluster as bench
 
 if TYPE_CHECKING:
     from conftest import Kubectl, WaitUntil
+
+pytestmark = pytest.mark.bench_check
 
 R = TypeVar("R")
 ROOT = Path(__file__).resolve().parents[2]
