@@ -23,6 +23,7 @@ _KEY = ec.generate_private_key(ec.SECP256R1())
 _OTHER_KEY = ec.generate_private_key(ec.SECP256R1())
 NAMES = ("worse.test", "www.worse.test")
 MINUTE = datetime.timedelta(minutes=1)
+SECOND = datetime.timedelta(seconds=1)
 DAY = datetime.timedelta(days=1)
 
 
@@ -121,3 +122,74 @@ def test_expiring_sooner_is_accepted_when_the_stored_one_cannot_serve() -> None:
     check_replacement(issued(more, not_after=10 * DAY), more, stored())
     # The new one adds a name the stored one does not have.
     check_replacement(issued((*NAMES, "extra.worse.test"), not_after=10 * DAY), NAMES, stored())
+
+
+def test_refusals_are_whole_sentences() -> None:
+    assert refused(issued(key=_OTHER_KEY), None) == "refusing to store a certificate whose key does not match it"
+    assert refused(issued(not_before=DAY), None) == "refusing to store a certificate that is not valid now"
+    assert refused(issued(("worse.test",)), None) == "refusing to store a certificate that lacks www.worse.test"
+    assert refused(issued(not_after=DAY), stored()) == "refusing to replace a certificate with one that expires sooner"
+
+
+def test_the_clock_skew_allowance_is_five_minutes() -> None:
+    check_replacement(issued(not_before=5 * MINUTE - 10 * SECOND), NAMES, None)
+    assert "not valid now" in refused(issued(not_before=5 * MINUTE + 10 * SECOND), None)
+
+
+def test_the_same_expiry_is_not_worse() -> None:
+    # Certificates hold whole seconds: both end at the same instant.
+    at = _now().replace(microsecond=0) + 60 * DAY
+    leaf = _CA.issue(NAMES, key=_KEY, not_before=_now() - DAY, not_after=at)
+    old = StoredCert.parse(key_pem(_KEY), leaf.cert_pem, b"", {})
+    again = _CA.issue(NAMES, key=_KEY, not_before=_now() - MINUTE, not_after=at)
+    check_replacement(IssuedCert(key_pem(_KEY), again.cert_pem, b"", cert_info(again.cert_pem)), NAMES, old)
+
+
+# -- reading what a store holds ---------------------------------------------------------------------
+
+
+def test_a_full_chain_is_split_into_the_leaf_and_its_chain() -> None:
+    leaf = issued()
+    meta = {"names": list(NAMES)}
+    parsed = StoredCert.parse(leaf.key_pem, leaf.cert_pem + _CA.cert_pem, b"", meta)
+    assert parsed.problem is None and parsed.info == leaf.info
+    assert (parsed.key_pem, parsed.cert_pem, parsed.chain_pem, parsed.meta) == (
+        leaf.key_pem,
+        leaf.cert_pem,
+        _CA.cert_pem,
+        meta,
+    )
+    assert parsed.fullchain_pem == leaf.cert_pem + _CA.cert_pem
+    # A chain stored on its own wins over what follows the leaf.
+    assert StoredCert.parse(leaf.key_pem, leaf.cert_pem, b"CHAIN", meta).chain_pem == b"CHAIN"
+    assert "PRIVATE" not in repr(parsed) and repr(parsed).startswith("StoredCert(info=")
+
+
+def test_a_mismatched_pair_is_read_with_its_problem() -> None:
+    leaf = issued()
+    meta = {"names": list(NAMES)}
+    parsed = StoredCert.parse(key_pem(_OTHER_KEY), leaf.cert_pem, b"CHAIN", meta)
+    assert parsed.problem == "the private key does not match the certificate"
+    assert parsed.info == leaf.info
+    assert (parsed.key_pem, parsed.cert_pem, parsed.chain_pem, parsed.meta) == (
+        key_pem(_OTHER_KEY),
+        leaf.cert_pem,
+        b"CHAIN",
+        meta,
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", "unreadable: no certificate in it"),
+        (b"not a certificate\n", "unreadable: the certificate is not readable PEM"),
+        (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "unreadable: "),
+    ],
+    ids=["empty", "no-pem", "bad-der"],
+)
+def test_garbage_is_read_as_unusable_never_raised(content: bytes, problem: str) -> None:
+    meta = {"names": ["x.test"]}
+    parsed = StoredCert.parse(b"KEY", content, b"CHAIN", meta)
+    assert parsed.info is None and parsed.problem is not None and parsed.problem.startswith(problem)
+    assert (parsed.key_pem, parsed.cert_pem, parsed.chain_pem, parsed.meta) == (b"KEY", content, b"CHAIN", meta)

@@ -9,13 +9,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certkeeper.model import RenewalWindow
-from certkeeper.planner import plan
+from certkeeper.planner import Plan, backstop_renewal, plan, retry_at
 from certkeeper.spec import CertSpec, KeyType
 from certkeeper.stores.base import StoredCert
 from testbench.pki import TestCA, key_pem
 
 T0 = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
 DAY = datetime.timedelta(days=1)
+HOUR = datetime.timedelta(hours=1)
+MINUTE = datetime.timedelta(minutes=1)
 
 _CA = TestCA("planner test CA")
 _KEYS: dict[str, Any] = {}
@@ -227,3 +229,75 @@ def test_backoff_applies_to_a_missing_certificate_too() -> None:
 def test_success_clears_backoff() -> None:
     state = {"failures": 0, "last_failure": T0.isoformat()}
     assert plan(SPEC, None, T0, state=state).due
+
+
+# -- the whole decision, field by field -------------------------------------------------------------
+
+
+def test_due_means_now() -> None:
+    assert plan(SPEC, None, T0) == Plan(True, "no certificate yet", None, T0, held_back=False)
+
+
+def test_still_good_says_when_and_looks_again_within_twelve_hours() -> None:
+    cert = stored()
+    assert cert.info is not None
+    renew_at = backstop_renewal(cert.info.not_before, cert.info.not_after, cert.info.fingerprint)
+    assert plan(SPEC, cert, T0 + DAY) == Plan(False, "still good", renew_at, T0 + DAY + 12 * HOUR)
+    close = renew_at - HOUR
+    assert plan(SPEC, cert, close) == Plan(False, "still good", renew_at, renew_at)
+
+
+def test_backing_off_is_not_due_and_says_why() -> None:
+    state = {"failures": 2, "last_failure": T0.isoformat()}
+    expected = Plan(False, "no certificate yet; backing off after 2 failure(s)", None, T0 + 10 * MINUTE, True)
+    assert plan(SPEC, None, T0 + MINUTE, state=state) == expected
+
+
+def test_no_backoff_without_a_recorded_failure() -> None:
+    assert retry_at({"last_failure": T0.isoformat()}) is None
+    assert retry_at({"failures": 3}) is None
+    assert retry_at({}) is None
+
+
+def test_the_exact_moments() -> None:
+    cert = stored()
+    assert cert.info is not None
+    renew_at = backstop_renewal(cert.info.not_before, cert.info.not_after, cert.info.fingerprint)
+    at = plan(SPEC, cert, renew_at)
+    assert at == Plan(True, "less than 1/3 of its lifetime left", None, renew_at)
+    assert plan(SPEC, cert, cert.info.not_after).reason == "expired"
+    assert plan(SPEC, cert, cert.info.not_after - datetime.timedelta(seconds=1)).reason != "expired"
+    short = stored(lifetime=6 * DAY)
+    assert short.info is not None
+    short_at = backstop_renewal(short.info.not_before, short.info.not_after, short.info.fingerprint)
+    assert plan(SPEC, short, short_at).reason == "half its lifetime used"
+
+
+def test_ten_days_is_not_a_short_lifetime() -> None:
+    # 1/3 left of 10 days is day 6.67 (minus up to 0.2 days); the 1/2 rule would say day 5.
+    renew_at = backstop_renewal(T0, T0 + 10 * DAY, "ten days")
+    assert T0 + 10 * DAY * 2 / 3 - 0.2 * DAY <= renew_at <= T0 + 10 * DAY * 2 / 3
+    assert plan(SPEC, stored(lifetime=10 * DAY), T0 + 7 * DAY).reason == "less than 1/3 of its lifetime left"
+
+
+def test_reasons_name_what_is_wrong() -> None:
+    more = CertSpec(("plan.test", "www.plan.test", "b.plan.test", "a.plan.test"))
+    assert plan(more, stored(), T0 + DAY).reason == "does not cover a.plan.test, b.plan.test"
+    rsa_spec = CertSpec(SPEC.names, key_type=KeyType.RSA_2048)
+    assert plan(rsa_spec, stored(), T0 + DAY).reason == "key type is not rsa-2048"
+    broken = stored(kind="ec", key_kind="rsa")
+    assert plan(SPEC, broken, T0 + DAY).reason == f"stored certificate is unusable ({broken.problem})"
+
+
+def test_ari_decisions_field_by_field() -> None:
+    cert = stored()
+    w = window(T0 + 10 * DAY, T0 + 20 * DAY)
+    before = plan(SPEC, cert, T0 + DAY, w)
+    assert before.renew_at is not None
+    assert before == Plan(False, "before the CA's renewal window (ARI)", before.renew_at, w.retry_after)
+    inside = plan(SPEC, cert, before.renew_at, w)
+    assert inside == Plan(True, "inside the CA's renewal window (ARI)", None, before.renew_at)
+    # The point in the window comes before the CA's retry time and the twelve-hour look: it is the next check.
+    soon = RenewalWindow(T0 + HOUR, T0 + 2 * HOUR, retry_after=T0 + 5 * DAY)
+    near = plan(SPEC, cert, T0, soon)
+    assert near.renew_at is not None and near.next_check == near.renew_at
