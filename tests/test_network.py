@@ -1,0 +1,227 @@
+"""Talking to the CA over HTTP: bounded badNonce retries, Retry-After, one-line transport errors.
+
+Pebble rejects nonces only at random; this small HTTPS server (real sockets, real TLS) answers the
+way a CA does at the edges: every nonce refused, a few refused, other problems, Retry-After forms.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import email.utils
+import json
+import ssl
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+from acme import messages
+from josepy.jwa import ES256, ES384, RS256
+from josepy.jwk import JWKEC, JWKRSA
+
+from certkeeper import __version__
+from certkeeper.acme.network import BAD_NONCE_RETRIES, make_network, retry_after_seconds
+from certkeeper.crypto import generate_key, load_key
+from certkeeper.errors import CAError
+from certkeeper.spec import KeyType
+from testbench.pebble import free_port
+from testbench.pki import TestCA
+
+
+@dataclass
+class CaEdge:
+    """What the server does next; what it saw."""
+
+    bad_nonces_left: int = 0
+    problem: str | None = None  # an ACME problem type to answer every POST with
+    retry_after: str | None = None
+    posts: int = 0
+    user_agents: list[str] = field(default_factory=list)
+    nonces: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _handler(edge: CaEdge) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:  # quiet
+            pass
+
+        def _send(self, status: int, body: dict[str, object] | None, content_type: str) -> None:
+            data = json.dumps(body).encode() if body is not None else b""
+            with edge.lock:
+                edge.nonces += 1
+                nonce = base64.urlsafe_b64encode(f"nonce-{edge.nonces}".encode()).decode().rstrip("=")
+            self.send_response(status)
+            self.send_header("Replay-Nonce", nonce)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            if edge.retry_after is not None:
+                self.send_header("Retry-After", edge.retry_after)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_HEAD(self) -> None:
+            self._send(200, None, "application/json")
+
+        def do_GET(self) -> None:
+            self.user_agent()
+            self._send(200, {"hello": "ca"}, "application/json")
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.user_agent()
+            with edge.lock:
+                edge.posts += 1
+                bad = edge.bad_nonces_left > 0
+                if bad:
+                    edge.bad_nonces_left -= 1
+            problem = "badNonce" if bad else edge.problem
+            if problem:
+                body = {"type": f"urn:ietf:params:acme:error:{problem}", "detail": f"{problem} (test CA)"}
+                self._send(400, body, "application/problem+json")
+            else:
+                self._send(200, {"status": "valid"}, "application/json")
+
+        def user_agent(self) -> None:
+            with edge.lock:
+                edge.user_agents.append(self.headers.get("User-Agent", ""))
+
+    return Handler
+
+
+@dataclass
+class EdgeServer:
+    edge: CaEdge
+    url: str
+    ca_file: Path
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ssl.SSLContext]:
+    ca = TestCA("network test CA")
+    leaf = ca.issue(["localhost"], ips=["127.0.0.1"])
+    folder = tmp_path_factory.mktemp("network-tls")
+    (folder / "ca.pem").write_bytes(ca.cert_pem)
+    (folder / "cert.pem").write_bytes(leaf.cert_pem)
+    (folder / "key.pem").write_bytes(leaf.key_pem)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    return folder / "ca.pem", context
+
+
+@pytest.fixture
+def server(tls: tuple[Path, ssl.SSLContext]) -> Iterator[EdgeServer]:
+    edge = CaEdge()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(edge))
+    httpd.socket = tls[1].wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield EdgeServer(edge, f"https://127.0.0.1:{httpd.server_address[1]}", tls[0])
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def jwk(kind: KeyType = KeyType.EC_P256) -> JWKEC | JWKRSA:
+    key = load_key(generate_key(kind))
+    return JWKRSA(key=key) if kind.value.startswith("rsa") else JWKEC(key=key)
+
+
+def post(server: EdgeServer) -> requests.Response:
+    net = make_network(jwk(), str(server.ca_file))
+    return net.post(server.url + "/order", None, new_nonce_url=server.url + "/nonce")
+
+
+def test_a_few_rejected_nonces_are_retried(server: EdgeServer) -> None:
+    server.edge.bad_nonces_left = 5  # more than the one retry the ACME library makes by itself
+    assert post(server).json() == {"status": "valid"}
+    assert server.edge.posts == 6
+
+
+def test_a_ca_rejecting_every_nonce_is_given_up_on(server: EdgeServer) -> None:
+    server.edge.bad_nonces_left = 10**6
+    with pytest.raises(messages.Error) as caught:
+        post(server)
+    assert caught.value.code == "badNonce"
+    assert server.edge.posts == BAD_NONCE_RETRIES == 30
+
+
+def test_other_problems_are_not_retried(server: EdgeServer) -> None:
+    server.edge.problem = "malformed"
+    with pytest.raises(messages.Error) as caught:
+        post(server)
+    assert caught.value.code == "malformed"
+    assert server.edge.posts == 1
+
+
+def test_the_last_retry_after_is_kept_for_the_planner(server: EdgeServer) -> None:
+    net = make_network(jwk(), str(server.ca_file))
+    server.edge.retry_after = "120"
+    net.get(server.url + "/directory")
+    assert net.last_retry_after == 120.0
+    server.edge.retry_after = None
+    net.get(server.url + "/directory")
+    assert net.last_retry_after is None
+
+
+def test_requests_name_certkeeper(server: EdgeServer) -> None:
+    post(server)
+    expected = f"certkeeper/{__version__}"
+    assert server.edge.user_agents and all(ua.startswith(expected) for ua in server.edge.user_agents)
+
+
+def test_an_untrusted_ca_certificate_is_one_clear_line(server: EdgeServer) -> None:
+    net = make_network(jwk(), None)  # the system's roots do not know the test CA
+    with pytest.raises(CAError) as caught:
+        net.get(server.url + "/directory")
+    assert str(caught.value) == (
+        f"cannot verify the TLS certificate of the CA at {server.url}/directory: "
+        "for a private CA pass its root with --ca-bundle"
+    )
+
+
+def test_an_unreachable_ca_is_one_clear_line() -> None:
+    url = f"https://127.0.0.1:{free_port()}/directory"
+    with pytest.raises(CAError) as caught:
+        make_network(jwk(), None).get(url)
+    assert str(caught.value) == (
+        f"cannot reach the CA at {url} (ConnectionError): check --server and that this host can reach it"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "alg"), [(KeyType.EC_P256, ES256), (KeyType.EC_P384, ES384), (KeyType.RSA_2048, RS256)]
+)
+def test_the_signature_algorithm_follows_the_account_key(kind: KeyType, alg: object) -> None:
+    assert make_network(jwk(kind), None).alg is alg
+
+
+def response(retry_after: str | None) -> requests.Response:
+    answer = requests.Response()
+    if retry_after is not None:
+        answer.headers["Retry-After"] = retry_after
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(None, None), ("", None), ("120", 120.0), ("1.5", 1.5), ("-5", 0.0), ("soon", None)],
+)
+def test_retry_after_in_seconds(value: str | None, seconds: float | None) -> None:
+    assert retry_after_seconds(response(value)) == seconds
+
+
+def test_retry_after_as_a_date() -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    later = email.utils.format_datetime(now + datetime.timedelta(hours=1), usegmt=True)
+    waited = retry_after_seconds(response(later))
+    assert waited is not None and 3500 < waited <= 3600
+    earlier = email.utils.format_datetime(now - datetime.timedelta(hours=1), usegmt=True)
+    assert retry_after_seconds(response(earlier)) == 0.0
