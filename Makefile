@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint unit bench cluster-bin clean
+.PHONY: install demo test lint unit bench cluster-bin clean mutate
 
 install:
 	@scripts/install
@@ -25,5 +25,9 @@ demo: install
 bench: install
 	bench/run
 
+# Mutation testing of the pure and fast modules (minutes; docs/testing.md has the scores).
+mutate: install
+	scripts/mutate
+
 clean:
-	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache demo-store bench/out
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache demo-store bench/out mutants

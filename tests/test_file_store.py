@@ -10,6 +10,7 @@ import datetime
 import json
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,7 @@ def test_an_empty_store_has_nothing(tmp_path: Path) -> None:
 def test_a_saved_issuance_is_laid_out_for_readers(tmp_path: Path) -> None:
     files = FileStore(tmp_path / "store")
     cert = issued(1)
-    meta = {"names": ["files.test", "www.files.test"], "serial": cert.info.serial}
+    meta = {"serial": cert.info.serial, "names": ["files.test", "www.files.test"]}  # stored sorted
     assert files.save("files.test", cert, meta) is True
 
     lineage = tmp_path / "store" / "files.test"
@@ -66,7 +67,7 @@ def test_a_saved_issuance_is_laid_out_for_readers(tmp_path: Path) -> None:
     assert mode(version / "privkey.pem") == 0o600
     for name in ("cert.pem", "chain.pem", "fullchain.pem", "meta.json"):
         assert mode(version / name) == 0o644, name
-    assert mode(version) == 0o755 and mode(lineage) == 0o755
+    assert mode(version) == 0o755 and mode(lineage) == 0o755 and mode(lineage / "versions") == 0o700
     assert sorted(p.name for p in (lineage / "versions").iterdir()) == ["1"], "no staging directory left"
 
     loaded = files.load("files.test")
@@ -110,7 +111,8 @@ def test_an_unreadable_version_is_reported_not_raised(tmp_path: Path) -> None:
 
 def test_renewal_state_round_trips(tmp_path: Path) -> None:
     files = FileStore(tmp_path / "store")
-    state = {"failures": 2, "last_error": "CA said no", "next_check": "2030-01-01T00:00:00+00:00"}
+    state = {"next_check": "2030-01-01T00:00:00+00:00", "failures": 2, "last_error": "CA said no"}
+    files.save_state("files.test", {"failures": 1})
     files.save_state("files.test", state)
     assert files.load_state("files.test") == state
     path = tmp_path / "store" / "files.test" / "state.json"
@@ -122,12 +124,15 @@ def test_renewal_state_round_trips(tmp_path: Path) -> None:
 def test_the_account_is_kept_beside_the_certificates(tmp_path: Path) -> None:
     files = FileStore(tmp_path / "store")
     account = Account(directory_url=DIRECTORY, url="https://ca.test/acct/1", key_pem=b"-----KEY-----\n")
+    files.save_account(Account(directory_url=DIRECTORY, url="https://ca.test/acct/0", key_pem=b"old"))
     files.save_account(account)
     assert files.load_account(DIRECTORY) == account
     assert files.load_account("https://other.test/directory") is None
     folder = tmp_path / "store" / "accounts" / account_id(DIRECTORY)
     assert mode(folder) == 0o700 and mode(folder / "key.pem") == 0o600
-    assert json.loads((folder / "account.json").read_text()) == {"url": account.url, "directory_url": DIRECTORY}
+    assert (folder / "account.json").read_text() == json.dumps(
+        {"url": account.url, "directory_url": DIRECTORY}, indent=2
+    )
     (folder / "account.json").write_text("{}")
     assert files.load_account(DIRECTORY) is None, "an account without its URL is no account"
     assert files.lineages() == [], "the accounts folder is not a certificate"
@@ -151,3 +156,30 @@ def test_write_atomic_sets_the_mode_and_leaves_no_temporary_file(tmp_path: Path)
     write_atomic(tmp_path / "plain.txt", b"x")
     assert mode(tmp_path / "plain.txt") == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt", "secret.pem"]
+
+
+def test_a_store_is_created_with_its_parents(tmp_path: Path) -> None:
+    files = FileStore(tmp_path / "a" / "b" / "store")
+    files.save_state("files.test", {"failures": 0})
+    assert files.load_state("files.test") == {"failures": 0}
+
+
+def test_temporary_files_are_made_beside_their_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A rename is atomic only within one file system: a temporary file in the system's temp
+    # directory would be copied, not renamed. With no usable temp directory, writes still work.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-temp-dir"))
+    files = FileStore(tmp_path / "store")
+    assert files.save("files.test", issued(1), {"names": ["files.test"]})
+    files.save_state("files.test", {"failures": 0})
+    assert files.load("files.test") is not None and files.load_state("files.test") == {"failures": 0}
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="bytes-like"):
+        write_atomic(tmp_path / "target", "not bytes")  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+    files = FileStore(tmp_path / "store")
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        files.save("files.test", issued(1), {"unserializable": object()})
+    assert list((tmp_path / "store" / "files.test" / "versions").iterdir()) == [], "a staging directory was left"
+    assert files.load("files.test") is None

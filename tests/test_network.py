@@ -10,6 +10,7 @@ import base64
 import datetime
 import email.utils
 import json
+import logging
 import ssl
 import threading
 from collections.abc import Iterator
@@ -67,6 +68,11 @@ def _handler(edge: CaEdge) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
         def do_HEAD(self) -> None:
+            if self.path != "/nonce":  # nonces come from newNonce only
+                self.send_response(405)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self._send(200, None, "application/json")
 
         def do_GET(self) -> None:
@@ -139,10 +145,13 @@ def post(server: EdgeServer) -> requests.Response:
     return net.post(server.url + "/order", None, new_nonce_url=server.url + "/nonce")
 
 
-def test_a_few_rejected_nonces_are_retried(server: EdgeServer) -> None:
+def test_a_few_rejected_nonces_are_retried(server: EdgeServer, caplog: pytest.LogCaptureFixture) -> None:
     server.edge.bad_nonces_left = 5  # more than the one retry the ACME library makes by itself
-    assert post(server).json() == {"status": "valid"}
+    with caplog.at_level(logging.DEBUG, logger="certkeeper.acme.network"):
+        assert post(server).json() == {"status": "valid"}
     assert server.edge.posts == 6
+    said = [r.getMessage() for r in caplog.records if r.name == "certkeeper.acme.network"]
+    assert said == [f"CA rejected the nonce; retrying ({n})" for n in range(1, 6)]
 
 
 def test_a_ca_rejecting_every_nonce_is_given_up_on(server: EdgeServer) -> None:

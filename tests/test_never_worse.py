@@ -193,3 +193,23 @@ def test_garbage_is_read_as_unusable_never_raised(content: bytes, problem: str) 
     parsed = StoredCert.parse(b"KEY", content, b"CHAIN", meta)
     assert parsed.info is None and parsed.problem is not None and parsed.problem.startswith(problem)
     assert (parsed.key_pem, parsed.cert_pem, parsed.chain_pem, parsed.meta) == (b"KEY", content, b"CHAIN", meta)
+
+
+def test_a_good_certificate_with_an_unreadable_key_is_unusable() -> None:
+    leaf = issued()
+    meta = {"names": list(NAMES)}
+    parsed = StoredCert.parse(b"not a key", leaf.cert_pem, b"CHAIN", meta)
+    assert parsed.info is None and parsed.problem is not None and parsed.problem.startswith("unreadable: ")
+    assert (parsed.key_pem, parsed.cert_pem, parsed.chain_pem, parsed.meta) == (
+        b"not a key",
+        leaf.cert_pem,
+        b"CHAIN",
+        meta,
+    )
+
+
+def test_a_chain_of_several_certificates_is_kept_whole() -> None:
+    leaf = issued()
+    middle, top = _CA.issue(["middle.test"]).cert_pem, _CA.cert_pem
+    parsed = StoredCert.parse(leaf.key_pem, leaf.cert_pem + middle + top, b"", {})
+    assert parsed.chain_pem == middle + top

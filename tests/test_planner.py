@@ -301,3 +301,8 @@ def test_ari_decisions_field_by_field() -> None:
     soon = RenewalWindow(T0 + HOUR, T0 + 2 * HOUR, retry_after=T0 + 5 * DAY)
     near = plan(SPEC, cert, T0, soon)
     assert near.renew_at is not None and near.next_check == near.renew_at
+
+
+def test_ari_is_asked_again_within_twelve_hours_even_when_the_ca_says_later() -> None:
+    far = RenewalWindow(T0 + 50 * DAY, T0 + 51 * DAY, retry_after=T0 + 3 * DAY)
+    assert plan(SPEC, stored(), T0, far).next_check == T0 + 12 * HOUR

@@ -70,6 +70,9 @@ def test_the_longest_label_and_name_are_accepted_and_one_more_is_not() -> None:
 def test_names_are_trimmed_lowercased_and_lose_the_trailing_dot() -> None:
     assert normalize_name("  WWW.Example.COM.  ") == "www.example.com"
     assert normalize_name("host.test1") == "host.test1", "only an all-digit last label is refused"
+    assert normalize_name("a.42.test") == "a.42.test", "a numeric label is fine anywhere but last"
+    assert "ends in a numeric label" in message(normalize_name, "a.b.42")
+    assert normalize_name("HOST.EXAMPLEX") == "host.examplex", "only dots are trimmed from the end"
 
 
 def test_wildcards_are_kept_when_allowed() -> None:
