@@ -10,13 +10,16 @@ from __future__ import annotations
 import datetime
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtensionOID
 
 from certkeeper.crypto import cert_info
 from certkeeper.errors import CertkeeperError
 from certkeeper.model import IssuedCert
 from certkeeper.stores.base import StoredCert, check_replacement
-from testbench.pki import TestCA, key_pem
+from testbench.pki import TestCA, cert_pem, key_pem
 
 _CA = TestCA("never-worse test CA")
 _KEY = ec.generate_private_key(ec.SECP256R1())
@@ -213,3 +216,24 @@ def test_a_chain_of_several_certificates_is_kept_whole() -> None:
     middle, top = _CA.issue(["middle.test"]).cert_pem, _CA.cert_pem
     parsed = StoredCert.parse(leaf.key_pem, leaf.cert_pem + middle + top, b"", {})
     assert parsed.chain_pem == middle + top
+
+
+def test_a_certificate_with_a_malformed_extension_is_unusable() -> None:
+    # The parser reads extensions lazily: the damage shows only when the names are read.
+    now = _now()
+    damaged = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(_CA.name)
+        .public_key(_KEY.public_key())
+        .serial_number(5)
+        .not_valid_before(now - MINUTE)
+        .not_valid_after(now + DAY)
+        .add_extension(x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x03\xff"), False)
+        .sign(_CA.key, hashes.SHA256())
+    )
+    meta = {"names": list(NAMES)}
+    cert = cert_pem(damaged)
+    parsed = StoredCert.parse(key_pem(_KEY), cert, b"CHAIN", meta)
+    assert parsed.info is None and parsed.problem is not None and parsed.problem.startswith("unreadable: ")
+    assert (parsed.key_pem, parsed.cert_pem, parsed.chain_pem, parsed.meta) == (key_pem(_KEY), cert, b"CHAIN", meta)
