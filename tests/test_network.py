@@ -11,6 +11,7 @@ import datetime
 import email.utils
 import json
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -234,3 +235,31 @@ def test_retry_after_as_a_date() -> None:
     assert waited is not None and 3500 < waited <= 3600
     earlier = email.utils.format_datetime(now - datetime.timedelta(hours=1), usegmt=True)
     assert retry_after_seconds(response(earlier)) == 0.0
+
+
+def test_a_silent_ca_times_out_with_a_clear_line() -> None:
+    # A CA that accepts the connection and never answers: the request gives up after the timeout
+    # it was given (30 s in use; 1 s here) instead of hanging the renewal.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/directory"
+    outcome: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            make_network(jwk(), None, timeout=1).get(url)
+        except BaseException as error:
+            outcome.append(error)
+
+    worker = threading.Thread(target=ask, daemon=True)
+    try:
+        worker.start()
+        worker.join(20)  # a hang guard, far beyond the timeout
+        assert not worker.is_alive(), "the request to a silent CA did not time out"
+    finally:
+        silent.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], CAError)
+    assert str(outcome[0]) == (
+        f"cannot reach the CA at {url} (ReadTimeout): check --server and that this host can reach it"
+    )
