@@ -36,10 +36,12 @@ class LocalCA:
         self.cert = self._ca.cert
         self.pem = self._ca.cert_pem
 
-    def issue(self, names: tuple[str, ...] = (HOST,), *, expired: bool = False) -> Issued:
+    def issue(
+        self, names: tuple[str, ...] = (HOST,), *, expired: bool = False, not_before: dt.datetime | None = None
+    ) -> Issued:
         now = dt.datetime.now(dt.UTC)
         end = now - dt.timedelta(hours=1) if expired else now + dt.timedelta(days=1)
-        leaf = self._ca.issue(names, not_before=now - dt.timedelta(days=1), not_after=end)
+        leaf = self._ca.issue(names, not_before=not_before or now - dt.timedelta(days=1), not_after=end)
         return Issued(leaf.cert_pem + self.pem, leaf.key_pem, leaf.cert.serial_number)
 
     def client_context(self) -> ssl.SSLContext:
@@ -144,10 +146,17 @@ class RunningProxy:
         return self.process.wait(timeout=15)
 
 
-def run_certkeeper_proxy(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+# root without the capabilities that let it read any file: what a pod's non-root user meets.
+NO_DAC_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def run_certkeeper_proxy(
+    env: dict[str, str], log_path: Path, *, no_dac_override: bool = False
+) -> subprocess.Popen[bytes]:
     full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin", **env}
+    prefix = NO_DAC_OVERRIDE if no_dac_override else []
     with log_path.open("ab") as log:
-        return subprocess.Popen([CERTKEEPER, "proxy"], env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen([*prefix, CERTKEEPER, "proxy"], env=full_env, stdout=log, stderr=subprocess.STDOUT)
 
 
 StartProxy = Callable[..., RunningProxy]

@@ -1,0 +1,111 @@
+"""check_pair against hostile bytes: whatever a Secret holds, only a refusal (or a valid pair) comes out.
+
+Mutated real certificates (from testbench/pki.py) reach the lazily parsed fields (extensions, names,
+serial) that random bytes never would; the crafted ones below are the faults found by hand.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+
+import pytest
+from der_surgery import BREAKS, broken_chain, from_pem, to_pem
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from proxy_helpers import LocalCA
+
+from certkeeper.proxy.certs import CertPair, PairRefused, check_pair
+
+NAMES = ("proxycert", "proxykey")
+_CA = LocalCA()
+_ISSUED = _CA.issue(("proxy.test", "www.proxy.test"))
+LEAF_PEM, CA_PEM = _ISSUED.chain_pem.split(b"-----END CERTIFICATE-----\n", 1)
+LEAF_PEM += b"-----END CERTIFICATE-----\n"
+LEAF_DER = from_pem(LEAF_PEM)
+KEY_PEM = _ISSUED.key_pem
+KEY_DER = base64.b64decode(b"".join(KEY_PEM.splitlines()[1:-1]))
+
+
+def outcome(chain_pem: bytes, key_pem: bytes = KEY_PEM) -> str:
+    """'ok' or 'refused'; anything else escaping check_pair fails the test with its traceback."""
+    try:
+        pair = check_pair((chain_pem, key_pem), NAMES)
+    except PairRefused as why:
+        assert "PRIVATE KEY" not in str(why) and "\n" not in str(why)
+        return "refused"
+    assert isinstance(pair, CertPair)
+    return "ok"
+
+
+def mutate(der: bytes, rng: random.Random) -> bytes:
+    """One to three flips, inserts or deletes, often in the extensions (the end of the TBS)."""
+    data = bytearray(der)
+    for _ in range(rng.randint(1, 3)):
+        # Half the edits land in the last third, where the extensions, signature algorithm and signature are.
+        low = len(data) * 2 // 3 if rng.random() < 0.5 else 0
+        at = rng.randrange(low, len(data))
+        kind = rng.randrange(3)
+        if kind == 0:
+            data[at] ^= 1 << rng.randrange(8)
+        elif kind == 1:
+            data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 4)))
+        elif len(data) > 1:
+            del data[at : at + rng.randint(1, 4)]
+    return bytes(data)
+
+
+def test_mutated_certificates_and_keys_are_refused_or_served_never_a_crash() -> None:
+    rng = random.Random(20261128)  # fixed: a failure reproduces
+    seen = {"ok": 0, "refused": 0}
+    for _ in range(4000):
+        seen[outcome(to_pem(mutate(LEAF_DER, rng)) + CA_PEM)] += 1
+    ca_der = from_pem(CA_PEM)
+    for _ in range(1000):
+        seen[outcome(LEAF_PEM + to_pem(mutate(ca_der, rng)))] += 1
+    for _ in range(1000):
+        key = base64.encodebytes(mutate(KEY_DER, rng))
+        seen[outcome(_ISSUED.chain_pem, b"-----BEGIN PRIVATE KEY-----\n" + key + b"-----END PRIVATE KEY-----\n")] += 1
+    # Most edits break something; the count shows the mutations do reach the parsers.
+    assert seen["refused"] > 3000, seen
+
+
+@settings(max_examples=1500, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    at=st.integers(min_value=0, max_value=len(LEAF_DER) - 1),
+    edit=st.sampled_from(["flip", "insert", "delete", "set"]),
+    value=st.binary(min_size=1, max_size=8),
+)
+def test_hypothesis_edits_of_a_real_certificate_never_crash(at: int, edit: str, value: bytes) -> None:
+    data = bytearray(LEAF_DER)
+    if edit == "flip":
+        data[at] ^= value[0] or 1
+    elif edit == "insert":
+        data[at:at] = value
+    elif edit == "delete":
+        del data[at : at + len(value)]
+    else:
+        data[at : at + len(value)] = value
+    outcome(to_pem(bytes(data)) + CA_PEM)
+
+
+@pytest.mark.parametrize(
+    ("how", "says"),
+    [
+        ("corrupt-authority-key-identifier", "the certificate in proxycert has malformed or duplicate extensions"),
+        ("duplicate-extension", "the certificate in proxycert has malformed or duplicate extensions"),
+        ("negative-serial", "serial number that is not positive"),
+        ("bad-version", "proxycert holds a malformed certificate"),
+    ],
+)
+def test_crafted_bad_certificates_are_refused_with_the_reason(how: str, says: str) -> None:
+    assert set(BREAKS) >= {how}
+    with pytest.raises(PairRefused, match=says):
+        check_pair((broken_chain(_ISSUED.chain_pem, how), KEY_PEM), NAMES)
+
+
+def test_a_malformed_certificate_further_down_the_chain_is_refused() -> None:
+    # nginx sends the whole chain; OpenSSL refuses to load one with a broken certificate in it.
+    intermediate = broken_chain(CA_PEM, "duplicate-extension")
+    with pytest.raises(PairRefused, match="certificate 2 in proxycert has malformed or duplicate extensions"):
+        check_pair((LEAF_PEM + intermediate, KEY_PEM), NAMES)
