@@ -234,6 +234,37 @@ def test_an_unreadable_key_is_refused_once_then_served_when_readable(
     wait_for(lambda: served_serial(proxy.https_port, context) == second.serial, WITHIN, "served once readable")
 
 
+def test_a_secrets_dir_it_cannot_enter_is_refused_and_watching_goes_on(
+    start_proxy: StartProxy, secrets_dir: Path, ca: LocalCA
+) -> None:
+    first, second = ca.issue(), ca.issue()
+    write_secret_volume(secrets_dir, {"proxycert": first.chain_pem, "proxykey": first.key_pem})
+    proxy = start_proxy(no_dac_override=True, ENABLE_SSL="true")
+    context = ca.client_context()
+
+    os.chown(secrets_dir, NOBODY, NOBODY)
+    secrets_dir.chmod(0o700)
+
+    wait_for(lambda: bool(refusals(proxy)), WITHIN, "a log line saying the secrets cannot be read")
+    assert "cannot look into it: Permission denied" in refusals(proxy)[0]
+    assert served_serial(proxy.https_port, context) == first.serial
+    assert proxy.process.poll() is None
+    os.chown(secrets_dir, 0, 0)
+    write_secret_volume(secrets_dir, {"proxycert": second.chain_pem, "proxykey": second.key_pem})
+    wait_for(lambda: served_serial(proxy.https_port, context) == second.serial, WITHIN, "the next pair served")
+
+
+def test_malformed_dh_parameters_are_ignored_not_fatal(start_proxy: StartProxy, secrets_dir: Path, ca: LocalCA) -> None:
+    issued = ca.issue()
+    write_plain(secrets_dir, issued.chain_pem, issued.key_pem)
+    (secrets_dir / "dhparam").write_bytes(b"-----BEGIN DH PARAMETERS-----\nbm90IERI\n-----END DH PARAMETERS-----\n")
+
+    proxy = start_proxy(ENABLE_SSL="true")
+
+    assert served_serial(proxy.https_port, ca.client_context()) == issued.serial
+    assert any("ignoring" in line and "dhparam" in line for line in proxy.log().splitlines())
+
+
 def test_a_restart_after_the_supervisor_was_killed_takes_the_ports_back(
     start_proxy: StartProxy, secrets_dir: Path, world_dir: Path, ca: LocalCA
 ) -> None:

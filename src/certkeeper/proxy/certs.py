@@ -178,7 +178,9 @@ def openssl_loads(cert: Path, key: Path) -> None:
 
 def dh_parameters_ok(data: bytes) -> bool:
     try:
-        serialization.load_pem_parameters(data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # cryptography's deprecation of finite-field DH; nginx still uses it
+            serialization.load_pem_parameters(data)
     except Exception:
         return False
     return True

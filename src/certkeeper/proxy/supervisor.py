@@ -23,6 +23,7 @@ log = logging.getLogger("certkeeper.proxy")
 
 # How often HTTPS is tried again while nginx rejects its configuration (each try runs `nginx -t`).
 HTTPS_RETRY_SECONDS = 30.0
+RECHECK_REFUSED_SECONDS = 30.0
 
 FORWARDED_SIGNALS = (
     signal.SIGTERM,
@@ -49,6 +50,8 @@ class Supervisor:
         self._https_failure: str | None = None
         self._https_retry_at = 0.0
         self._tick_failure: str | None = None
+        self._refused: str | None = None  # digest of a pair refused and reported; rechecked at _recheck_at
+        self._recheck_at = 0.0
 
     # -- start ---------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -153,7 +156,11 @@ class Supervisor:
             self._problem(f"could not look at the certificate: {describe(e)}", settled=True)
 
     def _poll(self) -> None:
-        found = certs.find_pair(self.settings.secrets_dir)
+        try:
+            found = certs.find_pair(self.settings.secrets_dir)
+        except OSError as e:  # e.g. a directory on the way that this user may not enter
+            self._problem(f"cannot look into it: {e.strerror}")
+            return
         if found is None:
             if self.live.serving is not None and not self._gone_logged:
                 log.warning(
@@ -168,7 +175,7 @@ class Supervisor:
         try:
             raw = certs.read_pair(found)
             seen = certs.digest(raw)
-            if seen == self._seen:
+            if seen == self._seen or (seen == self._refused and time.monotonic() < self._recheck_at):
                 return
             pair = certs.check_pair(raw, (found[0].name, found[1].name))
             if self.live.serving is not None and pair == self.live.serving:
@@ -178,6 +185,10 @@ class Supervisor:
         except certs.PairRefused as why:
             # A plain (non-atomic) write shows a half-written pair for one poll: complain only if it stays.
             self._problem(str(why), seen=seen)
+            if seen is not None and self._reported == f"{seen}:{why}":
+                # Checked twice, refused twice: look again only now and then (a 1 MiB chain takes ~50 ms;
+                # a certificate not valid yet becomes valid).
+                self._refused, self._recheck_at = seen, time.monotonic() + RECHECK_REFUSED_SECONDS
             return
         except OSError as e:
             self._problem(f"cannot write it to {self.paths.live}: {e.strerror}", seen=seen, settled=True)
