@@ -93,7 +93,10 @@ def test_nginx_failure_to_start_is_the_exit_status(start_proxy: StartProxy, worl
         world_dir / "second.log",
     )
     assert process.wait(timeout=30) == 1
-    assert "Address already in use" in (world_dir / "second.log").read_text()
+    log = (world_dir / "second.log").read_text()
+    assert "Address already in use" in log
+    # certkeeper names the holder: the first proxy's nginx master.
+    assert f"HTTP_PORT {running.http_port} is held by pid {running.master_pid()} (nginx: master process" in log
 
 
 def test_print_config_shows_the_nginx_configuration_without_starting_it(world_dir: Path) -> None:

@@ -16,6 +16,7 @@ from certkeeper.errors import ConfigError
 from certkeeper.proxy import certs
 from certkeeper.proxy.live import LiveCerts
 from certkeeper.proxy.nginx import Nginx
+from certkeeper.proxy.ports import holders
 from certkeeper.proxy.render import RunPaths, render
 from certkeeper.proxy.settings import ProxySettings
 
@@ -233,7 +234,23 @@ class Supervisor:
                 if self.settings.enable_ssl:
                     self._safe_tick()
                 continue
+            if code != 0:
+                self._name_port_holders()
             return code if code >= 0 else 128 - code
+
+    def _name_port_holders(self) -> None:
+        """nginx says "Address already in use"; say who uses it, since our nginx is gone by now."""
+        ports = [("HTTP_PORT", self.settings.http_port)]
+        if self.settings.enable_ssl and self._https_on:
+            ports.append(("HTTPS_PORT", self.settings.https_port))
+        for name, port in ports:
+            try:
+                found = holders(port)
+            except Exception:  # only an explanation: never let it hide nginx's exit status
+                continue
+            for pid, cmdline in found:
+                log.error("%s %d is held by pid %d (%s): stop that process or set %s to a free port",
+                          name, port, pid, cmdline[:120], name)  # fmt: skip
 
     def _safe_tick(self) -> None:
         try:
