@@ -18,7 +18,17 @@ from pathlib import Path
 
 import pytest
 from der_surgery import BREAKS, broken_chain
-from proxy_helpers import LocalCA, RunningProxy, StartProxy, free_port, http_get, served_serial, wait_for, write_plain
+from proxy_helpers import (
+    LocalCA,
+    RunningProxy,
+    StartProxy,
+    free_port,
+    http_get,
+    run_certkeeper_proxy,
+    served_serial,
+    wait_for,
+    write_plain,
+)
 
 from testbench.volumes import write_secret_volume
 
@@ -171,6 +181,22 @@ def test_an_unwritable_live_dir_at_start_leaves_http_up_until_it_is_fixed(
 
     remount(run_dir / "live", fixed)
     wait_for(lambda: served_serial(proxy.https_port, ca.client_context()) == issued.serial, WITHIN, "HTTPS on")
+
+
+def test_a_full_run_dir_is_one_clear_error_not_a_traceback(world_dir: Path, mount_tmpfs: Mount) -> None:
+    # nginx needs RUN_DIR for its configuration and pid file: this one fault is fatal, and says so.
+    run_dir = world_dir / "run"
+    mount_tmpfs(run_dir, "size=4k,mode=755")
+    (run_dir / "tmp").mkdir()
+    fill(run_dir / "filler")
+    env = {"TARGET_SERVICE": "127.0.0.1:9", "RUN_DIR": str(run_dir), "LISTEN_ADDRESS": "127.0.0.1",
+           "HTTP_PORT": str(free_port()), "SECRETS_DIR": str(world_dir)}  # fmt: skip
+    process = run_certkeeper_proxy(env, world_dir / "out.log")
+
+    assert process.wait(timeout=30) == 2
+    log = (world_dir / "out.log").read_text()
+    assert f"certkeeper: error: cannot write {run_dir}/nginx.conf: No space left on device" in log
+    assert "Traceback" not in log
 
 
 def test_a_certificate_not_valid_yet_is_refused_but_a_few_minutes_of_skew_are_allowed(

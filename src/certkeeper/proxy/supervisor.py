@@ -224,7 +224,8 @@ class Supervisor:
     def _forward(self, signum: int, frame: FrameType | None) -> None:
         process = self.nginx.process
         if process is not None and process.poll() is None:
-            os.kill(process.pid, signum)
+            with contextlib.suppress(ProcessLookupError):  # it may exit between the two lines
+                os.kill(process.pid, signum)
 
     def _loop(self, process: subprocess.Popen[bytes]) -> int:
         while True:
