@@ -318,3 +318,22 @@ def test_a_restart_after_the_supervisor_was_killed_takes_the_ports_back(
     finally:
         if Path(f"/proc/{old_master}").exists():
             os.kill(old_master, signal.SIGKILL)
+
+
+def test_a_second_proxy_on_the_same_run_dir_refuses_to_start_and_the_first_keeps_serving(
+    start_proxy: StartProxy, secrets_dir: Path, world_dir: Path, ca: LocalCA
+) -> None:
+    issued = ca.issue()
+    write_plain(secrets_dir, issued.chain_pem, issued.key_pem)
+    first = start_proxy(ENABLE_SSL="true")
+    env = {"ENABLE_SSL": "true", "TARGET_SERVICE": "127.0.0.1:9", "SECRETS_DIR": str(secrets_dir),
+           "RUN_DIR": str(first.run_dir), "LISTEN_ADDRESS": "127.0.0.1",
+           "HTTP_PORT": str(first.http_port), "HTTPS_PORT": str(first.https_port)}  # fmt: skip
+    master = first.master_pid()
+
+    second = run_certkeeper_proxy(env, world_dir / "second.log")
+
+    assert second.wait(timeout=30) == 2
+    assert f"another certkeeper proxy is running with RUN_DIR={first.run_dir}" in (world_dir / "second.log").read_text()
+    assert first.master_pid() == master and first.process.poll() is None
+    assert served_serial(first.https_port, ca.client_context()) == issued.serial

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -53,6 +54,7 @@ class Supervisor:
         self._tick_failure: str | None = None
         self._refused: str | None = None  # digest of a pair refused and reported; rechecked at _recheck_at
         self._recheck_at = 0.0
+        self._lock_fd: int | None = None  # held (flock) for the life of the process
 
     # -- start ---------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -69,6 +71,7 @@ class Supervisor:
             raise ConfigError(
                 f"cannot use RUN_DIR={self.paths.root}: {e.strerror}", "set RUN_DIR to a writable directory"
             ) from None
+        self._lock_run_dir()
         self._take_back_ports()
         try:
             self.live.reset()
@@ -96,6 +99,28 @@ class Supervisor:
             log.error("HTTPS is off: %s; serving ACME challenges and 503 on HTTP meanwhile", https_failure)
             return
         self.write_config(https=False)
+
+    def _lock_run_dir(self) -> None:
+        """One proxy per RUN_DIR: a second would wipe the first one's certificates and stop its nginx.
+
+        The lock lives as long as this process (nginx does not inherit the descriptor), so a killed
+        proxy's successor gets it, and then stops the nginx left behind.
+        """
+        try:
+            fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise ConfigError(
+                f"cannot use RUN_DIR={self.paths.root}: {e.strerror}", "set RUN_DIR to a writable directory"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ConfigError(
+                f"another certkeeper proxy is running with RUN_DIR={self.paths.root}",
+                "give each proxy its own RUN_DIR",
+            ) from None
+        self._lock_fd = fd
 
     def _take_back_ports(self) -> None:
         """An nginx left running on this RUN_DIR (its supervisor was killed) would hold our ports."""
