@@ -7,6 +7,7 @@ certificate), and the point is a certificate whose outer DER parses while one fi
 from __future__ import annotations
 
 import base64
+import random
 import textwrap
 from collections.abc import Callable
 
@@ -109,3 +110,20 @@ def broken_chain(chain_pem: bytes, how: str) -> bytes:
     leaf_end = chain_pem.index(b"-----END CERTIFICATE-----\n") + len(b"-----END CERTIFICATE-----\n")
     leaf = _edit_tbs(from_pem(chain_pem[:leaf_end]), BREAKS[how])
     return to_pem(leaf) + chain_pem[leaf_end:]
+
+
+def mutate(der: bytes, rng: random.Random) -> bytes:
+    """One to three flips, inserts or deletes, often in the extensions (the end of the TBS)."""
+    data = bytearray(der)
+    for _ in range(rng.randint(1, 3)):
+        # Half the edits land in the last third, where the extensions, signature algorithm and signature are.
+        low = len(data) * 2 // 3 if rng.random() < 0.5 else 0
+        at = rng.randrange(low, len(data))
+        kind = rng.randrange(3)
+        if kind == 0:
+            data[at] ^= 1 << rng.randrange(8)
+        elif kind == 1:
+            data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 4)))
+        elif len(data) > 1:
+            del data[at : at + rng.randint(1, 4)]
+    return bytes(data)

@@ -10,7 +10,7 @@ import base64
 import random
 
 import pytest
-from der_surgery import BREAKS, broken_chain, from_pem, to_pem
+from der_surgery import BREAKS, broken_chain, from_pem, mutate, to_pem
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from proxy_helpers import LocalCA
@@ -36,23 +36,6 @@ def outcome(chain_pem: bytes, key_pem: bytes = KEY_PEM) -> str:
         return "refused"
     assert isinstance(pair, CertPair)
     return "ok"
-
-
-def mutate(der: bytes, rng: random.Random) -> bytes:
-    """One to three flips, inserts or deletes, often in the extensions (the end of the TBS)."""
-    data = bytearray(der)
-    for _ in range(rng.randint(1, 3)):
-        # Half the edits land in the last third, where the extensions, signature algorithm and signature are.
-        low = len(data) * 2 // 3 if rng.random() < 0.5 else 0
-        at = rng.randrange(low, len(data))
-        kind = rng.randrange(3)
-        if kind == 0:
-            data[at] ^= 1 << rng.randrange(8)
-        elif kind == 1:
-            data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 4)))
-        elif len(data) > 1:
-            del data[at : at + rng.randint(1, 4)]
-    return bytes(data)
 
 
 def test_mutated_certificates_and_keys_are_refused_or_served_never_a_crash() -> None:

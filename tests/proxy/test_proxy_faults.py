@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import random
 import signal
 import socket
 import ssl
@@ -337,3 +338,41 @@ def test_a_second_proxy_on_the_same_run_dir_refuses_to_start_and_the_first_keeps
     assert f"another certkeeper proxy is running with RUN_DIR={first.run_dir}" in (world_dir / "second.log").read_text()
     assert first.master_pid() == master and first.process.poll() is None
     assert served_serial(first.https_port, ca.client_context()) == issued.serial
+
+
+def test_a_stream_of_hostile_files_never_stops_the_proxy_nor_serves_a_bad_pair(
+    start_proxy: StartProxy, secrets_dir: Path, ca: LocalCA
+) -> None:
+    good = ca.issue()
+    write_secret_volume(secrets_dir, {"proxycert": good.chain_pem, "proxykey": good.key_pem})
+    proxy = start_proxy(ENABLE_SSL="true")
+    context = ca.client_context()
+    other = ca.issue()
+    other_leaf_end = other.chain_pem.index(b"-----END CERTIFICATE-----")
+    rng = random.Random(4242)
+    # Each of these must be refused, so the served certificate never changes.
+    hostile: list[Callable[[], tuple[bytes, bytes]]] = [
+        *[lambda how=how: (broken_chain(other.chain_pem, how), other.key_pem) for how in BREAKS],  # type: ignore[misc]
+        lambda: (other.chain_pem, good.key_pem),
+        lambda: (other.chain_pem[: rng.randrange(other_leaf_end)], other.key_pem),
+        lambda: (other.chain_pem, other.key_pem[: rng.randrange(len(other.key_pem) - 30)]),
+        lambda: (other.key_pem, other.chain_pem),
+        lambda: (b"", b""),
+        lambda: (other.chain_pem + b"\0" * (2 << 20), other.key_pem),
+        lambda: (ca.issue(expired=True).chain_pem, good.key_pem),
+        lambda: (ca.issue(not_before=dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).chain_pem, good.key_pem),
+    ]
+
+    for _ in range(150):
+        cert, key = rng.choice(hostile)()
+        write_secret_volume(secrets_dir, {"proxycert": cert, "proxykey": key})
+        time.sleep(rng.choice((0.0, 0.05, 0.25)))  # some files are polled, some replaced unseen
+        assert proxy.process.poll() is None, proxy.log()
+
+    assert served_serial(proxy.https_port, context) == good.serial
+    last = ca.issue()
+    write_secret_volume(secrets_dir, {"proxycert": last.chain_pem, "proxykey": last.key_pem})
+    wait_for(lambda: served_serial(proxy.https_port, context) == last.serial, WITHIN, "the last good pair")
+    log = proxy.log()
+    assert "Traceback" not in log and "PRIVATE KEY" not in log
+    assert refusals(proxy)
