@@ -116,6 +116,9 @@ def mutate(der: bytes, rng: random.Random) -> bytes:
     """One to three flips, inserts or deletes, often in the extensions (the end of the TBS)."""
     data = bytearray(der)
     for _ in range(rng.randint(1, 3)):
+        if not data:
+            data.append(rng.randrange(256))
+            continue
         # Half the edits land in the last third, where the extensions, signature algorithm and signature are.
         low = len(data) * 2 // 3 if rng.random() < 0.5 else 0
         at = rng.randrange(low, len(data))
@@ -127,3 +130,30 @@ def mutate(der: bytes, rng: random.Random) -> bytes:
         elif len(data) > 1:
             del data[at : at + rng.randint(1, 4)]
     return bytes(data)
+
+
+def mutate_inside(cert_der: bytes, rng: random.Random) -> bytes:
+    """Edit the inside of one field (an extension's value, a name, the serial, the validity) and fix
+    every length around it: the outer DER stays well-formed, so the edit reaches the lazy parsers."""
+
+    def edit_value(tlv: bytes) -> bytes:
+        tag, content = split(tlv)
+        return encode(tag, mutate(content, rng) if content else bytes([rng.randrange(256)]))
+
+    def edit_extension(extensions: list[bytes]) -> None:
+        index = rng.randrange(len(extensions))
+        parts = children(split(extensions[index])[1])
+        parts[-1] = edit_value(parts[-1])  # extnValue, the OCTET STRING holding the extension itself
+        if rng.random() < 0.5:
+            parts[-1] = encode(OCTET_STRING, mutate(split(parts[-1])[1], rng))
+        extensions[index] = encode(SEQUENCE, b"".join(parts))
+
+    def edit(fields: list[bytes]) -> None:
+        # serial, validity, issuer, subject; or an extension (half the time)
+        if rng.random() < 0.5 and fields[-1][0] == EXTENSIONS_TAG:
+            _edit_extensions(fields, edit_extension)
+        else:
+            index = rng.choice([1, 3, 4, 5])
+            fields[index] = edit_value(fields[index])
+
+    return _edit_tbs(cert_der, edit)

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import base64
 import random
+from collections import Counter
+from pathlib import Path
 
 import pytest
-from der_surgery import BREAKS, broken_chain, from_pem, mutate, to_pem
+from der_surgery import BREAKS, broken_chain, from_pem, mutate, mutate_inside, to_pem
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from proxy_helpers import LocalCA
 
 from certkeeper.proxy.certs import CertPair, PairRefused, check_pair
+from certkeeper.proxy.live import LiveCerts
 
 NAMES = ("proxycert", "proxykey")
 _CA = LocalCA()
@@ -51,6 +54,32 @@ def test_mutated_certificates_and_keys_are_refused_or_served_never_a_crash() -> 
         seen[outcome(_ISSUED.chain_pem, b"-----BEGIN PRIVATE KEY-----\n" + key + b"-----END PRIVATE KEY-----\n")] += 1
     # Most edits break something; the count shows the mutations do reach the parsers.
     assert seen["refused"] > 3000, seen
+
+
+def test_edits_inside_fields_reach_the_lazy_parsers_and_are_refused_never_a_crash(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    ca_der = from_pem(CA_PEM)
+    live = LiveCerts(tmp_path / "live", None)
+    live.reset()
+    reasons: Counter[str] = Counter()
+    for n in range(8000):
+        if n % 4:
+            chain = to_pem(mutate_inside(LEAF_DER, rng)) + CA_PEM
+        else:
+            chain = LEAF_PEM + to_pem(mutate_inside(ca_der, rng))
+        try:
+            pair = check_pair((chain, KEY_PEM), NAMES)
+        except PairRefused as why:
+            reasons[str(why).split(" on ")[0]] += 1
+            continue
+        # What check_pair accepts, the OpenSSL nginx uses must load too (or install refuses it).
+        try:
+            live.install(pair)
+        except PairRefused:
+            reasons["refused by OpenSSL"] += 1
+    # The edits do reach the extension parser, the one that used to raise ValueError.
+    assert reasons["the certificate in proxycert has malformed or duplicate extensions"] > 1000, reasons
+    assert reasons["certificate 2 in proxycert has malformed or duplicate extensions"] > 300, reasons
 
 
 @settings(max_examples=1500, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
