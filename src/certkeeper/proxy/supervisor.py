@@ -73,11 +73,10 @@ class Supervisor:
             ) from None
         self._lock_run_dir()
         self._take_back_ports()
-        try:
+        # A live dir that cannot be emptied or made (full, read-only) is reported once there is a pair
+        # to write into it: the install fails, which is the one refusal line a user needs.
+        with contextlib.suppress(OSError):
             self.live.reset()
-        except OSError as e:
-            log.error("cannot prepare %s: %s; HTTPS stays off until a certificate can be written there",
-                      self.paths.live, e.strerror)  # fmt: skip
         if self.settings.enable_ssl:
             self.poll()
             if self.live.serving is None:
