@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from pathlib import Path
 
@@ -78,6 +79,19 @@ def test_sigterm_stops_nginx_and_exits_cleanly(start_proxy: StartProxy) -> None:
 
     assert proxy.stop() == 0
     assert not Path(f"/proc/{master}").exists(), "nginx outlived certkeeper proxy"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGALRM, signal.SIGPWR, signal.SIGXCPU], ids=lambda s: s.name)
+def test_a_signal_that_ends_certkeeper_stops_nginx_too(start_proxy: StartProxy, sig: signal.Signals) -> None:
+    # Not forwarded to nginx, these would by default end certkeeper alone and leave nginx unsupervised.
+    proxy = start_proxy()
+    master = proxy.master_pid()
+
+    proxy.process.send_signal(sig)
+
+    assert proxy.process.wait(timeout=30) == 128 + sig
+    assert not Path(f"/proc/{master}").exists(), "nginx outlived certkeeper proxy"
+    assert f"got {sig.name}: stopping nginx" in proxy.log()
 
 
 def test_nginx_failure_to_start_is_the_exit_status(start_proxy: StartProxy, world_dir: Path) -> None:

@@ -38,6 +38,27 @@ FORWARDED_SIGNALS = (
 )
 
 
+# Signals whose default action would end certkeeper and leave nginx running on its own: they end
+# the proxy, nginx first.
+EXITING_SIGNALS = (
+    signal.SIGALRM,
+    signal.SIGVTALRM,
+    signal.SIGPROF,
+    signal.SIGPWR,
+    signal.SIGIO,
+    signal.SIGXCPU,
+    signal.SIGXFSZ,
+)
+
+
+class _Exit(BaseException):
+    """A requested exit with its status; a BaseException so the catch-alls around a tick let it through."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 class Supervisor:
     def __init__(self, settings: ProxySettings) -> None:
         self.settings = settings
@@ -238,8 +259,11 @@ class Supervisor:
     def run(self) -> int:
         process = self.nginx.start()
         previous = {sig: signal.signal(sig, self._forward) for sig in FORWARDED_SIGNALS}
+        previous |= {sig: signal.signal(sig, self._exit) for sig in EXITING_SIGNALS}
         try:
             return self._loop(process)
+        except _Exit as e:
+            return e.code
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -250,6 +274,10 @@ class Supervisor:
         if process is not None and process.poll() is None:
             with contextlib.suppress(ProcessLookupError):  # it may exit between the two lines
                 os.kill(process.pid, signum)
+
+    def _exit(self, signum: int, frame: FrameType | None) -> None:
+        log.warning("got %s: stopping nginx and exiting", signal.Signals(signum).name)
+        raise _Exit(128 + signum)
 
     def _loop(self, process: subprocess.Popen[bytes]) -> int:
         while True:
