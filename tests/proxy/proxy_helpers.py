@@ -143,7 +143,20 @@ class RunningProxy:
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=15)
+        code = self.process.wait(timeout=15)
+        self._stop_orphaned_nginx()
+        return code
+
+    def _stop_orphaned_nginx(self) -> None:
+        """A test that failed (or a supervisor that died) must not leave its nginx running."""
+        try:
+            pid = int((self.run_dir / "nginx.pid").read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if b"nginx: master" in cmdline and str(self.run_dir).encode() in cmdline:
+            os.kill(pid, signal.SIGTERM)
+            wait_for(lambda: not Path(f"/proc/{pid}").exists(), 15, "the orphaned nginx gone")
 
 
 # root without the capabilities that let it read any file: what a pod's non-root user meets.
