@@ -221,7 +221,10 @@ class Supervisor:
         try:
             raw = certs.read_pair(found)
             seen = certs.digest(raw)
-            if seen == self._seen or (seen == self._refused and time.monotonic() < self._recheck_at):
+            if seen == self._seen:  # back to the served pair: a later refusal is news again
+                self._pending = self._reported = self._refused = None
+                return
+            if seen == self._refused and time.monotonic() < self._recheck_at:
                 return
             pair = certs.check_pair(raw, (found[0].name, found[1].name))
             if self.live.serving is not None and pair == self.live.serving:
@@ -265,9 +268,11 @@ class Supervisor:
         except _Exit as e:
             return e.code
         finally:
+            for sig in EXITING_SIGNALS:  # a second one must not cut the stop short
+                signal.signal(sig, signal.SIG_IGN)
+            self.nginx.stop()  # a no-op after nginx exited; otherwise it must not outlive us
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self.nginx.stop()  # a no-op after nginx exited; otherwise it must not outlive us
 
     def _forward(self, signum: int, frame: FrameType | None) -> None:
         process = self.nginx.process
