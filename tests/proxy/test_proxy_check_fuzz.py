@@ -7,7 +7,10 @@ serial) that random bytes never would; the crafted ones below are the faults fou
 from __future__ import annotations
 
 import base64
+import os
 import random
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -121,3 +124,18 @@ def test_a_malformed_certificate_further_down_the_chain_is_refused() -> None:
     intermediate = broken_chain(CA_PEM, "duplicate-extension")
     with pytest.raises(PairRefused, match="certificate 2 in proxycert has malformed or duplicate extensions"):
         check_pair((LEAF_PEM + intermediate, KEY_PEM), NAMES)
+
+
+def test_a_fifo_is_refused_not_waited_for(tmp_path: Path) -> None:
+    # find_pair skips a FIFO, but one swapped in just after it looked used to block the poll loop for good.
+    fifo = tmp_path / "proxycert"
+    os.mkfifo(fifo)
+    code = (
+        "import sys; from pathlib import Path; from certkeeper.proxy import certs\n"
+        "try: certs.read_pair((Path(sys.argv[1]), Path(sys.argv[1])))\n"
+        "except certs.PairRefused as e: print(e)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.stdout.strip() == "proxycert is not a regular file"

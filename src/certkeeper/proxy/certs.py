@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import ssl
+import stat
 import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -68,7 +69,11 @@ def digest(raw: tuple[bytes, bytes]) -> str:
 
 def _read(path: Path) -> bytes:
     try:
-        with path.open("rb") as f:
+        # O_NONBLOCK: a FIFO swapped in after find_pair looked must not hang the poll loop forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise PairRefused(f"{path.name} is not a regular file")
             data = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         raise PairRefused(f"cannot read {path.name}: {e.strerror or type(e).__name__}") from None
