@@ -319,8 +319,9 @@ def test_a_restart_after_the_supervisor_was_killed_takes_the_ports_back(
         assert http_get(second.http_port, "/")[0] == 301
         assert second.process.poll() is None
     finally:
-        if Path(f"/proc/{old_master}").exists():
-            os.kill(old_master, signal.SIGKILL)
+        if Path(f"/proc/{old_master}").exists():  # the fix did not take it back: do not leave it running
+            os.kill(old_master, signal.SIGTERM)  # the master takes its workers with it (SIGKILL would not)
+            wait_for(lambda: not Path(f"/proc/{old_master}").exists(), 15, "the old nginx gone")
 
 
 def test_a_second_proxy_on_the_same_run_dir_refuses_to_start_and_the_first_keeps_serving(
