@@ -104,21 +104,22 @@ def start_proxy(world_dir: Path, secrets_dir: Path, backend_port: int) -> Iterat
     """Start ``certkeeper proxy`` on free loopback ports; wait until its HTTP port answers."""
     started: list[RunningProxy] = []
 
-    def start(**env: str) -> RunningProxy:
-        http_port, https_port = free_port(), free_port()
-        run_dir = world_dir / f"run{len(started)}"
+    def start(*, no_dac_override: bool = False, **env: str) -> RunningProxy:
+        """``env`` overrides the defaults (RUN_DIR and the ports included)."""
         base = {
             "TARGET_SERVICE": f"127.0.0.1:{backend_port}",
             "SECRETS_DIR": str(secrets_dir),
-            "RUN_DIR": str(run_dir),
-            "HTTP_PORT": str(http_port),
-            "HTTPS_PORT": str(https_port),
+            "RUN_DIR": str(world_dir / f"run{len(started)}"),
+            "HTTP_PORT": str(free_port()),
+            "HTTPS_PORT": str(free_port()),
             "LISTEN_ADDRESS": "127.0.0.1",
             "ACCESS_LOG": "off",
             "CERT_POLL_SECONDS": "0.2",
         }
+        full = {**base, **env}
+        http_port, https_port, run_dir = int(full["HTTP_PORT"]), int(full["HTTPS_PORT"]), Path(full["RUN_DIR"])
         log_path = world_dir / f"proxy{len(started)}.log"
-        process = run_certkeeper_proxy({**base, **env}, log_path)
+        process = run_certkeeper_proxy(full, log_path, no_dac_override=no_dac_override)
         proxy = RunningProxy(process, http_port, https_port, run_dir, log_path)
         started.append(proxy)
 

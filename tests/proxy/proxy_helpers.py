@@ -36,10 +36,12 @@ class LocalCA:
         self.cert = self._ca.cert
         self.pem = self._ca.cert_pem
 
-    def issue(self, names: tuple[str, ...] = (HOST,), *, expired: bool = False) -> Issued:
+    def issue(
+        self, names: tuple[str, ...] = (HOST,), *, expired: bool = False, not_before: dt.datetime | None = None
+    ) -> Issued:
         now = dt.datetime.now(dt.UTC)
         end = now - dt.timedelta(hours=1) if expired else now + dt.timedelta(days=1)
-        leaf = self._ca.issue(names, not_before=now - dt.timedelta(days=1), not_after=end)
+        leaf = self._ca.issue(names, not_before=not_before or now - dt.timedelta(days=1), not_after=end)
         return Issued(leaf.cert_pem + self.pem, leaf.key_pem, leaf.cert.serial_number)
 
     def client_context(self) -> ssl.SSLContext:
@@ -141,13 +143,33 @@ class RunningProxy:
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=15)
+        code = self.process.wait(timeout=15)
+        self._stop_orphaned_nginx()
+        return code
+
+    def _stop_orphaned_nginx(self) -> None:
+        """A test that failed (or a supervisor that died) must not leave its nginx running."""
+        try:
+            pid = int((self.run_dir / "nginx.pid").read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if b"nginx: master" in cmdline and str(self.run_dir).encode() in cmdline:
+            os.kill(pid, signal.SIGTERM)
+            wait_for(lambda: not Path(f"/proc/{pid}").exists(), 15, "the orphaned nginx gone")
 
 
-def run_certkeeper_proxy(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+# root without the capabilities that let it read any file: what a pod's non-root user meets.
+NO_DAC_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def run_certkeeper_proxy(
+    env: dict[str, str], log_path: Path, *, no_dac_override: bool = False
+) -> subprocess.Popen[bytes]:
     full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin", **env}
+    prefix = NO_DAC_OVERRIDE if no_dac_override else []
     with log_path.open("ab") as log:
-        return subprocess.Popen([CERTKEEPER, "proxy"], env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen([*prefix, CERTKEEPER, "proxy"], env=full_env, stdout=log, stderr=subprocess.STDOUT)
 
 
 StartProxy = Callable[..., RunningProxy]

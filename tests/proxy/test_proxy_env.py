@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from pathlib import Path
 
@@ -80,6 +81,19 @@ def test_sigterm_stops_nginx_and_exits_cleanly(start_proxy: StartProxy) -> None:
     assert not Path(f"/proc/{master}").exists(), "nginx outlived certkeeper proxy"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGALRM, signal.SIGPWR, signal.SIGXCPU], ids=lambda s: s.name)
+def test_a_signal_that_ends_certkeeper_stops_nginx_too(start_proxy: StartProxy, sig: signal.Signals) -> None:
+    # Not forwarded to nginx, these would by default end certkeeper alone and leave nginx unsupervised.
+    proxy = start_proxy()
+    master = proxy.master_pid()
+
+    proxy.process.send_signal(sig)
+
+    assert proxy.process.wait(timeout=30) == 128 + sig
+    assert not Path(f"/proc/{master}").exists(), "nginx outlived certkeeper proxy"
+    assert f"got {sig.name}: stopping nginx" in proxy.log()
+
+
 def test_nginx_failure_to_start_is_the_exit_status(start_proxy: StartProxy, world_dir: Path) -> None:
     running = start_proxy()
     # Same port as a running proxy: nginx -t passes, then nginx cannot bind and exits 1.
@@ -93,7 +107,10 @@ def test_nginx_failure_to_start_is_the_exit_status(start_proxy: StartProxy, worl
         world_dir / "second.log",
     )
     assert process.wait(timeout=30) == 1
-    assert "Address already in use" in (world_dir / "second.log").read_text()
+    log = (world_dir / "second.log").read_text()
+    assert "Address already in use" in log
+    # certkeeper names the holder: the first proxy's nginx master.
+    assert f"HTTP_PORT {running.http_port} is held by pid {running.master_pid()} (nginx: master process" in log
 
 
 def test_print_config_shows_the_nginx_configuration_without_starting_it(world_dir: Path) -> None:

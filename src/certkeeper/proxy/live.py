@@ -8,12 +8,13 @@ so a handshake that resolved them just before a swap can still open both files.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
 from pathlib import Path
 
-from certkeeper.proxy.certs import CertPair
+from certkeeper.proxy.certs import CertPair, openssl_loads
 
 KEEP_GENERATIONS = 3
 
@@ -34,20 +35,34 @@ class LiveCerts:
     def reset(self) -> None:
         """Start empty: a certificate left from a previous run is re-read from the secrets, not trusted."""
         shutil.rmtree(self.dir, ignore_errors=True)
-        self.dir.mkdir(mode=0o755, parents=True)
+        # exist_ok: ``live`` may be a mount point, which rmtree empties but cannot remove.
+        self.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         self.dir.chmod(0o755)
 
     def install(self, pair: CertPair) -> Path:
+        """Write a new generation, have OpenSSL load it, then swap ``current`` to it.
+
+        Raises OSError (a full or read-only disk) or PairRefused (OpenSSL rejects the files); either way
+        the half-made generation is removed and ``current`` still names the pair served before.
+        """
         gen = self.dir / f"gen-{self._next_number():06d}"
-        gen.mkdir(mode=0o700)
-        self._write(gen / "cert.pem", pair.chain_pem, 0o644)
-        self._write(gen / "key.pem", pair.key_pem, 0o600)
-        if self._owner is not None:
-            os.chown(gen, *self._owner)
         link = self.dir / ".current.new"
-        link.unlink(missing_ok=True)
-        link.symlink_to(gen.name)
-        os.replace(link, self.current)
+        try:
+            gen.mkdir(mode=0o700)
+            self._write(gen / "cert.pem", pair.chain_pem, 0o644)
+            self._write(gen / "key.pem", pair.key_pem, 0o600)
+            openssl_loads(gen / "cert.pem", gen / "key.pem")
+            if self._owner is not None:  # after the check: the key is the workers', not root's, from here on
+                for path in (gen / "cert.pem", gen / "key.pem", gen):
+                    os.chown(path, *self._owner)
+            link.unlink(missing_ok=True)
+            link.symlink_to(gen.name)
+            os.replace(link, self.current)
+        except BaseException:
+            shutil.rmtree(gen, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                link.unlink(missing_ok=True)
+            raise
         self.serving = pair
         self._prune()
         return gen
@@ -56,9 +71,9 @@ class LiveCerts:
         # Created with its final mode: the key is never readable by others, not even for an instant.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
-            os.write(fd, data)
-            if self._owner is not None:
-                os.fchown(fd, *self._owner)
+            view = memoryview(data)
+            while view:  # a nearly full disk can take part of a write without an error
+                view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
 

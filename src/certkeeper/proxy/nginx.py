@@ -1,14 +1,20 @@
-"""Running the nginx binary: check a configuration, start the master in the foreground, reload it."""
+"""Running the nginx binary: check a configuration, start the master in the foreground, reload, stop it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
+import time
+from pathlib import Path
 
 from certkeeper.errors import ConfigError
 from certkeeper.proxy.render import RunPaths
+
+GRACEFUL_STOP_SECONDS = 10.0
+FAST_STOP_SECONDS = 5.0
 
 
 class Nginx:
@@ -17,13 +23,15 @@ class Nginx:
         self.paths = paths
         self.process: subprocess.Popen[bytes] | None = None
 
-    def _args(self) -> list[str]:
+    def _args(self, conf: Path | None = None) -> list[str]:
         # -e: nginx would otherwise open its compiled-in log path before reading our configuration.
-        return [self.binary, "-p", str(self.paths.root), "-c", str(self.paths.conf), "-e", "stderr"]
+        return [self.binary, "-p", str(self.paths.root), "-c", str(conf or self.paths.conf), "-e", "stderr"]
 
-    def check(self) -> None:
-        """``nginx -t``; raise ConfigError carrying nginx's own first complaint."""
-        result = subprocess.run([*self._args(), "-t", "-q"], capture_output=True, text=True, timeout=60, check=False)
+    def check(self, conf: Path | None = None) -> None:
+        """``nginx -t`` on ``conf`` (the live configuration by default); raise ConfigError with nginx's complaint."""
+        result = subprocess.run(
+            [*self._args(conf), "-t", "-q"], capture_output=True, text=True, timeout=60, check=False
+        )
         if result.returncode != 0:
             raise ConfigError(
                 f"nginx rejected the configuration: {_first_complaint(result.stderr)}", _hint(result.stderr)
@@ -38,6 +46,57 @@ class Nginx:
         """Graceful reload: new workers take the new configuration, old ones finish their requests."""
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGHUP)
+
+    def stop(self) -> None:
+        """Stop our nginx if it still runs (graceful first): it must never outlive its supervisor."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        for sig, seconds in ((signal.SIGQUIT, GRACEFUL_STOP_SECONDS), (signal.SIGTERM, FAST_STOP_SECONDS)):
+            process.send_signal(sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=seconds)
+                return
+        process.kill()
+        process.wait()
+
+    def leftover_master(self) -> int | None:
+        """The pid of an nginx master still running on this RUN_DIR, left by a previous certkeeper proxy.
+
+        Its pid file names it; /proc confirms it is an nginx master on our configuration, not a process
+        that reused the number.
+        """
+        try:
+            pid = int(self.paths.pid.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        if not cmdline.startswith(b"nginx: master process") or str(self.paths.conf).encode() not in cmdline:
+            return None
+        return pid if _alive(pid) else None
+
+    def stop_leftover(self, pid: int) -> bool:
+        """Stop a leftover master (graceful first); True once it is gone."""
+        for sig, seconds in ((signal.SIGQUIT, GRACEFUL_STOP_SECONDS), (signal.SIGTERM, FAST_STOP_SECONDS)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                if not _alive(pid):
+                    return True
+                time.sleep(0.05)
+        return not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie; a zombie that is our child (we are a container's pid 1) is reaped."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
 def _first_complaint(output: str) -> str:

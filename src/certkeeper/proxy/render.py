@@ -49,6 +49,10 @@ class RunPaths:
     def dhparam(self) -> Path:
         return self.root / "dhparam.pem"
 
+    @property
+    def lock(self) -> Path:
+        return self.root / "certkeeper.lock"
+
 
 def _listen(settings: ProxySettings, port: int) -> str:
     if settings.listen_address is None:

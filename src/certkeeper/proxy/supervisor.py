@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
-import shutil
 import signal
 import subprocess
+import time
+import traceback
+from pathlib import Path
 from types import FrameType
 
 from certkeeper.errors import ConfigError
 from certkeeper.proxy import certs
 from certkeeper.proxy.live import LiveCerts
 from certkeeper.proxy.nginx import Nginx
+from certkeeper.proxy.ports import holders
 from certkeeper.proxy.render import RunPaths, render
 from certkeeper.proxy.settings import ProxySettings
 
 log = logging.getLogger("certkeeper.proxy")
+
+# How often HTTPS is tried again while nginx rejects its configuration (each try runs `nginx -t`).
+HTTPS_RETRY_SECONDS = 30.0
+RECHECK_REFUSED_SECONDS = 30.0
 
 FORWARDED_SIGNALS = (
     signal.SIGTERM,
@@ -29,29 +38,66 @@ FORWARDED_SIGNALS = (
 )
 
 
+# Signals whose default action would end certkeeper and leave nginx running on its own: they end
+# the proxy, nginx first.
+EXITING_SIGNALS = (
+    signal.SIGALRM,
+    signal.SIGVTALRM,
+    signal.SIGPROF,
+    signal.SIGPWR,
+    signal.SIGIO,
+    signal.SIGXCPU,
+    signal.SIGXFSZ,
+)
+
+
+class _Exit(BaseException):
+    """A requested exit with its status; a BaseException so the catch-alls around a tick let it through."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 class Supervisor:
     def __init__(self, settings: ProxySettings) -> None:
         self.settings = settings
         self.paths = RunPaths(settings.run_dir)
         self.nginx = Nginx(settings.nginx_bin, self.paths)
         self.live = LiveCerts(self.paths.live, settings.worker_user)
-        self._seen: str | None = None
-        self._refused: str | None = None
+        self._seen: str | None = None  # digest of the pair last installed (or found identical to it)
+        self._pending: str | None = None  # a problem seen once: a half-written pair shows one for a poll
+        self._reported: str | None = None  # the problem last logged; not repeated until the state changes
         self._gone_logged = False
         self._https_on = False
-        self._https_failed_logged = False
+        self._https_failure: str | None = None
+        self._https_retry_at = 0.0
+        self._tick_failure: str | None = None
+        self._refused: str | None = None  # digest of a pair refused and reported; rechecked at _recheck_at
+        self._recheck_at = 0.0
+        self._lock_fd: int | None = None  # held (flock) for the life of the process
 
     # -- start ---------------------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Everything before nginx starts; any problem is a ConfigError (one line, non-zero exit)."""
+        """Everything before nginx starts.
+
+        Only what leaves nginx unable to run at all (RUN_DIR unusable, a configuration nginx rejects
+        even without HTTPS) is a ConfigError; a bad certificate or a full disk under ``live`` leaves
+        HTTPS off and plain HTTP (ACME challenges, the 503) up.
+        """
         try:
             self.paths.root.mkdir(mode=0o755, parents=True, exist_ok=True)
             self.paths.temp.mkdir(exist_ok=True)
-            self.live.reset()
         except OSError as e:
             raise ConfigError(
                 f"cannot use RUN_DIR={self.paths.root}: {e.strerror}", "set RUN_DIR to a writable directory"
             ) from None
+        self._lock_run_dir()
+        self._take_back_ports()
+        # A live dir that cannot be emptied or made (full, read-only) is reported once there is a pair
+        # to write into it: the install fails, which is the one refusal line a user needs.
+        with contextlib.suppress(OSError):
+            self.live.reset()
         if self.settings.enable_ssl:
             self.poll()
             if self.live.serving is None:
@@ -59,33 +105,108 @@ class Supervisor:
                     "no usable certificate in %s yet: serving ACME challenges and 503 until one appears",
                     self.settings.secrets_dir,
                 )
-        self.write_config()
-        self._https_on = self.live.serving is not None
+        self._https_on = False
+        if self.live.serving is not None:
+            try:
+                self.write_config(https=True)
+                self._https_on = True
+                return
+            except ConfigError as e:
+                https_failure = str(e)
+            self.write_config(https=False)
+            self._https_failure = https_failure
+            self._https_retry_at = time.monotonic() + HTTPS_RETRY_SECONDS
+            log.error("HTTPS is off: %s; serving ACME challenges and 503 on HTTP meanwhile", https_failure)
+            return
+        self.write_config(https=False)
 
-    def write_config(self) -> None:
-        dhparam = self._copy_dhparam()
-        text = render(self.settings, self.paths, has_cert=self.live.serving is not None, dhparam=dhparam)
-        tmp = self.paths.conf.with_suffix(".new")
-        tmp.write_text(text)
-        os.replace(tmp, self.paths.conf)
-        self.nginx.check()
+    def _lock_run_dir(self) -> None:
+        """One proxy per RUN_DIR: a second would wipe the first one's certificates and stop its nginx.
+
+        The lock lives as long as this process (nginx does not inherit the descriptor), so a killed
+        proxy's successor gets it, and then stops the nginx left behind.
+        """
+        try:
+            fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise ConfigError(
+                f"cannot use RUN_DIR={self.paths.root}: {e.strerror}", "set RUN_DIR to a writable directory"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ConfigError(
+                f"another certkeeper proxy is running with RUN_DIR={self.paths.root}",
+                "give each proxy its own RUN_DIR",
+            ) from None
+        self._lock_fd = fd
+
+    def _take_back_ports(self) -> None:
+        """An nginx left running on this RUN_DIR (its supervisor was killed) would hold our ports."""
+        pid = self.nginx.leftover_master()
+        if pid is None:
+            return
+        ports = f"port {self.settings.http_port}"
+        if self.settings.enable_ssl:
+            ports = f"ports {self.settings.http_port} and {self.settings.https_port}"
+        if self.nginx.stop_leftover(pid):
+            log.warning("stopped nginx (pid %d), left running by an earlier certkeeper proxy on RUN_DIR=%s, "
+                        "to take back %s", pid, self.paths.root, ports)  # fmt: skip
+        else:
+            log.error("nginx (pid %d), left running by an earlier certkeeper proxy on RUN_DIR=%s, holds %s "
+                      "and did not stop: kill it", pid, self.paths.root, ports)  # fmt: skip
+
+    def write_config(self, *, https: bool) -> None:
+        """Render, have ``nginx -t`` accept it, then put it in place; any failure is a ConfigError."""
+        dhparam = https and self._copy_dhparam()
+        text = render(self.settings, self.paths, has_cert=https, dhparam=dhparam)
+        candidate = self.paths.conf.with_name("nginx.conf.new")
+        try:
+            candidate.write_text(text)
+            self.nginx.check(candidate)
+            os.replace(candidate, self.paths.conf)
+        except OSError as e:
+            raise ConfigError(
+                f"cannot write {self.paths.conf}: {e.strerror}", "free some space in RUN_DIR or make it writable"
+            ) from None
+        finally:
+            with contextlib.suppress(OSError):
+                candidate.unlink(missing_ok=True)
 
     def _copy_dhparam(self) -> bool:
         # Read at start and when HTTPS is first turned on, not per rotation: the seed made a new one on
         # every save, and a reload per rotation is exactly what this proxy avoids.
         source = certs.source_dir(self.settings.secrets_dir) / "dhparam"
-        if not source.is_file():
+        try:
+            if not source.is_file():
+                return False
+            data = source.read_bytes()
+            if len(data) > certs.MAX_FILE_BYTES or not certs.dh_parameters_ok(data):
+                log.warning("ignoring %s: it holds no PEM DH parameters", source)
+                return False
+            tmp = self.paths.dhparam.with_name("dhparam.pem.new")
+            tmp.write_bytes(data)
+            os.replace(tmp, self.paths.dhparam)
+        except OSError as e:
+            log.warning("ignoring %s: cannot copy it to %s: %s", source, self.paths.dhparam, e.strerror)
             return False
-        if b"BEGIN DH PARAMETERS" not in source.read_bytes()[:4096]:
-            log.warning("ignoring %s: it holds no PEM DH parameters", source)
-            return False
-        shutil.copyfile(source, self.paths.dhparam)
         return True
 
     # -- certificate polling -------------------------------------------------------------------------
     def poll(self) -> None:
-        """Look at the secrets once; install a new valid pair; refuse (and log once) a bad one."""
-        found = certs.find_pair(self.settings.secrets_dir)
+        """Look at the secrets once; install a new valid pair; refuse (and log once) anything else."""
+        try:
+            self._poll()
+        except Exception as e:  # a bug must not stop the rotations: say where, keep serving
+            self._problem(f"could not look at the certificate: {describe(e)}", settled=True)
+
+    def _poll(self) -> None:
+        try:
+            found = certs.find_pair(self.settings.secrets_dir)
+        except OSError as e:  # e.g. a directory on the way that this user may not enter
+            self._problem(f"cannot look into it: {e.strerror}")
+            return
         if found is None:
             if self.live.serving is not None and not self._gone_logged:
                 log.warning(
@@ -96,46 +217,72 @@ class Supervisor:
                 self._gone_logged = True
             return
         self._gone_logged = False
+        seen: str | None = None
         try:
             raw = certs.read_pair(found)
-        except (OSError, certs.PairRefused):
-            return  # mid-swap or mid-write: the next poll sees a settled state
-        seen = certs.digest(raw)
-        if seen == self._seen:
-            return
-        try:
+            seen = certs.digest(raw)
+            if seen == self._seen:  # back to the served pair: a later refusal is news again
+                self._pending = self._reported = self._refused = None
+                return
+            if seen == self._refused and time.monotonic() < self._recheck_at:
+                return
             pair = certs.check_pair(raw, (found[0].name, found[1].name))
+            if self.live.serving is not None and pair == self.live.serving:
+                self._seen, self._pending, self._reported = seen, None, None
+                return
+            self.live.install(pair)
         except certs.PairRefused as why:
             # A plain (non-atomic) write shows a half-written pair for one poll: complain only if it stays.
-            if self._refused == seen:
-                self._seen = seen
-                keeping = self.live.serving.describe() if self.live.serving else "nothing (no certificate yet)"
-                log.error(
-                    "refused the certificate in %s: %s; still serving %s", self.settings.secrets_dir, why, keeping
-                )
-            self._refused = seen
+            self._problem(str(why), seen=seen)
+            if seen is not None and self._reported == f"{seen}:{why}":
+                # Checked twice, refused twice: look again only now and then (a 1 MiB chain takes ~50 ms;
+                # a certificate not valid yet becomes valid).
+                self._refused, self._recheck_at = seen, time.monotonic() + RECHECK_REFUSED_SECONDS
             return
-        self._seen = seen
-        self._refused = None
-        if self.live.serving is not None and pair.chain_pem == self.live.serving.chain_pem:
+        except OSError as e:
+            self._problem(f"cannot write it to {self.paths.live}: {e.strerror}", seen=seen, settled=True)
             return
-        self.live.install(pair)
+        self._seen, self._pending, self._reported = seen, None, None
+        self._https_retry_at = 0.0
         log.info("serving certificate %s", pair.describe())
+
+    def _problem(self, why: str, *, seen: str | None = None, settled: bool = False) -> None:
+        """Log a refusal once per distinct state; ``settled`` ones need not be seen twice first."""
+        state = f"{seen}:{why}"
+        if state == self._reported:
+            return
+        if not settled and state != self._pending:
+            self._pending = state
+            return
+        self._pending = self._reported = state
+        keeping = self.live.serving.describe() if self.live.serving else "nothing (no certificate yet)"
+        log.error("refused the certificate in %s: %s; still serving %s", self.settings.secrets_dir, why, keeping)
 
     # -- run -----------------------------------------------------------------------------------------
     def run(self) -> int:
         process = self.nginx.start()
         previous = {sig: signal.signal(sig, self._forward) for sig in FORWARDED_SIGNALS}
+        previous |= {sig: signal.signal(sig, self._exit) for sig in EXITING_SIGNALS}
         try:
             return self._loop(process)
+        except _Exit as e:
+            return e.code
         finally:
+            for sig in EXITING_SIGNALS:  # a second one must not cut the stop short
+                signal.signal(sig, signal.SIG_IGN)
+            self.nginx.stop()  # a no-op after nginx exited; otherwise it must not outlive us
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
     def _forward(self, signum: int, frame: FrameType | None) -> None:
         process = self.nginx.process
         if process is not None and process.poll() is None:
-            os.kill(process.pid, signum)
+            with contextlib.suppress(ProcessLookupError):  # it may exit between the two lines
+                os.kill(process.pid, signum)
+
+    def _exit(self, signum: int, frame: FrameType | None) -> None:
+        log.warning("got %s: stopping nginx and exiting", signal.Signals(signum).name)
+        raise _Exit(128 + signum)
 
     def _loop(self, process: subprocess.Popen[bytes]) -> int:
         while True:
@@ -143,22 +290,60 @@ class Supervisor:
                 code = process.wait(timeout=self.settings.poll_seconds)
             except subprocess.TimeoutExpired:
                 if self.settings.enable_ssl:
-                    self._tick()
+                    self._safe_tick()
                 continue
+            if code != 0:
+                self._name_port_holders()
             return code if code >= 0 else 128 - code
+
+    def _name_port_holders(self) -> None:
+        """nginx says "Address already in use"; say who uses it, since our nginx is gone by now."""
+        ports = [("HTTP_PORT", self.settings.http_port)]
+        if self.settings.enable_ssl and self._https_on:
+            ports.append(("HTTPS_PORT", self.settings.https_port))
+        for name, port in ports:
+            try:
+                found = holders(port)
+            except Exception:  # only an explanation: never let it hide nginx's exit status
+                continue
+            for pid, cmdline in found:
+                log.error("%s %d is held by pid %d (%s): stop that process or set %s to a free port",
+                          name, port, pid, cmdline[:120], name)  # fmt: skip
+
+    def _safe_tick(self) -> None:
+        try:
+            self._tick()
+        except Exception as e:  # never leave nginx unsupervised: log once, keep watching
+            failure = describe(e)
+            if failure != self._tick_failure:
+                log.error("error while watching the certificate (still watching): %s", failure)
+                self._tick_failure = failure
+        else:
+            self._tick_failure = None
 
     def _tick(self) -> None:
         self.poll()
-        if self._https_on or self.live.serving is None:
+        if self._https_on or self.live.serving is None or time.monotonic() < self._https_retry_at:
             return
         # The one reload in a proxy's life: the HTTPS server block appears with the first certificate.
         try:
-            self.write_config()
+            self.write_config(https=True)
         except ConfigError as e:
-            if not self._https_failed_logged:
+            self._https_retry_at = time.monotonic() + HTTPS_RETRY_SECONDS
+            if str(e) != self._https_failure:
                 log.error("cannot turn HTTPS on: %s", e)
-                self._https_failed_logged = True
+                self._https_failure = str(e)
             return
         self.nginx.reload()
         self._https_on = True
         log.info("HTTPS is on (port %d)", self.settings.https_port)
+
+
+def describe(error: BaseException) -> str:
+    """An unexpected error in one line: its type, its errno text, where it was raised; never its data."""
+    where = ""
+    frames = traceback.extract_tb(error.__traceback__)
+    if frames:
+        where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}"
+    detail = f": {error.strerror}" if isinstance(error, OSError) and error.strerror else ""
+    return f"{type(error).__name__}{detail}{where}"
