@@ -62,6 +62,8 @@ class AcmeFront:
     profiles: dict[str, str] = field(default_factory=dict)
     # When set, every newOrder is refused as Let's Encrypt does at a rate limit, with this Retry-After.
     rate_limit_retry_after: int | None = None
+    # Seconds every request waits before it is answered: a slow or overloaded CA.
+    delay_s: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
@@ -108,6 +110,7 @@ class AcmeFront:
         with self._lock:
             self.profiles.clear()
             self.rate_limit_retry_after = None
+            self.delay_s = 0.0
             self.requests.clear()
             self.orders.clear()
             self.renewal_info_queries.clear()
@@ -138,6 +141,8 @@ class AcmeFront:
             self.requests.append((request.method, request.path_qs))
             self.renewal_info_queries.append(cert_id)
             window = self.windows.get(cert_id, self.window)
+            delay = self.delay_s
+        await asyncio.sleep(delay)
         if window is None or "." not in cert_id:
             return web.json_response({"type": "urn:ietf:params:acme:error:malformed"}, status=404)
         body = {"suggestedWindow": {"start": _rfc3339(window[0]), "end": _rfc3339(window[1])}}
@@ -148,6 +153,8 @@ class AcmeFront:
         order: dict[str, Any] | None = None
         with self._lock:
             self.requests.append((request.method, request.path_qs))
+            delay = self.delay_s
+        await asyncio.sleep(delay)
         if request.method == "POST" and request.path == self._new_order_path and self.rate_limit_retry_after:
             problem = {
                 "type": "urn:ietf:params:acme:error:rateLimited",

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtensionOID, NameOID
 
-from certkeeper.errors import CertkeeperError
+from certkeeper.errors import CertkeeperError, ConfigError
 from certkeeper.model import CertInfo
 from certkeeper.spec import KeyType
 
@@ -68,6 +68,24 @@ def make_csr(key_pem: bytes, names: tuple[str, ...]) -> bytes:
         .sign(key, hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def check_ca_bundle(path: str) -> None:
+    """Refuse a --ca-bundle that holds no PEM certificate, before it turns into a TLS error later."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        problem = f"cannot read --ca-bundle {path} ({error.strerror})"
+        raise ConfigError(problem, "check the path and its permissions") from None
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        # Not echoing the content: a private key given by mistake must stay out of the message.
+        raise ConfigError(
+            f"--ca-bundle {path} holds no PEM certificate",
+            "give the CA's root certificate as PEM (a file with -----BEGIN CERTIFICATE-----)",
+        ) from None
 
 
 def load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:

@@ -129,6 +129,22 @@ def resolve_server(server: str) -> str:
     return url
 
 
+def plain_http_off_loopback(url: str) -> bool:
+    """True for an ``http://`` directory URL on another host: its answers can be read and changed on the way."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return False
+    host = (parts.hostname or "").rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
 @dataclass(frozen=True)
 class IssuerSpec:
     """The ACME CA and the account to use with it."""
@@ -138,8 +154,12 @@ class IssuerSpec:
     eab_kid: str | None = None
     eab_hmac_key: str | None = None
     ca_bundle: str | None = None  # PEM file trusted for the CA's own HTTPS
+    # One deadline for a whole order, every request included: how long a slow CA is waited for.
+    order_timeout_s: float = 90.0
 
     def __post_init__(self) -> None:
+        if not self.order_timeout_s > 0:
+            raise ConfigError(f"order timeout {self.order_timeout_s!r} is not a positive number of seconds")
         if self.email is not None and not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", self.email):
             raise ConfigError(f"email {self.email!r} is not an address", "give an address like you@example.com")
         if bool(self.eab_kid) != bool(self.eab_hmac_key):
