@@ -64,6 +64,8 @@ class AcmeFront:
     rate_limit_retry_after: int | None = None
     # Seconds every request waits before it is answered: a slow or overloaded CA.
     delay_s: float = 0.0
+    # Seconds more for every POST: the order's requests hang while the directory and nonces stay fast.
+    post_delay_s: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
@@ -111,6 +113,7 @@ class AcmeFront:
             self.profiles.clear()
             self.rate_limit_retry_after = None
             self.delay_s = 0.0
+            self.post_delay_s = 0.0
             self.requests.clear()
             self.orders.clear()
             self.renewal_info_queries.clear()
@@ -153,7 +156,7 @@ class AcmeFront:
         order: dict[str, Any] | None = None
         with self._lock:
             self.requests.append((request.method, request.path_qs))
-            delay = self.delay_s
+            delay = self.delay_s + (self.post_delay_s if request.method == "POST" else 0.0)
         await asyncio.sleep(delay)
         if request.method == "POST" and request.path == self._new_order_path and self.rate_limit_retry_after:
             problem = {

@@ -220,17 +220,21 @@ def test_port_held_by_another_certkeeper_says_so(
 # -- one deadline per order, progress at -v ------------------------------------------------------
 
 
-@pytest.mark.parametrize("delay", [1.0, 8.0], ids=["every-request-slow", "one-request-longer-than-the-deadline"])
+@pytest.mark.parametrize(
+    ("delay", "post_delay", "task"),
+    [(1.0, 0.0, "the order"), (0.0, 8.0, "the order"), (8.0, 0.0, "the directory request")],
+    ids=["every-request-slow", "one-order-request-past-the-deadline", "directory-past-the-deadline"],
+)
 def test_slow_ca_gives_one_error_within_the_order_deadline(
-    delay: float, ari: AcmeFront, ari_env: Env, store: Path, certkeeper: Run
+    delay: float, post_delay: float, task: str, ari: AcmeFront, ari_env: Env, store: Path, certkeeper: Run
 ) -> None:
     # The account is registered at full speed: the deadline is per order.
     assert certkeeper(ari_env, "issue", "fast.test").returncode == 0
-    ari.delay_s = delay
+    ari.delay_s, ari.post_delay_s = delay, post_delay
     result = certkeeper(ari_env, "issue", "--order-timeout", "3", "slow.test")
     assert result.returncode == 1
     line = one_error_line(result)
-    assert "slow.test: the CA did not finish the order within 3 s" in line, line
+    assert f"slow.test: the CA did not finish {task} within 3 s" in line, line
     assert "--order-timeout" in line
     assert not (store / "slow.test" / "cert.pem").exists()
 

@@ -9,6 +9,8 @@ from typing import Protocol
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from certkeeper.crypto import generate_key, make_csr
 from certkeeper.errors import ConfigError
@@ -73,6 +75,8 @@ def test_two_lines_with_one_first_name_are_refused_before_any_order(
         ("BÜCHER.example", "xn--bcher-kva.example"),
         ("σας.example", "xn--mxa8ab.example"),  # final sigma stays final (IDNA 2003 made it σ)
         ("bücher。example", "xn--bcher-kva.example"),  # ideographic full stop separates labels
+        ("bücher.example。", "xn--bcher-kva.example"),  # ... and ends a name as a dot does
+        ("ｅｘａｍｐｌｅ.com", "example.com"),  # full-width letters map to ASCII
         ("xn--strae-oqa.example.com", "xn--strae-oqa.example.com"),
     ],
 )
@@ -109,6 +113,30 @@ def test_invalid_idn_on_the_command_line_is_refused_before_any_order(
     assert "is not a valid internationalized domain name" in one_error_line(result)
     assert ari.recorded_requests() == []
     assert not store.exists()
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.one_of(
+        st.text(alphabet=st.characters(codec="utf-8"), max_size=80),
+        # Near-valid names: labels of letters, hyphens, IDN characters, joiners and A-label prefixes.
+        st.lists(st.text(alphabet="abz09-ßüσςΣ\u200d\u0301。*_", min_size=0, max_size=70), min_size=1, max_size=5).map(
+            ".".join
+        ),
+        st.lists(st.sampled_from(["xn--", "bcher-kva", "strae-oqa", "zz", "a", "-", "ü"]), min_size=1, max_size=6).map(
+            lambda parts: "".join(parts) + ".test"
+        ),
+    )
+)
+def test_any_text_is_a_valid_ascii_name_or_one_config_error(raw: str) -> None:
+    try:
+        names = normalize_names([raw])
+    except ConfigError as error:
+        assert "\n" not in str(error)
+        return
+    for name in names:
+        assert name.isascii() and name == name.lower() and len(name) <= 253
+        assert all(0 < len(label) <= 63 for label in name.split("."))
 
 
 # -- a first name longer than a common name can hold (defect 7) -----------------------------------

@@ -92,7 +92,8 @@ def _to_a_labels(raw: str, name: str) -> str:
     bare = name[2:] if wildcard else name
     try:
         if not bare.isascii():
-            bare = idna.encode(bare, uts46=True, transitional=False).decode("ascii")
+            # rstrip: a trailing ideographic full stop maps to a trailing dot, which DNS ignores too.
+            bare = idna.encode(bare, uts46=True, transitional=False).decode("ascii").rstrip(".")
         for label in bare.split("."):
             if label.startswith("xn--") and idna.encode(idna.decode(label)).decode("ascii") != label:
                 raise idna.IDNAError(f"{label!r} is not the canonical form of its name")

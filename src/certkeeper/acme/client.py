@@ -57,7 +57,10 @@ class AcmeClient:
         self.account = account
         self.jwk = account.jwk()
         self.net = make_network(self.jwk, issuer.ca_bundle)
-        self.directory = directory if directory is not None else fetch_directory(issuer, self.net)
+        if directory is None:
+            with self.net.within(issuer.order_timeout_s, "the directory request"):
+                directory = fetch_directory(issuer, self.net)
+        self.directory = directory
         self.net.account = messages.RegistrationResource(body=messages.Registration(), uri=account.url)
         self.client = acme_client.ClientV2(self.directory, self.net)
 
@@ -147,8 +150,12 @@ class AcmeClient:
         the order, not only the polls: a CA that answers each request slowly still ends it in time.
         """
         budget = timeout_s if timeout_s is not None else self.issuer.order_timeout_s
-        deadline = time.monotonic() + budget
-        self.net.deadline, self.net.budget_s = deadline, budget
+        with self.net.within(budget, "the order") as deadline:
+            return self._order(spec, key_pem, sink, replaces, deadline)
+
+    def _order(
+        self, spec: CertSpec, key_pem: bytes, sink: ChallengeSink, replaces: str | None, deadline: float
+    ) -> IssuedCert:
         tokens: list[str] = []
         try:
             self._check_profile(spec.profile)
@@ -179,7 +186,6 @@ class AcmeClient:
                 problem.retry_after = self.net.last_retry_after
             raise problem from error
         finally:
-            self.net.deadline = None
             for token in tokens:
                 sink.remove(token)
         parts = split_pem_chain(fullchain)

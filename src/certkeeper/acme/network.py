@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import email.utils
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import requests
@@ -29,14 +31,25 @@ class Network(acme_client.ClientNetwork):
     # Retry-After of the last response, in seconds: the library drops headers when it raises a
     # problem, and a rate limit's Retry-After must still reach the planner.
     last_retry_after: float | None = None
-    # While an order runs: its deadline (time.monotonic()) and length. Every request, the nonce
-    # HEADs included, waits at most the time left, so a slow CA cannot stretch an order past it.
+    # While a task runs (an order, the directory request): its deadline (time.monotonic()), length
+    # and name. Every request, the nonce HEADs included, waits at most the time left, so a slow CA
+    # cannot stretch the task past it.
     deadline: float | None = None
     budget_s: float = 0.0
+    task: str = "the order"
+
+    @contextlib.contextmanager
+    def within(self, seconds: float, task: str) -> Iterator[float]:
+        """Bound every request made inside by one deadline ``seconds`` from now; yields the deadline."""
+        self.deadline, self.budget_s, self.task = time.monotonic() + seconds, seconds, task
+        try:
+            yield self.deadline
+        finally:
+            self.deadline = None
 
     def deadline_error(self) -> CAError:
         return CAError(
-            f"the CA did not finish the order within {self.budget_s:g} s",
+            f"the CA did not finish {self.task} within {self.budget_s:g} s",
             "the CA is slow or overloaded; certkeeper tries again later (--order-timeout sets the limit)",
         )
 
