@@ -111,7 +111,7 @@ async def start_responder(routes: list[Route], bind: str) -> Responder:
                 "it finishes its own orders first; run this again when it is done, or use another --http-bind port",
             )
         raise ConfigError(
-            f"cannot listen on {where} for HTTP-01: another program (not certkeeper) holds the port",
+            f"cannot listen on {where} for HTTP-01: another program holds the port",
             "stop it, or give --http-bind a port the CA's requests reach",
         )
     if failure.errno == errno.EACCES:
