@@ -217,7 +217,8 @@ class AcmeClient:
         if not base or not info.ari_id:
             return None
         try:
-            response = self.net.get(base.rstrip("/") + "/" + info.ari_id, content_type="application/json")
+            with self.net.within(self.issuer.order_timeout_s, "the renewal-information request"):
+                response = self.net.get(base.rstrip("/") + "/" + info.ari_id, content_type="application/json")
             window = messages.RenewalInfo.from_json(response.json()).suggested_window
         except CertkeeperError:
             raise
