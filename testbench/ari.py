@@ -64,6 +64,8 @@ class AcmeFront:
     rate_limit_retry_after: int | None = None
     # Seconds every request waits before it is answered: a slow or overloaded CA.
     delay_s: float = 0.0
+    # When set, every newOrder gets this HTTP status with an HTML page, as a proxy in front of a CA sends.
+    new_order_html_status: int | None = None
     # Seconds more for every POST: the order's requests hang while the directory and nonces stay fast.
     post_delay_s: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -114,6 +116,7 @@ class AcmeFront:
             self.rate_limit_retry_after = None
             self.delay_s = 0.0
             self.post_delay_s = 0.0
+            self.new_order_html_status = None
             self.requests.clear()
             self.orders.clear()
             self.renewal_info_queries.clear()
@@ -158,6 +161,9 @@ class AcmeFront:
             self.requests.append((request.method, request.path_qs))
             delay = self.delay_s + (self.post_delay_s if request.method == "POST" else 0.0)
         await asyncio.sleep(delay)
+        if request.method == "POST" and request.path == self._new_order_path and self.new_order_html_status:
+            page = "<html><body><h1>Bad Gateway</h1></body></html>\n"
+            return web.Response(status=self.new_order_html_status, text=page, content_type="text/html")
         if request.method == "POST" and request.path == self._new_order_path and self.rate_limit_retry_after:
             problem = {
                 "type": "urn:ietf:params:acme:error:rateLimited",

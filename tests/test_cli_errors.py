@@ -114,6 +114,17 @@ def test_pebble_path_that_is_not_its_directory_is_one_line(
     assert f"{url} is not an ACME directory (HTTP 404)" in line, line
 
 
+def test_error_page_instead_of_a_problem_document_is_one_line(
+    ari: AcmeFront, ari_env: Env, store: Path, certkeeper: Run
+) -> None:
+    ari.new_order_html_status = 502
+    result = certkeeper(ari_env, "issue", "gateway.test")
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert "the CA answered HTTP 502 at https://127.0.0.1:" in line and "without saying why" in line, line
+    assert "Response [" not in line
+
+
 def test_plain_http_server_off_loopback_is_warned_about(env: Env, certkeeper: Run) -> None:
     url = "http://acme.invalid/directory"
     result = certkeeper({**env, "CERTKEEPER_SERVER": url}, "issue", "plain.test")
