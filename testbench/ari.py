@@ -5,7 +5,8 @@ request to Pebble unchanged, keeping the ``Host`` header so that Pebble builds a
 checks every JWS ``url``) against the front. It adds ``renewalInfo`` to the directory, answers
 ``GET /renewal-info/<certid>`` with a window the test sets, and records what clients sent: every
 request line, the payload of each order the CA created (to assert ``replaces``) and every
-renewal-info query.
+renewal-info query. It can also play a badly behaved CA: rate-limit every new order, answer every
+request (or every POST) after a delay, or answer new orders with an HTML error page.
 
 The front runs its own event loop on a background thread; the test drives a client (typically the
 ``certkeeper`` command in a subprocess) against ``front.directory_url`` with ``front.ca_bundle``.
