@@ -10,7 +10,8 @@ renewal-info query.
 It can also play a CA gone wrong (``reset()`` puts everything right again):
 ``rate_limit_retry_after`` refuses new orders as at a rate limit; ``authorizations_stay_pending``
 reports every authorization as pending forever; ``certificate_fault`` spoils each certificate
-downloaded in one of the ways in ``CERTIFICATE_FAULTS``.
+downloaded in one of the ways in ``CERTIFICATE_FAULTS``; ``delay_s`` / ``post_delay_s`` answer every
+request (or every POST) late; ``new_order_html_status`` answers new orders with an HTML error page.
 
 The front runs its own event loop on a background thread; the test drives a client (typically the
 ``certkeeper`` command in a subprocess) against ``front.directory_url`` with ``front.ca_bundle``.
@@ -88,6 +89,12 @@ class AcmeFront:
     # When set (a key of CERTIFICATE_FAULTS), every certificate downloaded is spoiled that way.
     certificate_fault: str | None = None
     _last_chain: bytes | None = None
+    # Seconds every request waits before it is answered: a slow or overloaded CA.
+    delay_s: float = 0.0
+    # When set, every newOrder gets this HTTP status with an HTML page, as a proxy in front of a CA sends.
+    new_order_html_status: int | None = None
+    # Seconds more for every POST: the order's requests hang while the directory and nonces stay fast.
+    post_delay_s: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
@@ -136,6 +143,9 @@ class AcmeFront:
             self.rate_limit_retry_after = None
             self.authorizations_stay_pending = False
             self.certificate_fault = None
+            self.delay_s = 0.0
+            self.post_delay_s = 0.0
+            self.new_order_html_status = None
             self.requests.clear()
             self.orders.clear()
             self.renewal_info_queries.clear()
@@ -204,6 +214,8 @@ class AcmeFront:
             self.requests.append((request.method, request.path_qs))
             self.renewal_info_queries.append(cert_id)
             window = self.windows.get(cert_id, self.window)
+            delay = self.delay_s
+        await asyncio.sleep(delay)
         if window is None or "." not in cert_id:
             return web.json_response({"type": "urn:ietf:params:acme:error:malformed"}, status=404)
         body = {"suggestedWindow": {"start": _rfc3339(window[0]), "end": _rfc3339(window[1])}}
@@ -214,6 +226,11 @@ class AcmeFront:
         order: dict[str, Any] | None = None
         with self._lock:
             self.requests.append((request.method, request.path_qs))
+            delay = self.delay_s + (self.post_delay_s if request.method == "POST" else 0.0)
+        await asyncio.sleep(delay)
+        if request.method == "POST" and request.path == self._new_order_path and self.new_order_html_status:
+            page = "<html><body><h1>Bad Gateway</h1></body></html>\n"
+            return web.Response(status=self.new_order_html_status, text=page, content_type="text/html")
         if request.method == "POST" and request.path == self._new_order_path and self.rate_limit_retry_after:
             problem = {
                 "type": "urn:ietf:params:acme:error:rateLimited",

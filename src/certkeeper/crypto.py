@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtensionOID, NameOID
 
-from certkeeper.errors import CertkeeperError
+from certkeeper.errors import CertkeeperError, ConfigError
 from certkeeper.model import CertInfo
 from certkeeper.spec import KeyType
 
@@ -49,15 +49,43 @@ def key_type_of(key_pem: bytes) -> KeyType | None:
     return {2048: KeyType.RSA_2048, 3072: KeyType.RSA_3072, 4096: KeyType.RSA_4096}.get(key.key_size)
 
 
+# RFC 5280's upper bound for a common name; DNS names run to 253 characters.
+MAX_COMMON_NAME = 64
+
+
 def make_csr(key_pem: bytes, names: tuple[str, ...]) -> bytes:
+    """A CSR for ``names``; the common name is the first name when it fits, else left out.
+
+    Clients and CAs go by the SANs; Let's Encrypt itself leaves the common name out when the first
+    name is too long for it, so a long first name is no reason to refuse the certificate.
+    """
     key = load_key(key_pem)
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, names[0])] if len(names[0]) <= MAX_COMMON_NAME else []
     csr = (
         x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .subject_name(x509.Name(subject))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
         .sign(key, hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def check_ca_bundle(path: str) -> None:
+    """Refuse a --ca-bundle that holds no PEM certificate, before it turns into a TLS error later."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        problem = f"cannot read --ca-bundle {path} ({error.strerror})"
+        raise ConfigError(problem, "check the path and its permissions") from None
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        # Not echoing the content: a private key given by mistake must stay out of the message.
+        raise ConfigError(
+            f"--ca-bundle {path} holds no PEM certificate",
+            "give the CA's root certificate as PEM (a file with -----BEGIN CERTIFICATE-----)",
+        ) from None
 
 
 def load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:

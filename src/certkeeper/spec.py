@@ -52,11 +52,8 @@ def normalize_name(raw: str, *, allow_wildcard: bool = False) -> str:
         pass
     else:
         raise ConfigError(f"{raw!r} is an IP address", "certkeeper issues certificates for DNS names; give a host name")
-    if not name.isascii():
-        try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise ConfigError(f"{raw!r} is not a valid internationalized domain name") from None
+    if not name.isascii() or "xn--" in name:
+        name = _to_a_labels(raw, name)
     wildcard = name.startswith("*.")
     if wildcard:
         if not allow_wildcard:
@@ -81,6 +78,31 @@ def normalize_name(raw: str, *, allow_wildcard: bool = False) -> str:
     if labels[-1].isdigit():
         raise ConfigError(f"{raw!r} ends in a numeric label", "give a DNS name, not an address")
     return ("*." if wildcard else "") + name
+
+
+def _to_a_labels(raw: str, name: str) -> str:
+    """An internationalized name in ASCII by UTS 46 / IDNA 2008, as browsers convert it.
+
+    Python's own "idna" codec is IDNA 2003, which maps ß to ss and ς to σ: a different name.
+    A-labels (``xn--``) typed as such must decode to a valid label and back to themselves.
+    """
+    import idna  # only for names that need it: plain ASCII names are the common case
+
+    wildcard = name.startswith("*.")
+    bare = name[2:] if wildcard else name
+    try:
+        if not bare.isascii():
+            # rstrip: a trailing ideographic full stop maps to a trailing dot, which DNS ignores too.
+            bare = idna.encode(bare, uts46=True, transitional=False).decode("ascii").rstrip(".")
+        for label in bare.split("."):
+            if label.startswith("xn--") and idna.encode(idna.decode(label)).decode("ascii") != label:
+                raise idna.IDNAError(f"{label!r} is not the canonical form of its name")
+    except (idna.IDNAError, UnicodeError) as error:
+        raise ConfigError(
+            f"{raw!r} is not a valid internationalized domain name ({error})",
+            "check the spelling; names are converted by IDNA 2008 (UTS 46) as browsers do",
+        ) from None
+    return ("*." if wildcard else "") + bare
 
 
 def normalize_names(raw: Iterable[str], *, allow_wildcard: bool = False) -> tuple[str, ...]:
@@ -108,6 +130,22 @@ def resolve_server(server: str) -> str:
     return url
 
 
+def plain_http_off_loopback(url: str) -> bool:
+    """True for an ``http://`` directory URL on another host: its answers can be read and changed on the way."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return False
+    host = (parts.hostname or "").rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
 @dataclass(frozen=True)
 class IssuerSpec:
     """The ACME CA and the account to use with it."""
@@ -117,8 +155,12 @@ class IssuerSpec:
     eab_kid: str | None = None
     eab_hmac_key: str | None = None
     ca_bundle: str | None = None  # PEM file trusted for the CA's own HTTPS
+    # One deadline for a whole order, every request included: how long a slow CA is waited for.
+    order_timeout_s: float = 90.0
 
     def __post_init__(self) -> None:
+        if not self.order_timeout_s > 0:
+            raise ConfigError(f"order timeout {self.order_timeout_s!r} is not a positive number of seconds")
         if self.email is not None and not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", self.email):
             raise ConfigError(f"email {self.email!r} is not an address", "give an address like you@example.com")
         if bool(self.eab_kid) != bool(self.eab_hmac_key):

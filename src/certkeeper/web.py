@@ -17,6 +17,9 @@ from certkeeper.solvers.http01 import CHALLENGE_PREFIX, ChallengeStore, challeng
 
 MAX_HEAD = 8192
 READ_TIMEOUT_S = 10.0
+PROBE_TIMEOUT_S = 2.0
+# Sent with every answer, so that a second run finding the port taken can tell it is certkeeper's.
+SERVER = "certkeeper"
 REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -79,7 +82,7 @@ async def _serve(routes: list[Route], reader: asyncio.StreamReader, writer: asyn
             status, body = _answer(routes, method, path)
         data = body.encode()
         writer.write(
-            f"HTTP/1.1 {status} {REASONS.get(status, '')}\r\nContent-Type: text/plain\r\n"
+            f"HTTP/1.1 {status} {REASONS.get(status, '')}\r\nServer: {SERVER}\r\nContent-Type: text/plain\r\n"
             f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
             + (b"" if method == "HEAD" else data)
         )
@@ -97,11 +100,39 @@ async def start_responder(routes: list[Route], bind: str) -> Responder:
             lambda r, w: _serve(routes, r, w), host, port, limit=MAX_HEAD, reuse_address=True
         )
     except OSError as error:
-        if error.errno == errno.EACCES:
-            fix = "run as root, grant CAP_NET_BIND_SERVICE, or choose another port with --http-bind"
-        elif error.errno == errno.EADDRINUSE:
-            fix = "another program listens there: stop it or choose another port with --http-bind"
-        else:
-            fix = "check --http-bind"
-        raise ConfigError(f"cannot listen on {host}:{port} for HTTP-01 ({error.strerror})", fix) from None
-    return Responder(server=server, port=server.sockets[0].getsockname()[1], routes=routes)
+        failure = error
+    else:
+        return Responder(server=server, port=server.sockets[0].getsockname()[1], routes=routes)
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if failure.errno == errno.EADDRINUSE:
+        if await held_by_certkeeper(host, port):
+            raise ConfigError(
+                f"another certkeeper is answering HTTP-01 on {where}",
+                "it finishes its own orders first; run this again when it is done, or use another --http-bind port",
+            )
+        raise ConfigError(
+            f"cannot listen on {where} for HTTP-01: another program holds the port",
+            "stop it, or give --http-bind a port the CA's requests reach",
+        )
+    if failure.errno == errno.EACCES:
+        fix = "run as root, grant CAP_NET_BIND_SERVICE, or choose another port with --http-bind"
+    else:
+        fix = "check --http-bind"
+    raise ConfigError(f"cannot listen on {where} for HTTP-01 ({failure.strerror})", fix)
+
+
+async def held_by_certkeeper(host: str, port: int) -> bool:
+    """Whether the program listening on ``host:port`` answers as certkeeper's responder does."""
+    target = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(target, port), PROBE_TIMEOUT_S)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: certkeeper\r\nConnection: close\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PROBE_TIMEOUT_S)
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        return False
+    finally:
+        writer.close()
+    return any(line.lower() == f"server: {SERVER}".encode() for line in head.split(b"\r\n"))

@@ -12,6 +12,7 @@ from acme import errors as acme_errors
 from acme import messages
 from josepy.jwk import JWK, JWKEC, JWKRSA
 
+from certkeeper.acme.directory import fetch_directory
 from certkeeper.acme.network import make_network
 from certkeeper.acme.problems import translate
 from certkeeper.crypto import generate_key, load_key
@@ -54,15 +55,6 @@ class AccountStore(Protocol):
     def load_account(self, directory_url: str) -> Account | None: ...
 
     def save_account(self, account: Account) -> None: ...
-
-
-def fetch_directory(issuer: IssuerSpec, net: acme_client.ClientNetwork) -> messages.Directory:
-    try:
-        return acme_client.ClientV2.get_directory(issuer.directory_url, net)
-    except CertkeeperError:
-        raise
-    except Exception as error:
-        raise translate(error) from error
 
 
 def ensure_account(issuer: IssuerSpec, store: AccountStore) -> Account:

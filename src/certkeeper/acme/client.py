@@ -18,7 +18,8 @@ from acme import challenges, messages
 from acme import client as acme_client
 from josepy.json_util import field
 
-from certkeeper.acme.account import Account, fetch_directory
+from certkeeper.acme.account import Account
+from certkeeper.acme.directory import fetch_directory
 from certkeeper.acme.network import make_network, retry_after_seconds
 from certkeeper.acme.problems import translate
 from certkeeper.crypto import cert_info, chain_issuer_names, load_csr, make_csr, split_pem_chain
@@ -56,7 +57,10 @@ class AcmeClient:
         self.account = account
         self.jwk = account.jwk()
         self.net = make_network(self.jwk, issuer.ca_bundle)
-        self.directory = directory if directory is not None else fetch_directory(issuer, self.net)
+        if directory is None:
+            with self.net.within(issuer.order_timeout_s, "the directory request"):
+                directory = fetch_directory(issuer, self.net)
+        self.directory = directory
         self.net.account = messages.RegistrationResource(body=messages.Registration(), uri=account.url)
         self.client = acme_client.ClientV2(self.directory, self.net)
 
@@ -79,7 +83,8 @@ class AcmeClient:
             if hinted is not None:
                 wait = max(wait, min(hinted, MAX_RETRY_AFTER_S))
             if time.monotonic() + wait > deadline:
-                raise CAError(f"the CA did not finish {what} in time", "try again later; certkeeper backs off")
+                log.info("the CA is still busy with %s; giving up at the order's deadline", what)
+                raise self.net.deadline_error()
             delay = min(wait * POLL_GROWTH, MAX_POLL_S)
 
     # -- ordering --------------------------------------------------------------------------------
@@ -114,7 +119,9 @@ class AcmeClient:
         response = self._post(authz_url, None)
         authz = messages.Authorization.from_json(response.json())
         if authz.status == messages.STATUS_VALID:
+            log.info("%s: already validated", authz.identifier.value)
             return None
+        log.info("validating %s", authz.identifier.value)
         for challb in authz.challenges:
             if isinstance(challb.chall, challenges.HTTP01):
                 key_auth = challb.chall.key_authorization(self.jwk)
@@ -135,10 +142,20 @@ class AcmeClient:
         sink: ChallengeSink,
         *,
         replaces: str | None = None,
-        timeout_s: float = 90.0,
+        timeout_s: float | None = None,
     ) -> IssuedCert:
-        """Order, validate, finalize and download one certificate for ``spec`` with ``key_pem``."""
-        deadline = time.monotonic() + timeout_s
+        """Order, validate, finalize and download one certificate for ``spec`` with ``key_pem``.
+
+        One deadline (``timeout_s``, by default the issuer's order timeout) covers every request of
+        the order, not only the polls: a CA that answers each request slowly still ends it in time.
+        """
+        budget = timeout_s if timeout_s is not None else self.issuer.order_timeout_s
+        with self.net.within(budget, "the order") as deadline:
+            return self._order(spec, key_pem, sink, replaces, deadline)
+
+    def _order(
+        self, spec: CertSpec, key_pem: bytes, sink: ChallengeSink, replaces: str | None, deadline: float
+    ) -> IssuedCert:
         tokens: list[str] = []
         try:
             self._check_profile(spec.profile)
@@ -149,6 +166,7 @@ class AcmeClient:
                 if body["status"] != "valid":
                     failed_name = body.get("identifier", {}).get("value", spec.names[0])
                     raise translate(_authz_error(body), (failed_name,))
+            log.info("finalizing %s", spec.names[0])
             csr = load_csr(make_csr(key_pem, spec.names))
             finalized = self._post(order["finalize"], messages.CertificateRequest(csr=csr))
             order = finalized.json()
@@ -171,7 +189,9 @@ class AcmeClient:
             for token in tokens:
                 sink.remove(token)
         parts = split_pem_chain(fullchain)
-        return IssuedCert(key_pem=key_pem, cert_pem=parts[0], chain_pem=b"".join(parts[1:]), info=cert_info(parts[0]))
+        info = cert_info(parts[0])
+        log.info("downloaded %s: serial %s, expires %s", spec.names[0], info.serial, info.not_after.date())
+        return IssuedCert(key_pem=key_pem, cert_pem=parts[0], chain_pem=b"".join(parts[1:]), info=info)
 
     def _download(self, url: str, preferred_chain: str | None) -> bytes:
         response = self._post(url, None)
@@ -197,7 +217,8 @@ class AcmeClient:
         if not base or not info.ari_id:
             return None
         try:
-            response = self.net.get(base.rstrip("/") + "/" + info.ari_id, content_type="application/json")
+            with self.net.within(self.issuer.order_timeout_s, "the renewal-information request"):
+                response = self.net.get(base.rstrip("/") + "/" + info.ari_id, content_type="application/json")
             window = messages.RenewalInfo.from_json(response.json()).suggested_window
         except CertkeeperError:
             raise

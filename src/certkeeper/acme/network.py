@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import email.utils
 import logging
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import requests
@@ -28,6 +31,27 @@ class Network(acme_client.ClientNetwork):
     # Retry-After of the last response, in seconds: the library drops headers when it raises a
     # problem, and a rate limit's Retry-After must still reach the planner.
     last_retry_after: float | None = None
+    # While a task runs (an order, the directory request): its deadline (time.monotonic()), length
+    # and name. Every request, the nonce HEADs included, waits at most the time left, so a slow CA
+    # cannot stretch the task past it.
+    deadline: float | None = None
+    budget_s: float = 0.0
+    task: str = "the order"
+
+    @contextlib.contextmanager
+    def within(self, seconds: float, task: str) -> Iterator[float]:
+        """Bound every request made inside by one deadline ``seconds`` from now; yields the deadline."""
+        self.deadline, self.budget_s, self.task = time.monotonic() + seconds, seconds, task
+        try:
+            yield self.deadline
+        finally:
+            self.deadline = None
+
+    def deadline_error(self) -> CAError:
+        return CAError(
+            f"the CA did not finish {self.task} within {self.budget_s:g} s",
+            "the CA is slow or overloaded; certkeeper tries again later (--order-timeout sets the limit)",
+        )
 
     def post(self, *args: Any, **kwargs: Any) -> requests.Response:
         # The library retries a rejected nonce once; a CA that rejects half of them (as Pebble
@@ -41,7 +65,16 @@ class Network(acme_client.ClientNetwork):
                 log.debug("CA rejected the nonce; retrying (%d)", attempt + 1)
         raise AssertionError("unreachable")
 
+    def _past_deadline(self) -> bool:
+        # The timeout given to requests was the time left, so it ends (within a tick) at the deadline.
+        return self.deadline is not None and time.monotonic() >= self.deadline - 0.1
+
     def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise self.deadline_error()
+            kwargs["timeout"] = min(kwargs.get("timeout") or self._default_timeout, left)
         try:
             response = super()._send_request(method, url, *args, **kwargs)
             self.last_retry_after = retry_after_seconds(response)
@@ -52,6 +85,8 @@ class Network(acme_client.ClientNetwork):
                 "for a private CA pass its root with --ca-bundle",
             ) from error
         except requests.exceptions.RequestException as error:
+            if isinstance(error, requests.exceptions.Timeout) and self._past_deadline():
+                raise self.deadline_error() from error
             raise CAError(
                 f"cannot reach the CA at {url} ({type(error).__name__})",
                 "check --server and that this host can reach it",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import requests
 from acme import errors as acme_errors
 from acme import messages
 
@@ -55,6 +56,13 @@ def translate(error: Exception, names: tuple[str, ...] = ()) -> CertkeeperError:
                 if chall.error is not None:
                     return from_problem(chall.error, (authzr.body.identifier.value,))
         return CAError("validation failed without a reason from the CA")
+    if isinstance(error, acme_errors.ClientError) and error.args and isinstance(error.args[0], requests.Response):
+        # The CA answered an error status without a problem document (a proxy's page, say).
+        response = error.args[0]
+        return CAError(
+            f"the CA answered HTTP {response.status_code} at {response.url} without saying why",
+            "certkeeper tries again later; if it persists, check --server and the CA's status page",
+        )
     if isinstance(error, acme_errors.TimeoutError):
         return CAError("the CA did not finish the order in time", "try again later; check the CA's status page")
     return CAError(f"ACME error: {type(error).__name__}: {error}".replace("\n", " "))

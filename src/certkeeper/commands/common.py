@@ -9,16 +9,17 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import click
 
 from certkeeper.clikit import fail, option
+from certkeeper.crypto import check_ca_bundle
 from certkeeper.engine import Engine, Outcome
-from certkeeper.errors import CertkeeperError
-from certkeeper.spec import CertSpec, IssuerSpec
+from certkeeper.errors import CertkeeperError, ConfigError
+from certkeeper.spec import CertSpec, IssuerSpec, plain_http_off_loopback
 from certkeeper.stores.files import FileStore
 from certkeeper.web import parse_bind
 
@@ -50,6 +51,7 @@ class EngineOptions:
     http_bind: str
     deploy_hook: str | None
     concurrency: int
+    order_timeout: int
     force: bool
     verbose: int
 
@@ -62,7 +64,7 @@ def engine_options(fn: F) -> F:
         engine = EngineOptions(**{f.name: kwargs.pop(f.name) for f in fields(EngineOptions)})
         setup_logging(engine.verbose)
         try:
-            parse_bind(engine.http_bind)
+            check_engine_options(engine)
         except CertkeeperError as error:
             fail(str(error))
         return fn(engine=engine, **kwargs)
@@ -76,6 +78,8 @@ def engine_options(fn: F) -> F:
                help="Shell command run after a certificate changed (RENEWED_LINEAGE, RENEWED_DOMAINS set)."),
         option("--concurrency", type=click.IntRange(1, 64), default=16, show_default=True,
                help="Certificates ordered at once."),
+        option("--order-timeout", type=click.IntRange(1, 3600), default=90, show_default=True, metavar="SECONDS",
+               help="Give up on an order the CA has not finished in this time (every request counts)."),
         option("--force", is_flag=True, help="Order even if the stored certificate is still good."),
         option("-v", "--verbose", count=True, help="More log output (-vv for debug)."),
     ]  # fmt: skip
@@ -83,6 +87,18 @@ def engine_options(fn: F) -> F:
     for decorator in reversed(decorators):
         wrapped = decorator(wrapped)
     return cast(F, wrapped)
+
+
+def check_engine_options(engine: EngineOptions) -> None:
+    """Refuse what cannot work before anything is read, written or sent."""
+    _, port = parse_bind(engine.http_bind)
+    if port == 0:
+        raise ConfigError(
+            f"--http-bind {engine.http_bind} asks for port 0, a random port the CA cannot know",
+            "give the port the CA's requests reach, e.g. 0.0.0.0:80",
+        )
+    if engine.ca_bundle:
+        check_ca_bundle(engine.ca_bundle)
 
 
 def setup_logging(verbose: int) -> None:
@@ -95,6 +111,10 @@ def setup_logging(verbose: int) -> None:
 def run_engine(issuer: IssuerSpec, store: FileStore, specs: list[CertSpec], options: EngineOptions) -> list[Outcome]:
     """Run the engine, with a progress bar when several certificates go to a terminal."""
     show_progress = len(specs) > 1 and sys.stderr.isatty()
+    if plain_http_off_loopback(issuer.directory_url):
+        click.echo(f"certkeeper: warning: the server {issuer.directory_url} is plain HTTP: anyone on the way "
+                   "can read and change what the CA answers; use its https:// URL", err=True)  # fmt: skip
+    issuer = replace(issuer, order_timeout_s=float(options.order_timeout))
 
     async def go() -> list[Outcome]:
         engine = Engine(issuer, store, http_bind=options.http_bind, concurrency=options.concurrency,

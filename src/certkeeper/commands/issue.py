@@ -11,24 +11,46 @@ from certkeeper.spec import LETSENCRYPT, CertSpec, IssuerSpec, KeyType, normaliz
 from certkeeper.stores.files import FileStore
 
 
-def read_name_file(path: str) -> list[list[str]]:
-    """One certificate per line, names separated by spaces; blank lines and # comments skipped."""
-    lines = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            text = line.split("#", 1)[0].strip()
-            if text:
-                lines.append((number, text.split()))
-    specs = []
-    for number, names in lines:
+def read_name_file(path: str) -> list[tuple[str, ...]]:
+    """One certificate per line, names separated by spaces; blank lines and # comments skipped.
+
+    Each line's names come back normalized. Two lines that would share a lineage (the same first
+    name) are refused: each run would re-order one over the other, flip-flopping the stored
+    certificate and spending the CA's rate limits.
+    """
+    try:
+        with open(path, "rb") as handle:
+            raw_lines = handle.read().splitlines()
+    except OSError as error:
+        raise CertkeeperError(f"cannot read {path} ({error.strerror})", "check the path and its permissions") from None
+    groups: list[tuple[str, ...]] = []
+    first_seen: dict[str, list[int]] = {}
+    for number, raw in enumerate(raw_lines, 1):
         try:
-            normalize_names(names)
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CertkeeperError(f"{path}, line {number} is not UTF-8 text", "save the file as UTF-8") from None
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            names = normalize_names(text.split())
         except CertkeeperError as error:
             raise CertkeeperError(f"{path}, line {number}: {error}") from None
-        specs.append(names)
-    if not specs:
+        lineage = CertSpec(names).lineage
+        first_seen.setdefault(lineage, []).append(number)
+        if len(first_seen[lineage]) == 1:
+            groups.append(names)
+    for lineage, numbers in first_seen.items():
+        if len(numbers) > 1:
+            listed = ", ".join(f"line {n}" for n in numbers)
+            raise CertkeeperError(
+                f"{path}: {listed} have the same first name {lineage}, which names one certificate",
+                "merge them into one line, or start each line with a different name",
+            )
+    if not groups:
         raise CertkeeperError(f"{path} lists no names", "put one certificate per line, names separated by spaces")
-    return specs
+    return groups
 
 
 @click.command()
@@ -84,7 +106,7 @@ def issue(
     try:
         if name_file and names:
             raise CertkeeperError("give NAMES or --file, not both")
-        groups = read_name_file(name_file) if name_file else [list(names)]
+        groups = read_name_file(name_file) if name_file else [names]
         kt = KeyType.parse(key_type)
         specs = [CertSpec(normalize_names(g), kt, reuse_key, profile or None, preferred_chain or None) for g in groups]
         issuer = IssuerSpec(
