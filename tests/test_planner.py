@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from certkeeper.model import RenewalWindow
+from certkeeper.model import RenewalState, RenewalWindow
 from certkeeper.planner import plan
 from certkeeper.spec import CertSpec, KeyType
 from certkeeper.stores.base import StoredCert
@@ -158,7 +158,7 @@ def test_ari_retry_after_bounds_the_next_check() -> None:
 )
 def test_backoff_after_failures(failures: int, wait: datetime.timedelta) -> None:
     failed_at = T0 + 70 * DAY  # the certificate is due (past the backstop)
-    state = {"failures": failures, "last_failure": failed_at.isoformat()}
+    state = RenewalState(failures=failures, last_failure=failed_at)
     blocked = plan(SPEC, stored(), failed_at + wait - datetime.timedelta(seconds=1), state=state)
     assert not blocked.due and "backing off" in blocked.reason
     assert blocked.next_check == failed_at + wait
@@ -168,17 +168,17 @@ def test_backoff_after_failures(failures: int, wait: datetime.timedelta) -> None
 def test_backoff_honours_a_later_retry_after() -> None:
     failed_at = T0 + 70 * DAY
     later = failed_at + datetime.timedelta(hours=3)
-    state = {"failures": 1, "last_failure": failed_at.isoformat(), "retry_after": later.isoformat()}
+    state = RenewalState(failures=1, last_failure=failed_at, retry_after=later)
     assert not plan(SPEC, stored(), failed_at + datetime.timedelta(hours=2), state=state).due
     assert plan(SPEC, stored(), later, state=state).due
 
 
 def test_backoff_applies_to_a_missing_certificate_too() -> None:
-    state = {"failures": 2, "last_failure": T0.isoformat()}
+    state = RenewalState(failures=2, last_failure=T0)
     assert not plan(SPEC, None, T0 + datetime.timedelta(minutes=5), state=state).due
     assert plan(SPEC, None, T0 + datetime.timedelta(minutes=10), state=state).due
 
 
 def test_success_clears_backoff() -> None:
-    state = {"failures": 0, "last_failure": T0.isoformat()}
+    state = RenewalState(failures=0, last_failure=T0)
     assert plan(SPEC, None, T0, state=state).due

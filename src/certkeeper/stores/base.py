@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from certkeeper.crypto import cert_info, key_matches_cert
 from certkeeper.errors import CertkeeperError
@@ -21,9 +21,14 @@ class StoredCert:
     info: CertInfo | None
     meta: dict[str, Any] = field(default_factory=dict)
     problem: str | None = None
+    meta_problem: str | None = None  # meta.json unreadable or of the wrong shape (the certificate may be fine)
 
     def __repr__(self) -> str:
         return f"StoredCert(info={self.info!r}, problem={self.problem!r})"
+
+    @property
+    def usable(self) -> bool:
+        return self.info is not None and not self.problem
 
     @classmethod
     def parse(cls, key_pem: bytes, fullchain_or_cert: bytes, chain_pem: bytes, meta: dict[str, Any]) -> StoredCert:
@@ -42,8 +47,9 @@ class StoredCert:
             return cls(key_pem, cert_pem, chain, info, meta)
         except CertkeeperError as error:
             return cls(key_pem, fullchain_or_cert, chain_pem, None, meta, f"unreadable: {error}")
-        except ValueError as error:
-            return cls(key_pem, fullchain_or_cert, chain_pem, None, meta, f"unreadable: {error}")
+        except Exception as error:  # any damage (bad version, duplicate extension...) is a problem
+            reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+            return cls(key_pem, fullchain_or_cert, chain_pem, None, meta, f"unreadable: {reason}")
 
     @property
     def fullchain_pem(self) -> bytes:
@@ -73,3 +79,48 @@ def check_replacement(new: IssuedCert, names: tuple[str, ...], old: StoredCert |
     ):
         # The stored one covers the same names for longer: keep it.
         raise CertkeeperError("refusing to replace a certificate with one that expires sooner")
+
+
+class Lock(Protocol):
+    def release(self) -> None: ...
+
+
+class _NoLock:
+    def release(self) -> None:
+        pass
+
+
+class StoreDefaults:
+    """What a store without files needs for crash recovery: nothing on disk to lock, tidy or probe.
+
+    A store that does not persist a pending certificate keeps it in memory, which serves a
+    long-running process (``certkeeper run``) that retries the save in its next loop.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, IssuedCert] = {}
+
+    def lock(self, lineage: str) -> Lock:
+        return _NoLock()
+
+    def account_lock(self, directory_url: str) -> Lock:
+        return _NoLock()
+
+    def tidy(self, lineage: str) -> list[str]:
+        return []
+
+    def check_writable(self, lineage: str) -> None:
+        pass
+
+    def save_pending(self, lineage: str, issued: IssuedCert) -> str:
+        self._pending[lineage] = issued
+        return "memory"
+
+    def load_pending(self, lineage: str) -> IssuedCert | None:
+        return self._pending.get(lineage)
+
+    def drop_pending(self, lineage: str) -> None:
+        self._pending.pop(lineage, None)
+
+    def rewrite_meta(self, lineage: str, meta: dict[str, Any]) -> None:
+        pass
