@@ -19,6 +19,7 @@ import datetime
 import json
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,12 +63,17 @@ class AcmeFront:
     profiles: dict[str, str] = field(default_factory=dict)
     # When set, every newOrder is refused as Let's Encrypt does at a rate limit, with this Retry-After.
     rate_limit_retry_after: int | None = None
+    accounts_created: list[str] = field(default_factory=list)  # URLs of accounts the CA registered (201)
+    # Called with (method, path) before each request is passed on: a test's way to act at an exact
+    # moment of an order (e.g. fill the disk when the certificate is downloaded). Runs on the front's loop.
+    before_request: Callable[[str, str], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _runner: web.AppRunner | None = None
     _session: aiohttp.ClientSession | None = None
     _new_order_path: str = ""
+    _new_account_path: str = ""
 
     @property
     def directory_url(self) -> str:
@@ -110,6 +116,8 @@ class AcmeFront:
             self.rate_limit_retry_after = None
             self.requests.clear()
             self.orders.clear()
+            self.accounts_created.clear()
+            self.before_request = None
             self.renewal_info_queries.clear()
             self.windows.clear()
         self.window_in_future()
@@ -117,6 +125,10 @@ class AcmeFront:
     def recorded_orders(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self.orders)
+
+    def recorded_accounts(self) -> list[str]:
+        with self._lock:
+            return list(self.accounts_created)
 
     def recorded_requests(self) -> list[tuple[str, str]]:
         with self._lock:
@@ -148,6 +160,9 @@ class AcmeFront:
         order: dict[str, Any] | None = None
         with self._lock:
             self.requests.append((request.method, request.path_qs))
+            before = self.before_request
+        if before is not None:
+            before(request.method, request.path)
         if request.method == "POST" and request.path == self._new_order_path and self.rate_limit_retry_after:
             problem = {
                 "type": "urn:ietf:params:acme:error:rateLimited",
@@ -173,6 +188,9 @@ class AcmeFront:
             allow_redirects=False,
         ) as upstream:
             payload = await upstream.read()
+            if request.path == self._new_account_path and upstream.status == 201:
+                with self._lock:
+                    self.accounts_created.append(upstream.headers.get("Location", ""))
             if order is not None and upstream.status == 201:
                 # Only orders the CA created: a request refused for a stale nonce (Pebble rejects
                 # some at random) and sent again is one order, not two.
@@ -194,6 +212,7 @@ class AcmeFront:
         async with self._session.get(self.pebble.directory_url) as response:
             directory = await response.json()
         self._new_order_path = urlsplit(directory["newOrder"]).path
+        self._new_account_path = urlsplit(directory["newAccount"]).path
         app = web.Application()
         app.router.add_get(RENEWAL_INFO_PATH + "/{cert_id}", self._renewal_info)
         app.router.add_route("*", "/{tail:.*}", self._proxy)

@@ -193,7 +193,7 @@ class Engine:
             return RenewalState()
         state, problems = RenewalState.from_dict(raw)
         if problems:
-            log.warning("%s: the renewal state is damaged (%s); it is rewritten", spec.lineage, "; ".join(problems))
+            log.info("%s: the renewal state is damaged (%s); it is rewritten", spec.lineage, "; ".join(problems))
         return state
 
     def _renewal_window(self, stored: StoredCert | None) -> RenewalWindow | None:
@@ -347,8 +347,10 @@ class Engine:
         if next_try:
             state = dataclasses.replace(state, next_check=next_try)
         state = dataclasses.replace(state, names=spec.names, directory_url=self.issuer.directory_url)
+        detail = str(error)
         try:
             await self._in_thread(self.store.save_state, spec.lineage, state.to_dict())
         except (OSError, CertkeeperError) as save_error:
-            log.warning("cannot record the failure for %s: %s", spec.lineage, save_error)
-        return Outcome(spec, "failed", str(error), None, time.monotonic() - started, next_check=next_try)
+            why = save_error.strerror if isinstance(save_error, OSError) else str(save_error)
+            detail += f" (and the failure could not be recorded: {why})"
+        return Outcome(spec, "failed", detail, None, time.monotonic() - started, next_check=next_try)

@@ -99,10 +99,12 @@ class RenewalState:
 
     @classmethod
     def from_dict(cls, raw: object) -> tuple[RenewalState, list[str]]:
-        if raw is None or raw == {}:
+        if raw == {}:
             return cls(), []
         if not isinstance(raw, dict):
-            return cls(), [f"it holds {type(raw).__name__}, not an object"]
+            if isinstance(raw, str) and raw.startswith("unreadable"):
+                return cls(), [raw]  # what a store reports for a file it could not parse
+            return cls(), [f"it holds {'null' if raw is None else type(raw).__name__}, not an object"]
         problems: list[str] = []
         failures = raw.get("failures", 0)
         if isinstance(failures, bool) or not isinstance(failures, int) or failures < 0:

@@ -23,6 +23,7 @@ What certkeeper reads is only ``current`` and the consumer links, whose targets 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -128,7 +129,13 @@ class FileLock:
     """An exclusive ``flock`` on a lock file, held until ``release``; the kernel drops it if we die."""
 
     def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            if error.errno not in (errno.EROFS, errno.EACCES) or not path.is_file():
+                raise _os_error("write to the store at", path.parent, error) from None
+            # A read-only store can still be locked (and read); writing it fails later, before any order.
+            self.fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX)
         except BaseException:
@@ -357,7 +364,8 @@ class FileStore:
             if room.f_bavail * room.f_frsize < ROOM_BYTES:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         except OSError as error:
-            reserve.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                reserve.unlink()
             raise _os_error("write to the store at", base, error) from None
 
     def _pending_path(self, lineage: str) -> Path:
@@ -378,11 +386,11 @@ class FileStore:
         reserve = base / RESERVE
         if os.path.lexists(reserve) and len(data) <= RESERVE_BYTES:
             # Overwriting blocks already allocated needs no new space, even on a full disk.
+            # The JSON is padded with spaces to the reserved size: nothing is freed for others to take.
             fd = os.open(reserve, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
                 os.fchmod(fd, 0o600)
-                os.pwrite(fd, data, 0)
-                os.ftruncate(fd, len(data))
+                os.pwrite(fd, data.ljust(RESERVE_BYTES), 0)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -509,3 +517,6 @@ class FileStore:
         for entry in folder.iterdir() if folder else []:
             if entry.name.startswith(".new-") and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
+            elif not entry.name.startswith(".") and real_dir(entry):
+                for temporary in entry.glob(".*"):  # a write_atomic temporary file of a killed run
+                    temporary.unlink(missing_ok=True)
