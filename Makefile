@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint unit bench cluster-bin clean
+.PHONY: install demo test lint unit bench faults cluster-bin clean
 
 install:
 	@scripts/install
@@ -24,6 +24,10 @@ demo: install
 
 bench: install
 	bench/run
+
+# Kill `certkeeper issue` before every one of its writes to the store (make test runs every 5th).
+faults: install
+	CERTKEEPER_FAULT_SWEEP=full $(VENV)/pytest tests/test_fault_sweep.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache demo-store bench/out

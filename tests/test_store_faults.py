@@ -372,7 +372,7 @@ def test_a_corrupted_certificate_is_reported_and_replaced_without_a_traceback(
     (version / "fullchain.pem").write_bytes((version / "cert.pem").read_bytes() + (version / "chain.pem").read_bytes())
     for command in (("status",), ("status", "--json")):
         shown = certkeeper(env, *command)
-        assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+        assert shown.returncode == 0 and shown.stderr == "", shown.stderr
     (row,) = json.loads(certkeeper(env, "status", "--json").stdout)
     assert row["problem"].startswith("unreadable") and row["names"] == ["mangled.test"]
     renewed = certkeeper(env, "renew")

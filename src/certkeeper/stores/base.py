@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import datetime
+import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from certkeeper.crypto import cert_info, key_matches_cert
 from certkeeper.errors import CertkeeperError
 from certkeeper.model import CertInfo, IssuedCert
+
+# warnings.catch_warnings changes process-wide state: one parse at a time may hold it.
+_STRICT = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -33,23 +38,30 @@ class StoredCert:
     @classmethod
     def parse(cls, key_pem: bytes, fullchain_or_cert: bytes, chain_pem: bytes, meta: dict[str, Any]) -> StoredCert:
         """Read what a store holds; garbage gives a StoredCert with ``problem`` set, never an exception."""
-        from certkeeper.crypto import split_pem_chain
-
         try:
-            parts = split_pem_chain(fullchain_or_cert)
-            if not parts:
-                raise CertkeeperError("no certificate in it")
-            cert_pem = parts[0]
-            chain = chain_pem or b"".join(parts[1:])
-            info = cert_info(cert_pem)
-            if not key_matches_cert(key_pem, cert_pem):
-                return cls(key_pem, cert_pem, chain, info, meta, "the private key does not match the certificate")
-            return cls(key_pem, cert_pem, chain, info, meta)
+            # cryptography only warns about some damage (a negative serial): here it is a problem.
+            with _STRICT, warnings.catch_warnings():
+                warnings.simplefilter("error")
+                return cls._parse(key_pem, fullchain_or_cert, chain_pem, meta)
         except CertkeeperError as error:
             return cls(key_pem, fullchain_or_cert, chain_pem, None, meta, f"unreadable: {error}")
         except Exception as error:  # any damage (bad version, duplicate extension...) is a problem
             reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
             return cls(key_pem, fullchain_or_cert, chain_pem, None, meta, f"unreadable: {reason}")
+
+    @classmethod
+    def _parse(cls, key_pem: bytes, fullchain_or_cert: bytes, chain_pem: bytes, meta: dict[str, Any]) -> StoredCert:
+        from certkeeper.crypto import split_pem_chain
+
+        parts = split_pem_chain(fullchain_or_cert)
+        if not parts:
+            raise CertkeeperError("no certificate in it")
+        cert_pem = parts[0]
+        chain = chain_pem or b"".join(parts[1:])
+        info = cert_info(cert_pem)
+        if not key_matches_cert(key_pem, cert_pem):
+            return cls(key_pem, cert_pem, chain, info, meta, "the private key does not match the certificate")
+        return cls(key_pem, cert_pem, chain, info, meta)
 
     @property
     def fullchain_pem(self) -> bytes:
