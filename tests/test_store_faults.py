@@ -90,6 +90,21 @@ def test_a_first_issuance_killed_before_its_links_gets_them_at_the_next_run(
     assert orders_for(ari, "killed-links.test") == probed + 1
 
 
+def test_a_first_issuance_killed_after_keeping_its_certificate_is_stored_by_renew(
+    ari: AcmeFront, ari_env: Env, store: Path, certkeeper: Run, tmp_path: Path
+) -> None:
+    args = ("issue", "kept.test", "www.kept.test")
+    kill_at = point_after(ari_env, store, tmp_path, "os.rename kept.test/pending.json", *args)
+    probed = orders_for(ari, "kept.test")
+    assert killed_run(ari_env, store, kill_at, *args).returncode == -9
+    assert (store / "kept.test" / "pending.json").exists() and not (store / "kept.test" / "current").exists()
+    assert "waits to be stored" in json.loads(certkeeper(ari_env, "status", "--json").stdout)[0]["problem"]
+    result = certkeeper(ari_env, "renew")  # what cron runs
+    assert result.returncode == 0, result.stderr
+    assert consistency_problems(store / "kept.test", ["kept.test", "www.kept.test"]) == []
+    assert orders_for(ari, "kept.test") == probed + 1, "ordered again although the certificate was kept"
+
+
 # -- 4. the deploy hook after a swap -----------------------------------------------------------------
 
 

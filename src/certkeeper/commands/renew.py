@@ -19,7 +19,9 @@ from certkeeper.stores.schema import MetaError, StoredChoices, from_meta
 
 def recover(lineage: str, stored: StoredCert | None, state: RenewalState, files: FileStore) -> StoredChoices | None:
     """The choices to renew with when meta.json is damaged: names from state.json or the certificate."""
-    names = list(state.names) or (list(stored.info.names) if stored and stored.info else [])
+    pending = files.load_pending(lineage)
+    certified = stored.info if stored and stored.info else pending.info if pending else None
+    names = list(state.names) or (list(certified.names) if certified else [])
     first = lineage.replace("_", "*", 1) if lineage.startswith("_.") else lineage
     if first not in names:
         return None
@@ -40,13 +42,13 @@ def choices_of(lineage: str, files: FileStore) -> tuple[StoredChoices | None, li
     stored = files.load(lineage)
     state, damaged = RenewalState.from_dict(files.load_state(lineage))
     problems = [f"state.json is damaged ({'; '.join(damaged)}); it is rewritten"] if damaged else []
-    if stored is None and not state.names:
-        if damaged:
-            return None, problems
-        return None, ["no certificate and no record of its names; issue it again with certkeeper issue NAMES"]
+    if stored is None and not state.names and files.load_pending(lineage) is None:
+        return None, problems  # a first issuance that failed before this version recorded names: nothing to renew
     try:
         if stored is None:
             raise MetaError("no certificate stored yet")
+        if stored.info is None and not stored.meta and stored.problem:
+            raise MetaError(f"its files cannot be read ({stored.problem})")
         if stored.meta_problem:
             raise MetaError(stored.meta_problem)
         return from_meta(stored.meta), problems
@@ -54,7 +56,7 @@ def choices_of(lineage: str, files: FileStore) -> tuple[StoredChoices | None, li
         choices = recover(lineage, stored, state, files)
         if choices is None:
             problems.append(f"{error}, and its names cannot be recovered; issue it again with certkeeper issue NAMES")
-        elif stored is not None:
+        elif stored is not None:  # not for a first issuance that failed: renew simply tries it again
             problems.append(f"{error}; renewing it for {' '.join(choices.spec.names)} at {choices.directory_url}")
         return choices, problems
 
@@ -70,8 +72,7 @@ def renew(store: str, engine: EngineOptions) -> None:
     files = FileStore(store)
     by_issuer: dict[IssuerSpec, list[CertSpec]] = {}
     troubled = False
-    lineages = files.lineages()
-    for lineage in lineages:
+    for lineage in files.lineages():
         choices, problems = choices_of(lineage, files)
         for problem in problems:
             click.echo(f"certkeeper: error: {lineage}: {problem}", err=True)
@@ -85,7 +86,7 @@ def renew(store: str, engine: EngineOptions) -> None:
             troubled = True
             continue
         by_issuer.setdefault(issuer, []).append(choices.spec)
-    if not lineages:
+    if not by_issuer and not troubled:
         click.echo(f"no certificates in {store}; use `certkeeper issue NAME...` first")
         raise SystemExit(0)
     outcomes: list[Outcome] = []
