@@ -159,7 +159,12 @@ class Engine:
         try:
             if self._account is None:
                 self._account = await self._in_thread(ensure_account, self.issuer, self.store)
-        except CertkeeperError as error:
+        except (CertkeeperError, OSError) as failure:
+            error = (
+                failure
+                if isinstance(failure, CertkeeperError)
+                else CertkeeperError(f"cannot keep the ACME account in the store ({failure.strerror or failure})")
+            )
             # No account (the CA is down, say): each certificate records it like any failure, so
             # the next runs back off instead of knocking at once.
             outcomes = [await self._without_account(s, error) for s in specs]

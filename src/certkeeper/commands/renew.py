@@ -56,7 +56,9 @@ def choices_of(lineage: str, files: FileStore) -> tuple[StoredChoices | None, li
         choices = recover(lineage, stored, state, files)
         if choices is None:
             problems.append(f"{error}, and its names cannot be recovered; issue it again with certkeeper issue NAMES")
-        elif stored is not None:  # not for a first issuance that failed: renew simply tries it again
+        elif stored is not None and "refusing to use" not in (stored.problem or ""):
+            # Not for a first issuance that failed (renew tries it again), nor for a refused store
+            # path (the run reports that itself).
             problems.append(f"{error}; renewing it for {' '.join(choices.spec.names)} at {choices.directory_url}")
         return choices, problems
 

@@ -132,6 +132,8 @@ class FileLock:
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise _refuse(path, "it is a symbolic link") from None
             if error.errno not in (errno.EROFS, errno.EACCES) or not path.is_file():
                 raise _os_error("write to the store at", path.parent, error) from None
             # A read-only store can still be locked (and read); writing it fails later, before any order.
@@ -494,7 +496,10 @@ class FileStore:
         }
         document = json.dumps(payload, indent=2).encode() + b"\n"
         if real_dir(home):
-            existing = read_file(home / "key.pem") if os.path.lexists(home / "key.pem") else b""
+            try:
+                existing = read_file(home / "key.pem")
+            except OSError:  # missing, or not a regular file
+                existing = b""
             if existing == account.key_pem:  # the same key, a corrected URL: one file replaces one file
                 write_atomic(home / "account.json", document, 0o600)
                 return
