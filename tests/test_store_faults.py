@@ -299,7 +299,14 @@ def test_under_umask_000_no_directory_or_file_is_writable_by_others(ari_env: Env
 
 # -- 10. damaged meta.json, state.json and cert.pem ----------------------------------------------------
 
-BAD_JSON = {"list": b"[1, 2]", "null": b"null", "truncated": b'{"names": ["dam', "empty": b""}
+BAD_JSON = {
+    "list": b"[1, 2]",
+    "null": b"null",
+    "truncated": b'{"names": ["dam',
+    "empty": b"",
+    "missing-key": b'{"names": ["damaged.test"], "key_type": "ec-p256"}',
+    "wrong-type": b'{"names": "damaged.test", "directory_url": 7}',
+}
 
 
 @pytest.mark.parametrize("content", list(BAD_JSON.values()), ids=list(BAD_JSON))
@@ -327,13 +334,14 @@ def test_a_damaged_meta_json_is_a_problem_the_certificate_still_renews(
     assert certkeeper(env, "renew").returncode == 0
 
 
-def test_a_truncated_meta_json_of_a_good_certificate_is_repaired_without_an_order(
-    ari: AcmeFront, ari_env: Env, store: Path, certkeeper: Run
+@pytest.mark.parametrize("content", [BAD_JSON["truncated"], BAD_JSON["missing-key"]], ids=["truncated", "missing-key"])
+def test_a_damaged_meta_json_of_a_good_certificate_is_repaired_without_an_order(
+    content: bytes, ari: AcmeFront, ari_env: Env, store: Path, certkeeper: Run
 ) -> None:
     assert certkeeper(ari_env, "issue", "truncated.test").returncode == 0
-    (store / "truncated.test" / "current" / "meta.json").write_text('{"names": ["trunc')
+    (store / "truncated.test" / "current" / "meta.json").write_bytes(content)
     result = certkeeper(ari_env, "renew")
-    assert result.returncode == 1 and "meta.json is unreadable" in result.stderr
+    assert result.returncode == 1 and "truncated.test: meta.json" in result.stderr
     assert "still good" in result.stdout
     fixed = certkeeper(ari_env, "renew")
     assert fixed.returncode == 0 and fixed.stderr == "", fixed.stderr

@@ -27,7 +27,7 @@ from certkeeper.planner import plan, retry_at
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.spec import CertSpec, IssuerSpec
 from certkeeper.stores.base import Lock, StoredCert, check_replacement
-from certkeeper.stores.schema import to_meta
+from certkeeper.stores.schema import meta_problem, to_meta
 from certkeeper.web import Responder, default_routes, start_responder
 
 log = logging.getLogger(__name__)
@@ -248,8 +248,9 @@ class Engine:
         window = await self._in_thread(self._renewal_window, stored)
         decision = plan(spec, stored, _now(), window, state)
         if not decision.due and not self.force:
-            if stored is not None and stored.usable and stored.meta_problem and stored.info:
-                log.warning("%s: %s; rewritten from this run's options", lineage, stored.meta_problem)
+            damage = meta_problem(stored.meta, stored.meta_problem) if stored is not None and stored.usable else None
+            if stored is not None and stored.info and damage:
+                log.warning("%s: %s; rewritten from this run's options", lineage, damage)
                 meta = to_meta(spec, self.issuer, stored.info, None, _now())
                 await self._in_thread(self.store.rewrite_meta, lineage, meta)
             state = dataclasses.replace(state, next_check=decision.next_check, reason=decision.reason,

@@ -11,6 +11,7 @@ import click
 from certkeeper.commands.common import store_option
 from certkeeper.model import RenewalState
 from certkeeper.stores.files import FileStore
+from certkeeper.stores.schema import meta_problem
 
 
 def _iso(value: datetime.datetime | None) -> str | None:
@@ -27,7 +28,7 @@ def collect(files: FileStore) -> list[dict[str, Any]]:
         meta = current.meta if current else {}
         meta_names = meta.get("names") if isinstance(meta.get("names"), list) else None
         problems = [current.problem if current else "no certificate yet"]
-        problems += [current.meta_problem if current else None]
+        problems += [meta_problem(current.meta, current.meta_problem) if current and current.usable else None]
         problems += [f"state.json is damaged ({'; '.join(damaged)})" if damaged else None]
         if files.load_pending(lineage) is not None:
             problems.append("an issued certificate waits to be stored (the next run stores it)")

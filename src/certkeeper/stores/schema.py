@@ -88,3 +88,14 @@ def from_meta(meta: object) -> StoredChoices:
     except CertkeeperError as error:
         raise MetaError(f"meta.json: {error}") from None
     return StoredChoices(spec, directory_url, _optional_text(meta, "email"), _optional_text(meta, "ca_bundle"))
+
+
+def meta_problem(stored_meta: object, unreadable: str | None = None) -> str | None:
+    """What is wrong with a stored meta.json (``unreadable``: what the store found reading it), or None."""
+    if unreadable:
+        return unreadable
+    try:
+        from_meta(stored_meta)
+    except MetaError as error:
+        return str(error)
+    return None
