@@ -7,14 +7,16 @@ tmpfs, links and bytes planted in the store) and drives the ``certkeeper`` comma
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
 from conftest import CERTKEEPER
@@ -461,3 +463,57 @@ def test_status_shows_the_next_attempt_and_a_name_for_every_lineage(ari_env: Env
     assert rows["old-format.test"]["names"] == ["old-format.test"]
     never_row = next(line for line in table.stdout.splitlines() if "never.test" in line)
     assert rows["never.test"]["next_check"][:16].replace("T", " ") in never_row
+
+
+# -- two runs at once ------------------------------------------------------------------------------
+
+
+def _held_or_done(pid: int, lineage: Path, since: float) -> bool:
+    """Whether the run ``pid`` holds the lineage's lock now, or has already recorded its state."""
+    inode = (lineage / ".lock").stat().st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" not in fields and str(pid) in fields and any(f.endswith(f":{inode}") for f in fields):
+            return True
+    return (lineage / "state.json").stat().st_mtime > since
+
+
+def _until(what: str, reached: Callable[[], bool]) -> None:
+    for _ in range(600):
+        if reached():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"{what}: not reached in a minute")
+
+
+def test_two_runs_taking_certificates_in_opposite_orders_both_finish(
+    env: Env, store: Path, certkeeper: Run, tmp_path: Path
+) -> None:
+    """Each run holds some certificates and waits for others: neither may block the other forever."""
+    names = [f"{c}.order.test" for c in "abcdef"]
+    forward, backward = tmp_path / "forward", tmp_path / "backward"
+    forward.write_text("\n".join(names) + "\n")
+    backward.write_text("\n".join(reversed(names)) + "\n")
+    assert certkeeper(env, "issue", "--file", str(forward)).returncode == 0
+    pipes: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    held = os.open(store / "c.order.test" / ".lock", os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)  # the middle certificate is busy while both runs start
+    try:
+        since = time.time()
+        ahead = subprocess.Popen([CERTKEEPER, "renew", "--concurrency", "1"], env=env, **pipes)
+        _until("the first run to take a and b",
+                   lambda: all(_held_or_done(ahead.pid, store / n, since) for n in names[:2]))  # fmt: skip
+        behind = subprocess.Popen(
+            [CERTKEEPER, "issue", "--concurrency", "1", "--file", str(backward)], env=env, **pipes
+        )
+        _until("the second run to take f, e and d",
+                   lambda: all(_held_or_done(behind.pid, store / n, since) for n in names[3:]))  # fmt: skip
+    finally:
+        os.close(held)
+    for run in (ahead, behind):
+        try:
+            _, err = run.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            ahead.kill(), behind.kill()
+            raise AssertionError("the two runs waited for each other for good") from None
+        assert run.returncode == 0, err

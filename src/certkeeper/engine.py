@@ -35,6 +35,8 @@ T = TypeVar("T")
 
 # "deferred": due, but held back by backoff after failures (or the CA's Retry-After).
 Status = Literal["issued", "renewed", "unchanged", "deferred", "failed"]
+LOCK_POLL_S = 0.05  # a certificate another run holds is asked for again after this, doubling up to:
+MAX_LOCK_POLL_S = 1.0
 
 
 class CertStore(AccountStore, Protocol):
@@ -49,7 +51,7 @@ class CertStore(AccountStore, Protocol):
     def location(self, lineage: str) -> str: ...
 
     # Crash recovery (stores.base.StoreDefaults has the no-op versions).
-    def lock(self, lineage: str) -> Lock: ...
+    def lock(self, lineage: str) -> Lock | None: ...  # None: another process holds it
 
     def tidy(self, lineage: str) -> list[str]: ...
 
@@ -214,8 +216,7 @@ class Engine:
         started = time.monotonic()
         lock: Lock | None = None
         try:
-            # One run at a time per certificate: a second run waits, then finds it done.
-            lock = await self._in_thread(self.store.lock, spec.lineage)
+            lock = await self._lock(spec.lineage)
             state = await self._state(spec)
             return await self._locked(spec, state, started)
         except CertkeeperError as error:
@@ -226,6 +227,16 @@ class Engine:
         finally:
             if lock is not None:
                 lock.release()
+
+    async def _lock(self, lineage: str) -> Lock:
+        """One run at a time per certificate: a second run waits, then finds it done."""
+        pause = LOCK_POLL_S
+        while (lock := await self._in_thread(self.store.lock, lineage)) is None:
+            if pause == LOCK_POLL_S:
+                log.info("%s: waiting for another certkeeper run working on it", lineage)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, MAX_LOCK_POLL_S)
+        return lock
 
     async def _locked(self, spec: CertSpec, state: RenewalState, started: float) -> Outcome:
         lineage = spec.lineage

@@ -112,7 +112,7 @@ class StoreDefaults:
     def __init__(self) -> None:
         self._pending: dict[str, IssuedCert] = {}
 
-    def lock(self, lineage: str) -> Lock:
+    def lock(self, lineage: str) -> Lock | None:
         return _NoLock()
 
     def account_lock(self, directory_url: str) -> Lock:

@@ -125,10 +125,17 @@ def real_dir(path: Path, mode: int | None = None) -> bool:
     return True
 
 
-class FileLock:
-    """An exclusive ``flock`` on a lock file, held until ``release``; the kernel drops it if we die."""
+class Busy(Exception):
+    """Another process holds the lock."""
 
-    def __init__(self, path: Path) -> None:
+
+class FileLock:
+    """An exclusive ``flock`` on a lock file, held until ``release``; the kernel drops it if we die.
+
+    With ``wait=False`` a lock another process holds raises ``Busy`` at once.
+    """
+
+    def __init__(self, path: Path, wait: bool = True) -> None:
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as error:
@@ -139,7 +146,10 @@ class FileLock:
             # A read-only store can still be locked (and read); writing it fails later, before any order.
             self.fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            fcntl.flock(self.fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise Busy(str(path)) from None
         except BaseException:
             os.close(self.fd)
             raise
@@ -321,11 +331,18 @@ class FileStore:
 
     # -- crash recovery --------------------------------------------------------------------------
 
-    def lock(self, lineage: str) -> FileLock:
-        """Exclusive use of one certificate's directory, waiting for another run that holds it."""
+    def lock(self, lineage: str) -> FileLock | None:
+        """Exclusive use of one certificate's directory, or None while another run holds it.
+
+        The caller waits (without holding a thread) and asks again: two runs of many certificates
+        each, blocking their worker threads on each other's locks, could otherwise wait forever.
+        """
         base = self._lineage(lineage, create=True)
         assert base is not None
-        return FileLock(base / ".lock")
+        try:
+            return FileLock(base / ".lock", wait=False)
+        except Busy:
+            return None
 
     def tidy(self, lineage: str) -> list[str]:
         """Remove what killed runs left (temporary files, unfinished versions) and restore the links."""
