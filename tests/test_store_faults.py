@@ -237,6 +237,21 @@ def test_a_disk_full_after_ordering_keeps_the_certificate_and_stores_it_next_run
     assert calls.read_text().splitlines() == ["run", "run"]
 
 
+def test_a_full_disk_is_refused_before_ordering(ari: AcmeFront, ari_env: Env, tmpfs_store: tuple[int, Path]) -> None:
+    holder, view = tmpfs_store
+    command = ["nsenter", "-t", str(holder), "-m", "--", CERTKEEPER]
+    assert subprocess.run([*command, "issue", "roomless.test"], env=ari_env).returncode == 0
+    fill(view / "filler")
+    result = subprocess.run([*command, "issue", "--force", "roomless.test"], env=ari_env, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 1
+    (line,) = error_lines(result)
+    assert "roomless.test: cannot write to the store" in line and "No space left on device" in line, line
+    assert "free some space" in line
+    assert orders_for(ari, "roomless.test") == 1, "ordered although the store had no room for it"
+    assert consistency_problems(view / "roomless.test", ["roomless.test"]) == []
+
+
 # -- 9. planted links and the umask ----------------------------------------------------------------
 
 
