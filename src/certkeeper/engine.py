@@ -222,7 +222,8 @@ class Engine:
         except CertkeeperError as error:
             return await self._failed(spec, error, started)
         except OSError as error:
-            problem = CertkeeperError(f"cannot use the store at {self.store.location(spec.lineage)} ({error.strerror})")
+            why = error.strerror or str(error)
+            problem = CertkeeperError(f"cannot use the store at {self.store.location(spec.lineage)} ({why})")
             return await self._failed(spec, problem, started)
         finally:
             if lock is not None:
