@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Protocol
 
 from conftest import CERTKEEPER
+from cryptography.hazmat.primitives.asymmetric import ec
 from storecheck import consistency_problems, orders_for
 
 from testbench.ari import AcmeFront
 from testbench.pebble import free_port
+from testbench.pki import key_pem
 
 Env = dict[str, str]
 
@@ -80,3 +82,20 @@ def test_a_ca_down_before_any_account_exists_is_recorded_and_backed_off(
     assert again.returncode == 1
     (line,) = again.stderr.strip().splitlines()
     assert "not ordered" in line and "backing off after 1 failure" in line and "--force tries now" in line
+
+
+def test_an_account_key_the_ca_does_not_know_is_registered_once(
+    ari: AcmeFront, ari_env: Env, store: Path, certkeeper: Run
+) -> None:
+    """A key replaced by hand (or an account the CA forgot): the key is registered, not failed on forever."""
+    assert certkeeper(ari_env, "issue", "forgotten.test").returncode == 0
+    home = account_dir(store)
+    (home / "key.pem").write_bytes(key_pem(ec.generate_private_key(ec.SECP256R1())))
+    registered = len(ari.recorded_accounts())
+    result = certkeeper(ari_env, "issue", "--force", "forgotten.test")
+    assert result.returncode == 0, result.stderr
+    assert len(ari.recorded_accounts()) == registered + 1
+    record = json.loads((home / "account.json").read_text())
+    assert record["url"] == ari.recorded_accounts()[-1]
+    assert certkeeper(ari_env, "issue", "--force", "forgotten.test").returncode == 0
+    assert len(ari.recorded_accounts()) == registered + 1
