@@ -68,17 +68,17 @@ def status(store: str, as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(title=f"certkeeper status: {store}")
-    table.add_column("names", no_wrap=True)
-    for column in ("key", "issuer", "expires", "days left", "renews", "next attempt", "problem / last error"):
-        table.add_column(column, overflow="fold")
+    for column in ("names", "key", "issuer", "expires", "days left", "renews", "next attempt", "problem / last error"):
+        # Names, dates and counts stay on one line; the issuer and the problem fold.
+        table.add_column(column, no_wrap=column not in ("issuer", "problem / last error"), overflow="fold")
     for r in rows:
         table.add_row(
             " ".join(r["names"]),
             r["key_type"] or "-",
             r["issuer"] or "-",
-            (r["not_after"] or "-")[:16].replace("T", " "),
+            (r["not_after"] or "-")[:10],
             "-" if r["days_left"] is None else f"{r['days_left']:.0f}",
-            (r["renew_at"] or "-")[:16].replace("T", " "),
+            (r["renew_at"] or "-")[:10],
             (r["next_check"] or "-")[:16].replace("T", " "),
             "; ".join(p for p in (r["problem"], r["last_error"]) if p),
         )
