@@ -25,7 +25,7 @@ demo: install
 bench: install
 	bench/run
 
-# Kill `certkeeper issue` before every one of its writes to the store (make test runs every 5th).
+# Kill `certkeeper issue` before every one of its writes to the store (make test runs every 7th).
 faults: install
 	CERTKEEPER_FAULT_SWEEP=full $(VENV)/pytest tests/test_fault_sweep.py $(PYTEST_ARGS)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -76,7 +78,14 @@ def killed_run(
     command = [sys.executable, "-m", "testbench.faults", str(store), str(kill_at)]
     command += [str(trace)] if trace else []
     run_env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))}
-    return subprocess.run([*command, "--", *args], env=run_env, capture_output=True, text=True, timeout=120)
+    with subprocess.Popen([*command, "--", *args], env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True) as run:  # fmt: skip
+        out, err = run.communicate(timeout=120)
+        # What the run started dies with it, as when cron or systemd kill its whole group: a deploy
+        # hook caught half-way must not finish after the test looked.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(run.args, run.returncode, out, err)
 
 
 def count_points(env: Env, store: Path, trace: Path, *args: str) -> int:

@@ -4,7 +4,7 @@ Every point of the write sequence is a place a SIGKILL, an OOM kill or a power c
 each, the next plain run must leave the store as an uninterrupted run does (``current`` and every
 link good, key and certificate from one issuance, no leftovers, nothing owed in the state), run the
 deploy hook once per certificate that became current, and order nothing again for a certificate
-that was already issued and kept. ``make test`` runs every STRIDE-th point; ``make faults``
+that was already issued and kept. ``make test`` runs every STRIDE-th point (and the last); ``make faults``
 (CERTKEEPER_FAULT_SWEEP=full) runs them all.
 """
 
@@ -20,7 +20,7 @@ from storecheck import consistency_problems, count_points, killed_run, orders_fo
 from testbench.ari import AcmeFront
 
 Env = dict[str, str]
-STRIDE = 5
+STRIDE = 7
 
 
 class Run(Protocol):  # conftest's ``certkeeper`` fixture
@@ -118,4 +118,46 @@ def test_renewal_killed_at_any_write_keeps_a_good_certificate_and_finishes(
             problems.append("the version that was current before was not kept")
         if problems:
             failures.append(f"killed before {steps[n - 1]}: {problems}")
+    assert not failures, "\n".join(failures)
+
+
+def test_several_certificates_killed_at_any_write_are_all_completed_by_the_next_run(
+    ari: AcmeFront, ari_env: Env, certkeeper: Run, tmp_path: Path
+) -> None:
+    """Three certificates in flight at once: the kill lands wherever the threads happen to be."""
+
+    def name_file(prefix: str) -> tuple[Path, list[str]]:
+        names = [f"{prefix}-{c}.many.test" for c in "abc"]
+        path = tmp_path / f"{prefix}.txt"
+        path.write_text("\n".join(names) + "\n")
+        return path, names
+
+    probe = tmp_path / "probe"
+    probe_file, _ = name_file("probe")
+    trace = tmp_path / "trace"
+    total = count_points({**ari_env, "CERTKEEPER_STORE": str(probe)}, probe, trace, "issue", "--file", str(probe_file))
+    failures = []
+    for n in points(total)[::2]:
+        store, calls = tmp_path / f"store{n}", tmp_path / f"calls{n}"
+        listed, names = name_file(f"p{n}")
+        env = {**ari_env, "CERTKEEPER_STORE": str(store)}
+        args = ("issue", "--deploy-hook", f'echo "$RENEWED_DOMAINS" >> {calls}', "--file", str(listed))
+        killed = killed_run(env, store, n, *args)
+        if killed.returncode != -9:
+            failures.append(f"{n}: not killed (exit {killed.returncode}) {killed.stderr[-300:]}")
+            continue
+        kept = {m for m in names if (store / m / "pending.json").exists() or (store / m / "current").exists()}
+        hooked = calls.read_text().splitlines() if calls.exists() else []
+        again = certkeeper(env, *args)
+        problems = [] if again.returncode == 0 else [f"the next run failed: {again.stderr.strip()}"]
+        ran = calls.read_text().splitlines() if calls.exists() else []
+        for name in names:
+            problems += [f"{name}: {p}" for p in consistency_problems(store / name, [name])] if not problems else []
+            if not (ran.count(name) == 1 or (name in hooked and ran.count(name) == 2)):
+                problems.append(f"{name}: the hook ran {ran.count(name)} times")
+            orders = orders_for(ari, name)
+            if (name in kept and orders != 1) or orders > 2:
+                problems.append(f"{name}: {orders} orders (kept by the killed run: {name in kept})")
+        if problems:
+            failures.append(f"killed at change {n} of {total}: {problems}")
     assert not failures, "\n".join(failures)
