@@ -24,6 +24,7 @@ What certkeeper reads is only ``current`` and the consumer links, whose targets 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -249,11 +250,7 @@ class FileStore:
         if not isinstance(meta, dict):
             meta_problem, meta = f"meta.json holds {type(meta).__name__}, not an object", {}
         stored = StoredCert.parse(key, cert, chain, meta)
-        if meta_problem:
-            from dataclasses import replace
-
-            stored = replace(stored, meta_problem=meta_problem)
-        return stored
+        return dataclasses.replace(stored, meta_problem=meta_problem) if meta_problem else stored
 
     def _version_numbers(self, versions: Path) -> list[int]:
         return sorted(int(p.name) for p in versions.iterdir() if p.name.isdigit() and not p.is_symlink() and p.is_dir())
