@@ -26,7 +26,7 @@ from storecheck import consistency_problems, count_points, killed_run, orders_fo
 
 from certkeeper.acme.account import account_id
 from testbench.ari import AcmeFront
-from testbench.pebble import free_port
+from testbench.pebble import Pebble, free_port
 
 Env = dict[str, str]
 
@@ -444,6 +444,14 @@ def test_leftovers_of_killed_runs_are_removed_at_the_next_run(env: Env, store: P
     assert certkeeper(env, "issue", "leftover.test").returncode == 0
     assert [p for p in planted if p.exists()] == []
     assert not (lineage / "versions" / ".new-abc123").exists() and not (store / "accounts" / ".new-k3y").exists()
+
+
+def test_a_failed_order_leaves_only_its_recorded_failure(
+    pebble: Pebble, make_env: Callable[..., Env], store: Path, certkeeper: Run
+) -> None:
+    wrong = make_env(pebble.directory_url, pebble.ca_bundle, free_port(), store)  # the CA cannot reach us
+    assert certkeeper(wrong, "issue", "unvalidated.test").returncode == 1
+    assert sorted(os.listdir(store / "unvalidated.test")) == [".lock", "state.json"]
 
 
 def test_force_after_an_interrupted_swap_keeps_the_last_version_that_was_current(

@@ -288,8 +288,14 @@ class Engine:
         )
         replaces = usable.info.ari_id if usable is not None and usable.info and window is not None else None
         log.info("ordering %s (%s)", " ".join(spec.names), decision.reason if decision.due else "forced")
-        issued = await self._in_thread(lambda: self._client().order(spec, key_pem, self.challenges, replaces=replaces))
-        check_replacement(issued, spec.names, None if self.force else usable)
+        try:
+            issued = await self._in_thread(
+                lambda: self._client().order(spec, key_pem, self.challenges, replaces=replaces)
+            )
+            check_replacement(issued, spec.names, None if self.force else usable)
+        except CertkeeperError:
+            await self._in_thread(self.store.drop_pending, lineage)  # the room set aside is not needed
+            raise
         try:
             kept = await self._in_thread(self.store.save_pending, lineage, issued)
         except OSError as error:

@@ -430,10 +430,11 @@ class FileStore:
             return None
 
     def drop_pending(self, lineage: str) -> None:
-        path = self._pending_path(lineage)
-        if os.path.lexists(path):
-            path.unlink()
-            _fsync_dir(path.parent)
+        """Forget a kept certificate (it is stored, or unusable) and any room set aside for one."""
+        for path in (self._pending_path(lineage), self.lineage_dir(lineage) / RESERVE):
+            if os.path.lexists(path):
+                path.unlink()
+                _fsync_dir(path.parent)
 
     # -- renewal state ---------------------------------------------------------------------------
 
