@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint unit bench cluster-bin clean mutate
+.PHONY: install demo test lint unit bench faults mutate cluster-bin clean
 
 install:
 	@scripts/install
@@ -28,6 +28,10 @@ bench: install
 # Mutation testing of the pure and fast modules (minutes; docs/testing.md has the scores).
 mutate: install
 	scripts/mutate
+
+# Kill `certkeeper issue` before every one of its writes to the store (make test runs every 7th).
+faults: install
+	CERTKEEPER_FAULT_SWEEP=full $(VENV)/pytest tests/test_fault_sweep.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache demo-store bench/out mutants

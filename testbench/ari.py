@@ -25,6 +25,7 @@ import datetime
 import json
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,12 +96,17 @@ class AcmeFront:
     new_order_html_status: int | None = None
     # Seconds more for every POST: the order's requests hang while the directory and nonces stay fast.
     post_delay_s: float = 0.0
+    accounts_created: list[str] = field(default_factory=list)  # URLs of accounts the CA registered (201)
+    # Called with (method, path) before each request is passed on: a test's way to act at an exact
+    # moment of an order (e.g. fill the disk when the certificate is downloaded). Runs on the front's loop.
+    before_request: Callable[[str, str], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _runner: web.AppRunner | None = None
     _session: aiohttp.ClientSession | None = None
     _new_order_path: str = ""
+    _new_account_path: str = ""
 
     @property
     def directory_url(self) -> str:
@@ -148,6 +154,8 @@ class AcmeFront:
             self.new_order_html_status = None
             self.requests.clear()
             self.orders.clear()
+            self.accounts_created.clear()
+            self.before_request = None
             self.renewal_info_queries.clear()
             self.windows.clear()
         self.window_in_future()
@@ -155,6 +163,10 @@ class AcmeFront:
     def recorded_orders(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self.orders)
+
+    def recorded_accounts(self) -> list[str]:
+        with self._lock:
+            return list(self.accounts_created)
 
     def recorded_requests(self) -> list[tuple[str, str]]:
         with self._lock:
@@ -227,7 +239,10 @@ class AcmeFront:
         with self._lock:
             self.requests.append((request.method, request.path_qs))
             delay = self.delay_s + (self.post_delay_s if request.method == "POST" else 0.0)
+            before = self.before_request
         await asyncio.sleep(delay)
+        if before is not None:
+            before(request.method, request.path)
         if request.method == "POST" and request.path == self._new_order_path and self.new_order_html_status:
             page = "<html><body><h1>Bad Gateway</h1></body></html>\n"
             return web.Response(status=self.new_order_html_status, text=page, content_type="text/html")
@@ -265,6 +280,9 @@ class AcmeFront:
                 and content_type.startswith("application/json")
             ):
                 payload = self._authorization_pending(payload)
+            if request.path == self._new_account_path and upstream.status == 201:
+                with self._lock:
+                    self.accounts_created.append(upstream.headers.get("Location", ""))
             if order is not None and upstream.status == 201:
                 # Only orders the CA created: a request refused for a stale nonce (Pebble rejects
                 # some at random) and sent again is one order, not two.
@@ -286,6 +304,7 @@ class AcmeFront:
         async with self._session.get(self.pebble.directory_url) as response:
             directory = await response.json()
         self._new_order_path = urlsplit(directory["newOrder"]).path
+        self._new_account_path = urlsplit(directory["newAccount"]).path
         app = web.Application()
         app.router.add_get(RENEWAL_INFO_PATH + "/{cert_id}", self._renewal_info)
         app.router.add_route("*", "/{tail:.*}", self._proxy)

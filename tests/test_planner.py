@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from certkeeper.model import RenewalWindow
+from certkeeper.model import RenewalState, RenewalWindow
 from certkeeper.planner import Plan, backstop_renewal, plan, retry_at
 from certkeeper.spec import CertSpec, KeyType
 from certkeeper.stores.base import StoredCert
@@ -205,7 +205,7 @@ def test_ari_retry_after_bounds_the_next_check() -> None:
 )
 def test_backoff_after_failures(failures: int, wait: datetime.timedelta) -> None:
     failed_at = T0 + 70 * DAY  # the certificate is due (past the backstop)
-    state = {"failures": failures, "last_failure": failed_at.isoformat()}
+    state = RenewalState(failures=failures, last_failure=failed_at)
     blocked = plan(SPEC, stored(), failed_at + wait - datetime.timedelta(seconds=1), state=state)
     assert not blocked.due and "backing off" in blocked.reason
     assert blocked.next_check == failed_at + wait
@@ -215,19 +215,19 @@ def test_backoff_after_failures(failures: int, wait: datetime.timedelta) -> None
 def test_backoff_honours_a_later_retry_after() -> None:
     failed_at = T0 + 70 * DAY
     later = failed_at + datetime.timedelta(hours=3)
-    state = {"failures": 1, "last_failure": failed_at.isoformat(), "retry_after": later.isoformat()}
+    state = RenewalState(failures=1, last_failure=failed_at, retry_after=later)
     assert not plan(SPEC, stored(), failed_at + datetime.timedelta(hours=2), state=state).due
     assert plan(SPEC, stored(), later, state=state).due
 
 
 def test_backoff_applies_to_a_missing_certificate_too() -> None:
-    state = {"failures": 2, "last_failure": T0.isoformat()}
+    state = RenewalState(failures=2, last_failure=T0)
     assert not plan(SPEC, None, T0 + datetime.timedelta(minutes=5), state=state).due
     assert plan(SPEC, None, T0 + datetime.timedelta(minutes=10), state=state).due
 
 
 def test_success_clears_backoff() -> None:
-    state = {"failures": 0, "last_failure": T0.isoformat()}
+    state = RenewalState(failures=0, last_failure=T0)
     assert plan(SPEC, None, T0, state=state).due
 
 
@@ -248,15 +248,15 @@ def test_still_good_says_when_and_looks_again_within_twelve_hours() -> None:
 
 
 def test_backing_off_is_not_due_and_says_why() -> None:
-    state = {"failures": 2, "last_failure": T0.isoformat()}
+    state = RenewalState(failures=2, last_failure=T0)
     expected = Plan(False, "no certificate yet; backing off after 2 failure(s)", None, T0 + 10 * MINUTE, True)
     assert plan(SPEC, None, T0 + MINUTE, state=state) == expected
 
 
 def test_no_backoff_without_a_recorded_failure() -> None:
-    assert retry_at({"last_failure": T0.isoformat()}) is None
-    assert retry_at({"failures": 3}) is None
-    assert retry_at({}) is None
+    assert retry_at(RenewalState(last_failure=T0)) is None
+    assert retry_at(RenewalState(failures=3)) is None
+    assert retry_at(RenewalState()) is None
 
 
 def test_the_exact_moments() -> None:

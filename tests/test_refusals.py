@@ -1,7 +1,8 @@
-"""Bad input is refused before any traffic to the CA; an unreachable CA is one clear line and no files."""
+"""Bad input is refused before any traffic to the CA; an unreachable CA is one line and a recorded failure."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Protocol
@@ -23,6 +24,14 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("certkeeper: error: ")
     return lines[0]
+
+
+def assert_only_failure_recorded(store: Path, lineage: str) -> None:
+    """No key, certificate or account: only the failure, so the next runs back off (and the account lock file)."""
+    written = sorted(p.relative_to(store).as_posix() for p in store.rglob("*") if p.is_file())
+    assert written == ["accounts/.lock", f"{lineage}/state.json"], written
+    state = json.loads((store / lineage / "state.json").read_text())
+    assert state["failures"] == 1 and state["next_check"] > state["last_failure"]
 
 
 @pytest.mark.parametrize(
@@ -92,7 +101,7 @@ def test_unreachable_ca_is_one_clear_line_and_writes_nothing(ari_env: Env, store
     assert f"cannot reach the CA at {closed}" in line
     assert "check --server" in line
     assert result.stdout == ""
-    assert not store.exists(), f"the store was written: {sorted(store.rglob('*'))}"
+    assert_only_failure_recorded(store, "offline.test")
 
 
 def test_untrusted_ca_tls_is_one_clear_line_and_writes_nothing(
@@ -104,4 +113,4 @@ def test_untrusted_ca_tls_is_one_clear_line_and_writes_nothing(
     assert result.returncode not in (0, 2)
     line = one_error_line(result)
     assert "cannot verify the TLS certificate of the CA" in line and "--ca-bundle" in line
-    assert not store.exists()
+    assert_only_failure_recorded(store, "tls.test")

@@ -7,6 +7,7 @@ client per thread; the HTTP-01 responder runs on the event loop and is shared by
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import logging
 import os
@@ -21,11 +22,12 @@ from typing import Any, Literal, Protocol, TypeVar
 from certkeeper.acme import Account, AccountStore, AcmeClient, ensure_account
 from certkeeper.crypto import generate_key, key_type_of
 from certkeeper.errors import CAError, CertkeeperError, ConfigError
-from certkeeper.model import CertInfo, IssuedCert, RenewalWindow
+from certkeeper.model import CertInfo, IssuedCert, RenewalState, RenewalWindow
 from certkeeper.planner import plan, retry_at
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.spec import CertSpec, IssuerSpec
-from certkeeper.stores.base import StoredCert, check_replacement
+from certkeeper.stores.base import Lock, StoredCert, check_replacement
+from certkeeper.stores.schema import meta_problem, to_meta
 from certkeeper.web import Responder, default_routes, start_responder
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,8 @@ T = TypeVar("T")
 
 # "deferred": due, but held back by backoff after failures (or the CA's Retry-After).
 Status = Literal["issued", "renewed", "unchanged", "deferred", "failed"]
+LOCK_POLL_S = 0.05  # a certificate another run holds is asked for again after this, doubling up to:
+MAX_LOCK_POLL_S = 1.0
 
 
 class CertStore(AccountStore, Protocol):
@@ -40,11 +44,26 @@ class CertStore(AccountStore, Protocol):
 
     def save(self, lineage: str, issued: IssuedCert, meta: dict[str, Any]) -> bool: ...
 
-    def load_state(self, lineage: str) -> dict[str, Any]: ...
+    def load_state(self, lineage: str) -> object: ...  # raw: RenewalState.from_dict checks it
 
     def save_state(self, lineage: str, state: dict[str, Any]) -> None: ...
 
     def location(self, lineage: str) -> str: ...
+
+    # Crash recovery (stores.base.StoreDefaults has the no-op versions).
+    def lock(self, lineage: str) -> Lock | None: ...  # None: another process holds it
+
+    def tidy(self, lineage: str) -> list[str]: ...
+
+    def check_writable(self, lineage: str) -> None: ...
+
+    def save_pending(self, lineage: str, issued: IssuedCert) -> str: ...
+
+    def load_pending(self, lineage: str) -> IssuedCert | None: ...
+
+    def drop_pending(self, lineage: str) -> None: ...
+
+    def rewrite_meta(self, lineage: str, meta: dict[str, Any]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -142,8 +161,15 @@ class Engine:
         try:
             if self._account is None:
                 self._account = await self._in_thread(ensure_account, self.issuer, self.store)
-        except CertkeeperError as error:
-            outcomes = [Outcome(s, "failed", str(error), None, 0.0) for s in specs]
+        except (CertkeeperError, OSError) as failure:
+            error = (
+                failure
+                if isinstance(failure, CertkeeperError)
+                else CertkeeperError(f"cannot keep the ACME account in the store ({failure.strerror or failure})")
+            )
+            # No account (the CA is down, say): each certificate records it like any failure, so
+            # the next runs back off instead of knocking at once.
+            outcomes = [await self._without_account(s, error) for s in specs]
             for outcome in outcomes:
                 if on_done:
                     on_done(outcome)
@@ -157,6 +183,26 @@ class Engine:
 
         return list(await asyncio.gather(*(one(s) for s in specs)))
 
+    async def _without_account(self, spec: CertSpec, error: CertkeeperError) -> Outcome:
+        started = time.monotonic()
+        state = await self._state(spec)
+        held = retry_at(state)
+        if held is not None and _now() < held and not self.force:
+            detail = f"backing off after {state.failures} failure(s); last error: {state.last_error}"
+            return Outcome(spec, "deferred", detail, None, 0.0, next_check=held)
+        return await self._failed(spec, error, started)
+
+    async def _state(self, spec: CertSpec) -> RenewalState:
+        try:
+            raw = await self._in_thread(self.store.load_state, spec.lineage)
+        except (OSError, CertkeeperError) as error:
+            log.warning("%s: cannot read the renewal state (%s); starting afresh", spec.lineage, error)
+            return RenewalState()
+        state, problems = RenewalState.from_dict(raw)
+        if problems:
+            log.info("%s: the renewal state is damaged (%s); it is rewritten", spec.lineage, "; ".join(problems))
+        return state
+
     def _renewal_window(self, stored: StoredCert | None) -> RenewalWindow | None:
         if stored is None or stored.info is None or stored.problem:
             return None
@@ -168,96 +214,167 @@ class Engine:
 
     async def _one(self, spec: CertSpec) -> Outcome:
         started = time.monotonic()
-        lineage = spec.lineage
-        state: dict[str, Any] = {}
+        lock: Lock | None = None
         try:
-            stored = await self._in_thread(self.store.load, lineage)
-            state = await self._in_thread(self.store.load_state, lineage)
-            window = await self._in_thread(self._renewal_window, stored)
-            decision = plan(spec, stored, _now(), window, state)
-            if not decision.due and not self.force:
-                state.update(next_check=decision.next_check.isoformat(), reason=decision.reason)
-                if decision.renew_at:
-                    state["renew_at"] = decision.renew_at.isoformat()
-                await self._in_thread(self.store.save_state, lineage, state)
-                info = stored.info if stored else None
-                if decision.held_back:
-                    last = state.get("last_error")
-                    detail = f"{decision.reason}" + (f"; last error: {last}" if last else "")
-                    return Outcome(spec, "deferred", detail, info, time.monotonic() - started,
-                                   next_check=decision.next_check)  # fmt: skip
-                return Outcome(spec, "unchanged", decision.reason, info, time.monotonic() - started,
+            lock = await self._lock(spec.lineage)
+            state = await self._state(spec)
+            return await self._locked(spec, state, started)
+        except CertkeeperError as error:
+            return await self._failed(spec, error, started)
+        except OSError as error:
+            why = error.strerror or str(error)
+            problem = CertkeeperError(f"cannot use the store at {self.store.location(spec.lineage)} ({why})")
+            return await self._failed(spec, problem, started)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    async def _lock(self, lineage: str) -> Lock:
+        """One run at a time per certificate: a second run waits, then finds it done."""
+        pause = LOCK_POLL_S
+        while (lock := await self._in_thread(self.store.lock, lineage)) is None:
+            if pause == LOCK_POLL_S:
+                log.info("%s: waiting for another certkeeper run working on it", lineage)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, MAX_LOCK_POLL_S)
+        return lock
+
+    async def _locked(self, spec: CertSpec, state: RenewalState, started: float) -> Outcome:
+        lineage = spec.lineage
+        for note in await self._in_thread(self.store.tidy, lineage):
+            log.info("%s: %s", lineage, note)
+        stored = await self._in_thread(self.store.load, lineage)
+        usable = stored if stored is not None and stored.usable else None
+        pending = await self._in_thread(self.store.load_pending, lineage)
+        if pending is not None:
+            try:
+                check_replacement(pending, spec.names, usable)
+            except CertkeeperError as refused:
+                log.info("%s: dropping the certificate kept from an earlier run (%s)", lineage, refused)
+                await self._in_thread(self.store.drop_pending, lineage)
+                pending = None
+        if pending is not None:
+            # Issued at an earlier run that could not store it: store those bytes, order nothing.
+            log.info("%s: storing the certificate issued at an earlier run", lineage)
+            return await self._store(spec, state, pending, usable, None, "issued at an earlier run", started)
+        window = await self._in_thread(self._renewal_window, stored)
+        decision = plan(spec, stored, _now(), window, state)
+        if not decision.due and not self.force:
+            damage = meta_problem(stored.meta, stored.meta_problem) if stored is not None and stored.usable else None
+            if stored is not None and stored.info and damage:
+                log.warning("%s: %s; rewritten from this run's options", lineage, damage)
+                meta = to_meta(spec, self.issuer, stored.info, None, _now())
+                await self._in_thread(self.store.rewrite_meta, lineage, meta)
+            state = dataclasses.replace(state, next_check=decision.next_check, reason=decision.reason,
+                                        renew_at=decision.renew_at or state.renew_at, names=spec.names,
+                                        directory_url=self.issuer.directory_url)  # fmt: skip
+            await self._in_thread(self.store.save_state, lineage, state.to_dict())
+            info = stored.info if stored else None
+            if decision.held_back:
+                last = state.last_error
+                detail = f"{decision.reason}" + (f"; last error: {last}" if last else "")
+                return Outcome(spec, "deferred", detail, info, time.monotonic() - started,
                                next_check=decision.next_check)  # fmt: skip
-            await self._ensure_responder()
-            usable = stored if stored is not None and stored.info is not None and not stored.problem else None
-            key_pem = (
-                usable.key_pem
-                if spec.reuse_key and usable is not None and key_type_of(usable.key_pem) == spec.key_type
-                else await self._in_thread(generate_key, spec.key_type)
-            )
-            has_ari = window is not None
-            replaces = usable.info.ari_id if usable is not None and usable.info and has_ari else None
-            log.info("ordering %s (%s)", " ".join(spec.names), decision.reason if decision.due else "forced")
+            await self._pending_hook(spec, state, info)
+            return Outcome(spec, "unchanged", decision.reason, info, time.monotonic() - started,
+                           next_check=decision.next_check)  # fmt: skip
+        # Prove the store takes the result before asking the CA for it (and set room aside to keep it).
+        await self._in_thread(self.store.check_writable, lineage)
+        await self._ensure_responder()
+        key_pem = (
+            usable.key_pem
+            if spec.reuse_key and usable is not None and key_type_of(usable.key_pem) == spec.key_type
+            else await self._in_thread(generate_key, spec.key_type)
+        )
+        replaces = usable.info.ari_id if usable is not None and usable.info and window is not None else None
+        log.info("ordering %s (%s)", " ".join(spec.names), decision.reason if decision.due else "forced")
+        try:
             issued = await self._in_thread(
                 lambda: self._client().order(spec, key_pem, self.challenges, replaces=replaces)
             )
             check_replacement(issued, spec.names, None if self.force else usable)
-            changed = await self._in_thread(self.store.save, lineage, issued, self._meta(spec, issued, replaces))
-            # check_replacement already matched key and certificate: plan from the parsed facts.
-            after = plan(spec, StoredCert(issued.key_pem, issued.cert_pem, issued.chain_pem, issued.info), _now())
-            state = {
-                "failures": 0,
-                "next_check": after.next_check.isoformat(),
-                "renew_at": after.renew_at.isoformat() if after.renew_at else None,
-                "reason": after.reason,
-                "last_success": _now().isoformat(),
-            }
-            await self._in_thread(self.store.save_state, lineage, state)
-            status: Status = "renewed" if usable is not None else "issued"
-            if changed and self.deploy_hook:
-                await self._in_thread(run_deploy_hook, self.deploy_hook, self.store.location(lineage), spec.names)
-            return Outcome(spec, status, decision.reason if decision.due else "forced", issued.info,
-                           time.monotonic() - started, changed=changed, next_check=after.next_check)  # fmt: skip
-        except CertkeeperError as error:
-            return await self._failed(spec, state, error, started)
+        except CertkeeperError:
+            await self._in_thread(self.store.drop_pending, lineage)  # the room set aside is not needed
+            raise
+        try:
+            kept = await self._in_thread(self.store.save_pending, lineage, issued)
+        except OSError as error:
+            kept = f"nowhere: keeping it failed too ({error.strerror})"
+        reason = decision.reason if decision.due else "forced"
+        return await self._store(spec, state, issued, usable, replaces, reason, started, kept)
 
-    async def _failed(self, spec: CertSpec, state: dict[str, Any], error: CertkeeperError, started: float) -> Outcome:
+    async def _store(
+        self,
+        spec: CertSpec,
+        state: RenewalState,
+        issued: IssuedCert,
+        usable: StoredCert | None,
+        replaces: str | None,
+        reason: str,
+        started: float,
+        kept: str | None = None,
+    ) -> Outcome:
+        lineage = spec.lineage
+        try:
+            if self.deploy_hook:
+                # Before the swap: a run killed after it still runs the hook at the next run.
+                state = dataclasses.replace(state, hook_pending=issued.info.fingerprint)
+                await self._in_thread(self.store.save_state, lineage, state.to_dict())
+            meta = to_meta(spec, self.issuer, issued.info, replaces, _now())
+            changed = await self._in_thread(self.store.save, lineage, issued, meta)
+        except (OSError, CertkeeperError) as error:
+            why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            where = kept or self.store.location(lineage)
+            raise CertkeeperError(
+                f"the certificate was issued (serial {issued.info.serial}) but could not be stored ({why})",
+                f"it is kept in {where}: fix the store and run again; it is stored then without a new order"
+                if not where.startswith("nowhere")
+                else f"it was kept {where}; fix the store",
+            ) from None
+        await self._in_thread(self.store.drop_pending, lineage)
+        # check_replacement already matched key and certificate: plan from the parsed facts.
+        after = plan(spec, StoredCert(issued.key_pem, issued.cert_pem, issued.chain_pem, issued.info), _now())
+        state = RenewalState(next_check=after.next_check, renew_at=after.renew_at, reason=after.reason,
+                             last_success=_now(), hook_pending=state.hook_pending, names=spec.names,
+                             directory_url=self.issuer.directory_url)  # fmt: skip
+        await self._in_thread(self.store.save_state, lineage, state.to_dict())
+        await self._pending_hook(spec, state, issued.info)
+        status: Status = "renewed" if usable is not None else "issued"
+        return Outcome(spec, status, reason, issued.info, time.monotonic() - started, changed=changed,
+                       next_check=after.next_check)  # fmt: skip
+
+    async def _pending_hook(self, spec: CertSpec, state: RenewalState, info: CertInfo | None) -> None:
+        """Run the deploy hook owed for the stored certificate (until it succeeds), then forget it."""
+        if not state.hook_pending or not self.deploy_hook:
+            return
+        if info is None or info.fingerprint != state.hook_pending:
+            # The swap it was recorded for never happened: nothing new to deploy.
+            await self._in_thread(self.store.save_state, spec.lineage,
+                                  dataclasses.replace(state, hook_pending=None).to_dict())  # fmt: skip
+            return
+        await self._in_thread(run_deploy_hook, self.deploy_hook, self.store.location(spec.lineage), spec.names)
+        await self._in_thread(self.store.save_state, spec.lineage,
+                              dataclasses.replace(state, hook_pending=None).to_dict())  # fmt: skip
+
+    async def _failed(self, spec: CertSpec, error: CertkeeperError, started: float) -> Outcome:
+        state = await self._state(spec)  # as last recorded (a hook still owed, say), plus this failure
         if isinstance(error, ConfigError):
             # Nothing reached the CA: no rate limit to protect, so the next run may try at once.
-            state["last_error"] = str(error)
+            state = dataclasses.replace(state, last_error=str(error))
         else:
-            failures = int(state.get("failures", 0)) + 1
-            state.update(failures=failures, last_failure=_now().isoformat(), last_error=str(error))
+            state = dataclasses.replace(state, failures=state.failures + 1, last_failure=_now(), last_error=str(error))
         if isinstance(error, CAError) and error.acme_type == "rateLimited":
             # Honour the CA's Retry-After; without one, an hour (Let's Encrypt's windows are hours long).
             wait = error.retry_after if error.retry_after is not None else 3600.0
-            state["retry_after"] = (_now() + datetime.timedelta(seconds=wait)).isoformat()
+            state = dataclasses.replace(state, retry_after=_now() + datetime.timedelta(seconds=wait))
         next_try = retry_at(state)
         if next_try:
-            state["next_check"] = next_try.isoformat()
+            state = dataclasses.replace(state, next_check=next_try)
+        state = dataclasses.replace(state, names=spec.names, directory_url=self.issuer.directory_url)
+        detail = str(error)
         try:
-            await self._in_thread(self.store.save_state, spec.lineage, state)
+            await self._in_thread(self.store.save_state, spec.lineage, state.to_dict())
         except (OSError, CertkeeperError) as save_error:
-            log.warning("cannot record the failure for %s: %s", spec.lineage, save_error)
-        return Outcome(spec, "failed", str(error), None, time.monotonic() - started, next_check=next_try)
-
-    def _meta(self, spec: CertSpec, issued: IssuedCert, replaces: str | None) -> dict[str, Any]:
-        info = issued.info
-        return {
-            "names": list(spec.names),
-            "key_type": spec.key_type.value,
-            "reuse_key": spec.reuse_key,
-            "profile": spec.profile,
-            "preferred_chain": spec.preferred_chain,
-            "issuer": info.issuer,
-            "serial": info.serial,
-            "not_before": info.not_before.isoformat(),
-            "not_after": info.not_after.isoformat(),
-            "ari_id": info.ari_id,
-            "fingerprint": info.fingerprint,
-            "replaces": replaces,
-            "directory_url": self.issuer.directory_url,
-            "ca_bundle": self.issuer.ca_bundle,
-            "email": self.issuer.email,
-            "issued_at": _now().isoformat(),
-        }
+            why = save_error.strerror if isinstance(save_error, OSError) else str(save_error)
+            detail += f" (and the failure could not be recorded: {why})"
+        return Outcome(spec, "failed", detail, None, time.monotonic() - started, next_check=next_try)

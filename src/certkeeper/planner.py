@@ -8,10 +8,9 @@ from __future__ import annotations
 import datetime
 import hashlib
 from dataclasses import dataclass
-from typing import Any
 
 from certkeeper.crypto import key_type_of
-from certkeeper.model import RenewalWindow
+from certkeeper.model import RenewalState, RenewalWindow
 from certkeeper.spec import CertSpec
 from certkeeper.stores.base import StoredCert
 
@@ -42,15 +41,13 @@ def backstop_renewal(not_before: datetime.datetime, not_after: datetime.datetime
     return not_after - remaining - lifetime * 0.02 * _fraction(seed)
 
 
-def retry_at(state: dict[str, Any]) -> datetime.datetime | None:
+def retry_at(state: RenewalState) -> datetime.datetime | None:
     """When the last failure allows another attempt (the CA's Retry-After wins if later)."""
-    failures = int(state.get("failures", 0))
-    if not failures or "last_failure" not in state:
+    if not state.failures or state.last_failure is None:
         return None
-    last = datetime.datetime.fromisoformat(state["last_failure"])
-    at = last + datetime.timedelta(seconds=BACKOFF_S[min(failures, len(BACKOFF_S)) - 1])
-    if state.get("retry_after"):
-        at = max(at, datetime.datetime.fromisoformat(state["retry_after"]))
+    at = state.last_failure + datetime.timedelta(seconds=BACKOFF_S[min(state.failures, len(BACKOFF_S)) - 1])
+    if state.retry_after is not None:
+        at = max(at, state.retry_after)
     return at
 
 
@@ -59,14 +56,14 @@ def plan(
     stored: StoredCert | None,
     now: datetime.datetime,
     window: RenewalWindow | None = None,
-    state: dict[str, Any] | None = None,
+    state: RenewalState | None = None,
 ) -> Plan:
-    state = state or {}
+    state = state or RenewalState()
     blocked_until = retry_at(state)
 
     def due(reason: str) -> Plan:
         if blocked_until is not None and now < blocked_until:
-            why = f"{reason}; backing off after {state.get('failures')} failure(s)"
+            why = f"{reason}; backing off after {state.failures} failure(s)"
             return Plan(False, why, None, blocked_until, held_back=True)
         return Plan(True, reason, None, now)
 

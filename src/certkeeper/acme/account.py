@@ -27,6 +27,9 @@ class Account:
     directory_url: str
     url: str
     key_pem: bytes
+    # False when the URL was not recorded together with this key (a store written by an older
+    # version, where two first runs could pair one registration's key with the other's URL).
+    verified: bool = True
 
     def __repr__(self) -> str:  # the key must never reach a log line
         return f"Account(directory_url={self.directory_url!r}, url={self.url!r})"
@@ -44,29 +47,79 @@ def jwk_from_pem(key_pem: bytes) -> JWK:
     return JWKRSA(key=key)
 
 
+def key_thumbprint(key_pem: bytes) -> str:
+    """SHA-256 of the public key, recorded beside the account URL to tell whether they belong together."""
+    from cryptography.hazmat.primitives import serialization
+
+    public = load_key(key_pem).public_key()
+    spki = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).hexdigest()
+
+
 def account_id(directory_url: str) -> str:
     """A stable, file-name-safe key for one CA's account."""
     return hashlib.sha256(directory_url.encode()).hexdigest()[:16]
 
 
+class Lock(Protocol):
+    def release(self) -> None: ...
+
+
 class AccountStore(Protocol):
-    """Where the account key and URL live: files beside the store, or a Kubernetes Secret."""
+    """Where the account key and URL live (as one unit): files beside the store, or a Kubernetes Secret."""
 
     def load_account(self, directory_url: str) -> Account | None: ...
 
     def save_account(self, account: Account) -> None: ...
 
+    def account_lock(self, directory_url: str) -> Lock: ...
+
 
 def ensure_account(issuer: IssuerSpec, store: AccountStore) -> Account:
-    """The stored account for this CA, or a new one registered and saved (terms agreed)."""
-    existing = store.load_account(issuer.directory_url)
-    if existing is not None:
-        return existing
-    key_pem = generate_key(KeyType.EC_P256)
+    """The stored account for this CA, or a new one registered and saved (terms agreed).
+
+    Runs under the store's account lock, so processes starting at once register one account.
+    """
+    lock = store.account_lock(issuer.directory_url)
+    try:
+        existing = store.load_account(issuer.directory_url)
+        if existing is not None and existing.verified:
+            return existing
+        return _register(issuer, store, existing)
+    finally:
+        lock.release()
+
+
+def _lookup(client: acme_client.ClientV2) -> str | None:
+    """RFC 8555 §7.3.1: the URL of the account this key already has at the CA, or None."""
+    try:
+        client.new_account(messages.NewRegistration(only_return_existing=True))
+    except acme_errors.ConflictError as existing:
+        return str(existing.location)
+    except messages.Error as error:
+        if error.code == "accountDoesNotExist":
+            return None
+        raise translate(error) from error
+    except Exception as error:
+        raise translate(error) from error
+    return None
+
+
+def _register(issuer: IssuerSpec, store: AccountStore, stale: Account | None) -> Account:
+    key_pem = stale.key_pem if stale is not None else generate_key(KeyType.EC_P256)
     jwk = jwk_from_pem(key_pem)
     net = make_network(jwk, issuer.ca_bundle)
     directory = fetch_directory(issuer, net)
     client = acme_client.ClientV2(directory, net)
+    if stale is not None:
+        # The stored URL may not be this key's: ask the CA which account the key has.
+        found = _lookup(client)
+        if found is not None:
+            account = Account(directory_url=issuer.directory_url, url=found, key_pem=key_pem)
+            store.save_account(account)
+            if found != stale.url:
+                log.warning("the stored ACME account URL did not belong to its key; repaired (%s)", found)
+            return account
     eab = None
     if issuer.eab_kid and issuer.eab_hmac_key:
         try:

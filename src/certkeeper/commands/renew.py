@@ -2,14 +2,65 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
-from certkeeper.clikit import fail
 from certkeeper.commands.common import EngineOptions, engine_options, report, run_engine, store_option
+from certkeeper.crypto import key_type_of
 from certkeeper.engine import Outcome
 from certkeeper.errors import CertkeeperError
+from certkeeper.model import RenewalState
 from certkeeper.spec import CertSpec, IssuerSpec, KeyType
+from certkeeper.stores.base import StoredCert
 from certkeeper.stores.files import FileStore
+from certkeeper.stores.schema import MetaError, StoredChoices, from_meta
+
+
+def recover(lineage: str, stored: StoredCert | None, state: RenewalState, files: FileStore) -> StoredChoices | None:
+    """The choices to renew with when meta.json is damaged: names from state.json or the certificate."""
+    pending = files.load_pending(lineage)
+    certified = stored.info if stored and stored.info else pending.info if pending else None
+    names = list(state.names) or (list(certified.names) if certified else [])
+    first = lineage.replace("_", "*", 1) if lineage.startswith("_.") else lineage
+    if first not in names:
+        return None
+    names.remove(first)
+    accounts = files.account_directories()
+    directory_url = state.directory_url or (accounts[0] if len(accounts) == 1 else None)
+    if directory_url is None:
+        return None
+    key_type = KeyType.EC_P256
+    if stored is not None and stored.key_pem:
+        with contextlib.suppress(CertkeeperError):
+            key_type = key_type_of(stored.key_pem) or key_type
+    return StoredChoices(CertSpec((first, *names), key_type), directory_url, None, None)
+
+
+def choices_of(lineage: str, files: FileStore) -> tuple[StoredChoices | None, list[str]]:
+    """What to renew a lineage with, and the problems found on the way (each one line)."""
+    stored = files.load(lineage)
+    state, damaged = RenewalState.from_dict(files.load_state(lineage))
+    problems = [f"state.json is damaged ({'; '.join(damaged)}); it is rewritten"] if damaged else []
+    if stored is None and not state.names and files.load_pending(lineage) is None:
+        return None, problems  # a first issuance that failed before this version recorded names: nothing to renew
+    try:
+        if stored is None:
+            raise MetaError("no certificate stored yet")
+        if stored.info is None and not stored.meta and stored.problem:
+            raise MetaError(f"its files cannot be read ({stored.problem})")
+        if stored.meta_problem:
+            raise MetaError(stored.meta_problem)
+        return from_meta(stored.meta), problems
+    except MetaError as error:
+        choices = recover(lineage, stored, state, files)
+        if choices is None:
+            problems.append(f"{error}, and its names cannot be recovered; issue it again with certkeeper issue NAMES")
+        elif stored is not None and "refusing to use" not in (stored.problem or ""):
+            # Not for a first issuance that failed (renew tries it again), nor for a refused store
+            # path (the run reports that itself).
+            problems.append(f"{error}; renewing it for {' '.join(choices.spec.names)} at {choices.directory_url}")
+        return choices, problems
 
 
 @click.command()
@@ -22,25 +73,26 @@ def renew(store: str, engine: EngineOptions) -> None:
     """
     files = FileStore(store)
     by_issuer: dict[IssuerSpec, list[CertSpec]] = {}
-    try:
-        for lineage in files.lineages():
-            current = files.load(lineage)
-            if current is None or not current.meta:
-                click.echo(f"certkeeper: warning: {lineage}: no readable metadata; issue it again", err=True)
-                continue
-            meta = current.meta
-            issuer = IssuerSpec(
-                meta["directory_url"], meta.get("email"), ca_bundle=engine.ca_bundle or meta.get("ca_bundle")
-            )
-            spec = CertSpec(tuple(meta["names"]), KeyType.parse(meta.get("key_type", "ec-p256")),
-                            bool(meta.get("reuse_key")), meta.get("profile"), meta.get("preferred_chain"))  # fmt: skip
-            by_issuer.setdefault(issuer, []).append(spec)
-    except CertkeeperError as error:
-        fail(str(error))
-    if not by_issuer:
+    troubled = False
+    for lineage in files.lineages():
+        choices, problems = choices_of(lineage, files)
+        for problem in problems:
+            click.echo(f"certkeeper: error: {lineage}: {problem}", err=True)
+        troubled = troubled or bool(problems)
+        if choices is None:
+            continue
+        try:
+            issuer = IssuerSpec(choices.directory_url, choices.email, ca_bundle=engine.ca_bundle or choices.ca_bundle)
+        except CertkeeperError as error:
+            click.echo(f"certkeeper: error: {lineage}: {error}", err=True)
+            troubled = True
+            continue
+        by_issuer.setdefault(issuer, []).append(choices.spec)
+    if not by_issuer and not troubled:
         click.echo(f"no certificates in {store}; use `certkeeper issue NAME...` first")
         raise SystemExit(0)
     outcomes: list[Outcome] = []
     for issuer, specs in by_issuer.items():
         outcomes += run_engine(issuer, files, specs, engine)
-    raise SystemExit(report(outcomes, files))
+    code = report(outcomes, files) if outcomes else 0
+    raise SystemExit(1 if troubled else code)

@@ -9,7 +9,13 @@ from typing import Any
 import click
 
 from certkeeper.commands.common import store_option
+from certkeeper.model import RenewalState
 from certkeeper.stores.files import FileStore
+from certkeeper.stores.schema import meta_problem
+
+
+def _iso(value: datetime.datetime | None) -> str | None:
+    return value.isoformat() if value else None
 
 
 def collect(files: FileStore) -> list[dict[str, Any]]:
@@ -17,21 +23,30 @@ def collect(files: FileStore) -> list[dict[str, Any]]:
     rows = []
     for lineage in files.lineages():
         current = files.load(lineage)
-        state = files.load_state(lineage)
+        state, damaged = RenewalState.from_dict(files.load_state(lineage))
         info = current.info if current else None
         meta = current.meta if current else {}
+        meta_names = meta.get("names") if isinstance(meta.get("names"), list) else None
+        problems = [current.problem if current else "no certificate yet"]
+        problems += [meta_problem(current.meta, current.meta_problem) if current and current.usable else None]
+        problems += [f"state.json is damaged ({'; '.join(damaged)})" if damaged else None]
+        if files.load_pending(lineage) is not None:
+            problems.append("an issued certificate waits to be stored (the next run stores it)")
+        if state.hook_pending and info and state.hook_pending == info.fingerprint:
+            problems.append("the deploy hook has not yet succeeded for this certificate")
+        key_type = meta.get("key_type")
         rows.append({
             "lineage": lineage,
-            "names": list(info.names) if info else meta.get("names", []),
-            "key_type": meta.get("key_type"),
+            "names": list(info.names) if info else [str(n) for n in meta_names or state.names or [lineage]],
+            "key_type": key_type if isinstance(key_type, str) else None,
             "issuer": info.issuer if info else None,
             "serial": info.serial if info else None,
             "not_after": info.not_after.isoformat() if info else None,
             "days_left": round((info.not_after - now).total_seconds() / 86400, 1) if info else None,
-            "renew_at": state.get("renew_at"),
-            "next_check": state.get("next_check"),
-            "problem": current.problem if current else "no certificate yet",
-            "last_error": state.get("last_error") if state.get("failures") else None,
+            "renew_at": _iso(state.renew_at),
+            "next_check": _iso(state.next_check),
+            "problem": "; ".join(p for p in problems if p) or None,
+            "last_error": state.last_error if state.failures else None,
             "path": files.location(lineage),
         })  # fmt: skip
     return rows
@@ -53,17 +68,18 @@ def status(store: str, as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(title=f"certkeeper status: {store}")
-    table.add_column("names", no_wrap=True)
-    for column in ("key", "issuer", "expires", "days left", "renews", "last error"):
-        table.add_column(column, overflow="fold")
+    for column in ("names", "key", "issuer", "expires", "days left", "renews", "next attempt", "problem / last error"):
+        # Names, dates and counts stay on one line; the issuer and the problem fold.
+        table.add_column(column, no_wrap=column not in ("issuer", "problem / last error"), overflow="fold")
     for r in rows:
         table.add_row(
             " ".join(r["names"]),
             r["key_type"] or "-",
             r["issuer"] or "-",
-            (r["not_after"] or "-")[:16].replace("T", " "),
+            (r["not_after"] or "-")[:10],
             "-" if r["days_left"] is None else f"{r['days_left']:.0f}",
-            (r["renew_at"] or "-")[:16].replace("T", " "),
-            r["last_error"] or r["problem"] or "",
+            (r["renew_at"] or "-")[:10],
+            (r["next_check"] or "-")[:16].replace("T", " "),
+            "; ".join(p for p in (r["problem"], r["last_error"]) if p),
         )
     Console(width=max(160, Console().width)).print(table)

@@ -28,7 +28,7 @@ from lightkube.types import PatchType
 from certkeeper.acme.account import Account
 from certkeeper.errors import CertkeeperError
 from certkeeper.model import IssuedCert
-from certkeeper.stores.base import StoredCert
+from certkeeper.stores.base import StoredCert, StoreDefaults
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -97,7 +97,7 @@ def digest_of(secret: Secret | None) -> str:
     return secret.data.get("proxycert") or secret.data.get("tls.crt") or ""
 
 
-class SecretStore:
+class SecretStore(StoreDefaults):
     def __init__(
         self,
         client: Client,
@@ -107,6 +107,7 @@ class SecretStore:
         secret_type: str | None = None,
         account_secret_name: str | None = None,
     ) -> None:
+        super().__init__()
         self.client = client
         self.namespace = namespace
         self.secret_name = secret_name
