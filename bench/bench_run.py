@@ -16,7 +16,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,11 +29,11 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Secret, ServiceAccount
 
 from testbench import cluster as bench
+from testbench.command import CERTKEEPER
 from testbench.pebble import Pebble, start_pebble
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
-CERTKEEPER = str(Path(sys.executable).with_name("certkeeper"))
 TARGET_STARTUP_S = 3.0
 TARGET_IDLE_RSS_MB = 80.0
 SETTLE_S = 5.0

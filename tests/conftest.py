@@ -11,23 +11,19 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from testbench.ari import AcmeFront, start_front
+from testbench.command import CERTKEEPER
 from testbench.pebble import Pebble, start_pebble
 
 Env = dict[str, str]
 MakeEnv = Callable[[str, "str | Path", int, Path], Env]
 Run = Callable[..., "subprocess.CompletedProcess[str]"]
-
-_BESIDE_PYTHON = Path(sys.executable).with_name("certkeeper")
-CERTKEEPER = str(_BESIDE_PYTHON) if _BESIDE_PYTHON.exists() else (shutil.which("certkeeper") or "certkeeper")
 
 
 def _make_env(directory_url: str, ca_bundle: str | Path, http_port: int, store: Path) -> Env:

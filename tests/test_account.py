@@ -8,11 +8,11 @@ import subprocess
 from pathlib import Path
 from typing import Protocol
 
-from conftest import CERTKEEPER
 from cryptography.hazmat.primitives.asymmetric import ec
 from storecheck import consistency_problems, orders_for
 
 from testbench.ari import AcmeFront
+from testbench.command import CERTKEEPER
 from testbench.pebble import free_port
 from testbench.pki import key_pem
 

@@ -10,7 +10,6 @@ import http.server
 import json
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,10 +19,10 @@ from typing import Protocol
 import pytest
 
 from testbench.ari import AcmeFront
+from testbench.command import CERTKEEPER
 from testbench.pebble import Pebble
 
 Env = dict[str, str]
-CERTKEEPER = str(Path(sys.executable).with_name("certkeeper"))
 
 
 class Run(Protocol):  # conftest's ``certkeeper`` fixture

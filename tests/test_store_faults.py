@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
-from conftest import CERTKEEPER
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from storecheck import consistency_problems, count_points, killed_run, orders_for, serial_of
 
 from certkeeper.acme.account import account_id
 from testbench.ari import AcmeFront
+from testbench.command import CERTKEEPER
 from testbench.pebble import Pebble, free_port
 
 Env = dict[str, str]

@@ -11,13 +11,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-CERTKEEPER = str(Path(sys.executable).with_name("certkeeper"))
+from testbench.command import CERTKEEPER
 
 Env = dict[str, str]
 

@@ -6,7 +6,6 @@ import base64
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -20,9 +19,9 @@ from lightkube import Client
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Pod, ReplicationController, Secret
 
+from testbench.command import CERTKEEPER
 from testbench.pebble import Pebble
 
-CERTKEEPER = str(Path(sys.executable).with_name("certkeeper"))
 DOMAINS = "example.com foo.example.com"
 SECRET = "certs-example.com"
 RC = "nginx-ssl-proxy-api"
