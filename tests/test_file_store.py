@@ -14,13 +14,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from certkeeper.acme.account import Account, account_id
+from certkeeper.acme.account import Account, account_id, key_thumbprint
 from certkeeper.crypto import cert_info
 from certkeeper.errors import ConfigError
 from certkeeper.model import IssuedCert
 from certkeeper.stores.files import FILES, FileStore, write_atomic
-from testbench.pki import TestCA
+from testbench.pki import TestCA, key_pem
 
 _CA = TestCA("file store test CA")
 DIRECTORY = "https://ca.test/directory"
@@ -99,14 +100,15 @@ def test_lineages_are_the_directories_holding_a_certificate_or_state(tmp_path: P
     assert files.lineages() == ["a.test", "b.test"]
 
 
-def test_an_unreadable_version_is_reported_not_raised(tmp_path: Path) -> None:
+def test_an_unreadable_meta_is_reported_and_the_certificate_kept(tmp_path: Path) -> None:
     files = FileStore(tmp_path / "store")
     files.save("files.test", issued(1), {"names": ["files.test"]})
     (tmp_path / "store" / "files.test" / "current" / "meta.json").write_text("{not json")
     loaded = files.load("files.test")
-    assert loaded is not None and loaded.info is None
-    assert loaded.problem is not None and loaded.problem.startswith("unreadable: ")
-    assert (loaded.key_pem, loaded.cert_pem, loaded.chain_pem, loaded.meta) == (b"", b"", b"", {})
+    # The PEM files are the certificate; a broken meta.json loses only the bookkeeping.
+    assert loaded is not None and loaded.info is not None and loaded.problem is None
+    assert loaded.meta == {} and loaded.meta_problem is not None
+    assert loaded.meta_problem.startswith("meta.json is unreadable")
 
 
 def test_renewal_state_round_trips(tmp_path: Path) -> None:
@@ -118,21 +120,32 @@ def test_renewal_state_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "store" / "files.test" / "state.json"
     assert path.read_text() == json.dumps(state, indent=2, sort_keys=True)
     path.write_text("{half")
-    assert files.load_state("files.test") == {}, "a broken state is forgotten, not fatal"
+    broken = files.load_state("files.test")
+    assert isinstance(broken, str) and broken.startswith("unreadable ("), "a broken state is reported, not fatal"
+
+
+def new_key() -> bytes:
+    return key_pem(ec.generate_private_key(ec.SECP256R1()))
 
 
 def test_the_account_is_kept_beside_the_certificates(tmp_path: Path) -> None:
     files = FileStore(tmp_path / "store")
-    account = Account(directory_url=DIRECTORY, url="https://ca.test/acct/1", key_pem=b"-----KEY-----\n")
-    files.save_account(Account(directory_url=DIRECTORY, url="https://ca.test/acct/0", key_pem=b"old"))
+    account = Account(directory_url=DIRECTORY, url="https://ca.test/acct/1", key_pem=new_key())
+    files.save_account(
+        Account(
+            directory_url=DIRECTORY,
+            url="https://ca.test/acct/0",
+            key_pem=new_key(),
+        )
+    )
     files.save_account(account)
     assert files.load_account(DIRECTORY) == account
     assert files.load_account("https://other.test/directory") is None
     folder = tmp_path / "store" / "accounts" / account_id(DIRECTORY)
     assert mode(folder) == 0o700 and mode(folder / "key.pem") == 0o600
-    assert (folder / "account.json").read_text() == json.dumps(
-        {"url": account.url, "directory_url": DIRECTORY}, indent=2
-    )
+    written = json.loads((folder / "account.json").read_text())
+    assert written["url"] == account.url and written["directory_url"] == DIRECTORY
+    assert written["key_thumbprint"] == key_thumbprint(account.key_pem), "the URL is tied to its key"
     (folder / "account.json").write_text("{}")
     assert files.load_account(DIRECTORY) is None, "an account without its URL is no account"
     assert files.lineages() == [], "the accounts folder is not a certificate"

@@ -45,7 +45,7 @@ def test_an_authorization_pending_forever_fails_at_the_order_deadline(ari: AcmeF
     assert isinstance(error, CAError), f"expected a CA error, got {error!r}"
     assert isinstance(error, CertkeeperError)
     text = str(error)
-    assert "did not finish validation in time" in text and "\n" not in text
+    assert "did not finish the order within" in text and "\n" not in text
     assert not challenges, "the challenge token was left published"
     # Polls back off (100 ms growing by 1.5x): a few, not a busy loop.
     assert 2 <= len(polled) <= 15, polled

@@ -48,7 +48,12 @@ def message(call: object, *args: object, **kwargs: object) -> str:
         ),
         ("host", "'host' is a single-label name: a public CA needs a full name like host.example.com"),
         ("host.42", "'host.42' ends in a numeric label: give a DNS name, not an address"),
-        ("xn--a.\udcff.test", "'xn--a.\\udcff.test' is not a valid internationalized domain name"),
+        (
+            "xn--a.\udcff.test",
+            "'xn--a.\\udcff.test' is not a valid internationalized domain name (Codepoint U+DCFF not allowed "
+            "at position 7 in 'xn--a.\\udcff.test'): check the spelling; names are converted by IDNA 2008 "
+            "(UTS 46) as browsers do",
+        ),
     ],
 )
 def test_each_refused_name_says_why_and_what_to_do(raw: str, says: str) -> None:

@@ -76,9 +76,10 @@ def test_no_final_name_is_ever_opened_for_writing(
         assert lineage / "state.json" in arrived, "state.json did not arrive by rename"
         assert lineage / "current" in arrived, "current was not swapped by rename"
 
-    # The account and every file of each version arrived under its final name by a rename too.
-    account = next((store / "accounts").iterdir())
+    # The account and every version arrived under its final name by a rename too.
+    account = next(p for p in (store / "accounts").iterdir() if not p.name.startswith("."))
     arrived_first = {Path(dst) for _, dst in first.renames}
-    assert {account / "key.pem", account / "account.json"} <= arrived_first
+    assert account in arrived_first, "the account (key and URL as one directory) was not renamed into place"
+    assert {p.name for p in account.iterdir()} == {"key.pem", "account.json"}
     versions = {Path(dst) for _, dst in first.renames + again.renames if Path(dst).parent == lineage / "versions"}
     assert versions == {lineage / "versions" / "1", lineage / "versions" / "2"}, versions

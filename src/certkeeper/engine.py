@@ -315,6 +315,7 @@ class Engine:
         kept: str | None = None,
     ) -> Outcome:
         lineage = spec.lineage
+        owed = state.hook_pending  # a hook still owed from before this certificate
         try:
             if self.deploy_hook:
                 # Before the swap: a run killed after it still runs the hook at the next run.
@@ -332,6 +333,9 @@ class Engine:
                 else f"it was kept {where}; fix the store",
             ) from None
         await self._in_thread(self.store.drop_pending, lineage)
+        if not changed:
+            # The CA sent back the certificate already stored: consumers have nothing new to load.
+            state = dataclasses.replace(state, hook_pending=owed)
         # check_replacement already matched key and certificate: plan from the parsed facts.
         after = plan(spec, StoredCert(issued.key_pem, issued.cert_pem, issued.chain_pem, issued.info), _now())
         state = RenewalState(next_check=after.next_check, renew_at=after.renew_at, reason=after.reason,
