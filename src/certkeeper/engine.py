@@ -23,7 +23,8 @@ from certkeeper.crypto import generate_key, key_type_of
 from certkeeper.errors import CAError, CertkeeperError, ConfigError
 from certkeeper.model import CertInfo, IssuedCert, RenewalWindow
 from certkeeper.planner import plan, retry_at
-from certkeeper.solvers.http01 import ChallengeStore
+from certkeeper.solvers.base import HTTP01, Solvers
+from certkeeper.solvers.http01 import ChallengeStore, http01_only
 from certkeeper.spec import CertSpec, IssuerSpec
 from certkeeper.stores.base import StoredCert, check_replacement
 from certkeeper.web import Responder, default_routes, start_responder
@@ -88,6 +89,7 @@ class Engine:
         deploy_hook: str | None = None,
         force: bool = False,
         challenges: ChallengeStore | None = None,
+        solvers: Callable[[ChallengeStore], Solvers] | None = None,
     ) -> None:
         self.issuer = issuer
         self.store = store
@@ -98,6 +100,8 @@ class Engine:
         # A caller that already serves HTTP-01 (``certkeeper run``) passes its own store.
         self.challenges = challenges if challenges is not None else ChallengeStore()  # an empty store is falsy
         self._serve_challenges = challenges is None
+        # ``solvers`` builds the configured solvers around this HTTP-01 store; default: HTTP-01 alone.
+        self.solvers = (solvers or http01_only)(self.challenges)
         self._responder: Responder | None = None
         self._responder_lock = asyncio.Lock()
         self._local = threading.local()
@@ -188,7 +192,8 @@ class Engine:
                                    next_check=decision.next_check)  # fmt: skip
                 return Outcome(spec, "unchanged", decision.reason, info, time.monotonic() - started,
                                next_check=decision.next_check)  # fmt: skip
-            await self._ensure_responder()
+            if self.solvers.uses(spec.names, HTTP01):
+                await self._ensure_responder()
             usable = stored if stored is not None and stored.info is not None and not stored.problem else None
             key_pem = (
                 usable.key_pem
@@ -198,9 +203,7 @@ class Engine:
             has_ari = window is not None
             replaces = usable.info.ari_id if usable is not None and usable.info and has_ari else None
             log.info("ordering %s (%s)", " ".join(spec.names), decision.reason if decision.due else "forced")
-            issued = await self._in_thread(
-                lambda: self._client().order(spec, key_pem, self.challenges, replaces=replaces)
-            )
+            issued = await self._in_thread(lambda: self._client().order(spec, key_pem, self.solvers, replaces=replaces))
             check_replacement(issued, spec.names, None if self.force else usable)
             changed = await self._in_thread(self.store.save, lineage, issued, self._meta(spec, issued, replaces))
             # check_replacement already matched key and certificate: plan from the parsed facts.

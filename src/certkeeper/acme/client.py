@@ -1,4 +1,4 @@
-"""Ordering a certificate: new order (with ``replaces``), HTTP-01, finalize, download.
+"""Ordering a certificate: new order (with ``replaces``), challenges through solvers, finalize, download.
 
 One ``AcmeClient`` per worker thread. Polling is ours rather than the library's (which sleeps a
 whole second between polls): it starts at 100 ms, grows, honours ``Retry-After`` and stops at a
@@ -7,11 +7,12 @@ deadline, so a certificate from a fast CA takes a fraction of a second and a slo
 
 from __future__ import annotations
 
+import base64
 import datetime
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import requests
 from acme import challenges, messages
@@ -24,6 +25,7 @@ from certkeeper.acme.problems import translate
 from certkeeper.crypto import cert_info, chain_issuer_names, load_csr, make_csr, split_pem_chain
 from certkeeper.errors import CAError, CertkeeperError, ConfigError
 from certkeeper.model import CertInfo, IssuedCert, RenewalWindow
+from certkeeper.solvers.base import AccountKey, Challenge, Identifier, Solver, Solvers
 from certkeeper.spec import CertSpec, IssuerSpec
 
 log = logging.getLogger(__name__)
@@ -40,12 +42,7 @@ class NewOrder(messages.NewOrder):
     replaces: str | None = field("replaces", omitempty=True)
 
 
-class ChallengeSink(Protocol):
-    """Where HTTP-01 key authorizations are published while the CA validates."""
-
-    def put(self, token: str, key_authorization: str) -> None: ...
-
-    def remove(self, token: str) -> None: ...
+Presented = tuple[Solver, Identifier, Challenge]
 
 
 class AcmeClient:
@@ -55,6 +52,7 @@ class AcmeClient:
         self.issuer = issuer
         self.account = account
         self.jwk = account.jwk()
+        self.account_key = AccountKey(base64.urlsafe_b64encode(self.jwk.thumbprint()).rstrip(b"=").decode("ascii"))
         self.net = make_network(self.jwk, issuer.ca_bundle)
         self.directory = directory if directory is not None else fetch_directory(issuer, self.net)
         self.net.account = messages.RegistrationResource(body=messages.Registration(), uri=account.url)
@@ -109,41 +107,54 @@ class AcmeClient:
             raise
         return response.headers["Location"], response.json()
 
-    def _authorize(self, authz_url: str, sink: ChallengeSink, tokens: list[str]) -> str | None:
-        """Answer one authorization's HTTP-01 challenge; returns its URL if it must be polled."""
+    def _authorize(self, authz_url: str, solvers: Solvers, presented: list[Presented]) -> str | None:
+        """Present one authorization's challenge with the solver chosen for its name; returns its URL to poll."""
         response = self._post(authz_url, None)
         authz = messages.Authorization.from_json(response.json())
         if authz.status == messages.STATUS_VALID:
             return None
-        for challb in authz.challenges:
-            if isinstance(challb.chall, challenges.HTTP01):
-                key_auth = challb.chall.key_authorization(self.jwk)
-                token = challb.chall.encode("token")
-                sink.put(token, key_auth)
-                tokens.append(token)
-                self._post(challb.uri, challb.chall.response(self.jwk))
-                return authz_url
-        raise CAError(
-            f"the CA offers no HTTP-01 challenge for {authz.identifier.value}",
-            "use another validation method",
-        )
+        identifier = Identifier(authz.identifier.value, bool(authz.wildcard))
+        answerable = challenges.KeyAuthorizationChallenge
+        offered = {c.chall.typ: c for c in authz.challenges if isinstance(c.chall, answerable)}
+        solver = solvers.for_name(str(identifier), offered)
+        if solver is None:
+            raise CAError(
+                f"no configured solver answers the challenges the CA offers for {identifier} "
+                f"({', '.join(sorted(offered)) or 'none'})",
+                "configure a solver for one of them",
+            )
+        challb = offered[solver.challenge_type]
+        challenge = Challenge(solver.challenge_type, challb.chall.encode("token"))
+        # Recorded before presenting, so a half-done present is cleaned up too.
+        presented.append((solver, identifier, challenge))
+        solver.present(identifier, challenge, self.account_key)
+        self._post(challb.uri, challb.chall.response(self.jwk))
+        return authz_url
+
+    def _cleanup(self, presented: list[Presented]) -> None:
+        for solver, identifier, challenge in presented:
+            try:
+                solver.cleanup(identifier, challenge, self.account_key)
+            except Exception as error:  # cleanup must not hide the order's own outcome
+                log.warning("could not clean up the %s challenge for %s: %s", challenge.type, identifier, error)
 
     def order(
         self,
         spec: CertSpec,
         key_pem: bytes,
-        sink: ChallengeSink,
+        solvers: Solvers,
         *,
         replaces: str | None = None,
         timeout_s: float = 90.0,
     ) -> IssuedCert:
         """Order, validate, finalize and download one certificate for ``spec`` with ``key_pem``."""
         deadline = time.monotonic() + timeout_s
-        tokens: list[str] = []
+        presented: list[Presented] = []
         try:
             self._check_profile(spec.profile)
+            solvers.prepare(spec.names)
             order_url, order = self._new_order(spec, replaces)
-            pending = [u for u in (self._authorize(a, sink, tokens) for a in order["authorizations"]) if u]
+            pending = [u for u in (self._authorize(a, solvers, presented) for a in order["authorizations"]) if u]
             for authz_url in pending:
                 body = self._poll(authz_url, lambda b: b.get("status") != "pending", deadline, "validation")
                 if body["status"] != "valid":
@@ -168,8 +179,7 @@ class AcmeClient:
                 problem.retry_after = self.net.last_retry_after
             raise problem from error
         finally:
-            for token in tokens:
-                sink.remove(token)
+            self._cleanup(presented)
         parts = split_pem_chain(fullchain)
         return IssuedCert(key_pem=key_pem, cert_pem=parts[0], chain_pem=b"".join(parts[1:]), info=cert_info(parts[0]))
 

@@ -1,9 +1,12 @@
-"""HTTP-01: the tokens certkeeper is answering right now, and the aiohttp handler that serves them."""
+"""HTTP-01: the tokens certkeeper is answering right now, and the responder's view of them."""
 
 from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Sequence
+
+from certkeeper.solvers.base import HTTP01, AccountKey, Challenge, Identifier, SolverEntry, Solvers
 
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 # RFC 8555 §8.3: the token is base64url without padding; CAs send 43 characters (256 bits).
@@ -36,6 +39,27 @@ class ChallengeStore:
             return len(self._tokens)
 
 
+class Http01Solver:
+    """HTTP-01 through a ``ChallengeStore`` that certkeeper's responder (or the proxy's) serves."""
+
+    challenge_type = HTTP01
+
+    def __init__(self, store: ChallengeStore) -> None:
+        self.store = store
+
+    def describe(self) -> str:
+        return "http-01"
+
+    def prepare(self, identifiers: Sequence[Identifier]) -> None:
+        return None
+
+    def present(self, identifier: Identifier, challenge: Challenge, account: AccountKey) -> None:
+        self.store.put(challenge.token, account.key_authorization(challenge.token))
+
+    def cleanup(self, identifier: Identifier, challenge: Challenge, account: AccountKey) -> None:
+        self.store.remove(challenge.token)
+
+
 def challenge_response(store: ChallengeStore, raw_path: str) -> tuple[int, str] | None:
     """(status, body) for a challenge path, or None if the path is not under the challenge prefix.
 
@@ -49,3 +73,8 @@ def challenge_response(store: ChallengeStore, raw_path: str) -> tuple[int, str] 
     if value is None:
         return 404, "no such challenge\n"
     return 200, value
+
+
+def http01_only(store: ChallengeStore) -> Solvers:
+    """The default: every name proven over HTTP-01 through ``store``."""
+    return Solvers([SolverEntry(Http01Solver(store))])
