@@ -21,7 +21,7 @@ from josepy.json_util import field
 
 from certkeeper.acme.account import Account, fetch_directory
 from certkeeper.acme.network import make_network, retry_after_seconds
-from certkeeper.acme.problems import translate
+from certkeeper.acme.problems import from_problem, translate
 from certkeeper.crypto import cert_info, chain_issuer_names, load_csr, make_csr, split_pem_chain
 from certkeeper.errors import CAError, CertkeeperError, ConfigError
 from certkeeper.model import CertInfo, IssuedCert, RenewalWindow
@@ -159,7 +159,7 @@ class AcmeClient:
                 body = self._poll(authz_url, lambda b: b.get("status") != "pending", deadline, "validation")
                 if body["status"] != "valid":
                     failed_name = body.get("identifier", {}).get("value", spec.names[0])
-                    raise translate(_authz_error(body), (failed_name,))
+                    raise _authz_error(body, failed_name)
             csr = load_csr(make_csr(key_pem, spec.names))
             finalized = self._post(order["finalize"], messages.CertificateRequest(csr=csr))
             order = finalized.json()
@@ -220,9 +220,8 @@ class AcmeClient:
         return RenewalWindow(start=window.start, end=window.end, retry_after=again)
 
 
-def _authz_error(body: dict[str, Any]) -> messages.Error | CAError:
+def _authz_error(body: dict[str, Any], name: str) -> CAError:
     for chall in body.get("challenges", []):
         if chall.get("error"):
-            problem: messages.Error = messages.Error.from_json(chall["error"])
-            return problem
+            return from_problem(messages.Error.from_json(chall["error"]), (name,), chall.get("type"))
     return CAError(f"authorization for {body.get('identifier', {}).get('value')} is {body.get('status')}")

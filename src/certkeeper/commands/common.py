@@ -18,6 +18,9 @@ import click
 from certkeeper.clikit import fail, option
 from certkeeper.engine import Engine, Outcome
 from certkeeper.errors import CertkeeperError
+from certkeeper.solvers.base import Solvers
+from certkeeper.solvers.config import build_solvers, cli_config, solver_factory
+from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.spec import CertSpec, IssuerSpec
 from certkeeper.stores.files import FileStore
 from certkeeper.web import parse_bind
@@ -52,6 +55,22 @@ class EngineOptions:
     concurrency: int
     force: bool
     verbose: int
+    dns: str | None = None
+    dns_server: str | None = None
+    tsig_key_file: str | None = None
+    dns_zone: tuple[str, ...] = ()
+    dns_propagation_timeout: float | None = None
+
+    def solver_config(self) -> list[dict[str, Any]]:
+        return cli_config(self.dns, self.dns_server, self.tsig_key_file, self.dns_zone, self.dns_propagation_timeout)
+
+    def solvers(self, store: FileStore) -> Solvers:
+        """The solvers these options configure (raises ConfigError); HTTP-01 served by the engine."""
+        return build_solvers(self.solver_config(), ChallengeStore(), state_dir=journal_dir(store))
+
+
+def journal_dir(store: FileStore) -> str:
+    return str(store.root / "dns01-presented")
 
 
 def engine_options(fn: F) -> F:
@@ -63,6 +82,7 @@ def engine_options(fn: F) -> F:
         setup_logging(engine.verbose)
         try:
             parse_bind(engine.http_bind)
+            engine.solver_config()
         except CertkeeperError as error:
             fail(str(error))
         return fn(engine=engine, **kwargs)
@@ -78,6 +98,15 @@ def engine_options(fn: F) -> F:
                help="Certificates ordered at once."),
         option("--force", is_flag=True, help="Order even if the stored certificate is still good."),
         option("-v", "--verbose", count=True, help="More log output (-vv for debug)."),
+        option("--dns", metavar="PROVIDER", type=click.Choice(["rfc2136"]),
+               help="Prove names with DNS-01 through this provider (needed for wildcards)."),
+        option("--dns-server", metavar="HOST:PORT", help="The zone's primary DNS server, for RFC 2136 updates."),
+        option("--tsig-key-file", type=click.Path(exists=True, dir_okay=False),
+               help="TSIG key for the updates, in BIND's syntax (tsig-keygen NAME > FILE)."),
+        option("--dns-zone", multiple=True, metavar="ZONE",
+               help="Use DNS-01 only for names in ZONE (repeatable); HTTP-01 for the rest. Default: every name."),
+        option("--dns-propagation-timeout", type=click.FloatRange(1, 3600), metavar="SECONDS",
+               help="How long to wait for every authoritative server to serve the TXT record [default: 120]."),
     ]  # fmt: skip
     wrapped: Any = command
     for decorator in reversed(decorators):
@@ -98,7 +127,8 @@ def run_engine(issuer: IssuerSpec, store: FileStore, specs: list[CertSpec], opti
 
     async def go() -> list[Outcome]:
         engine = Engine(issuer, store, http_bind=options.http_bind, concurrency=options.concurrency,
-                        deploy_hook=options.deploy_hook, force=options.force)  # fmt: skip
+                        deploy_hook=options.deploy_hook, force=options.force,
+                        solvers=solver_factory(options.solver_config(), journal_dir(store)))  # fmt: skip
         try:
             if not show_progress:
                 return await engine.run(specs)

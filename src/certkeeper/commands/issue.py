@@ -22,7 +22,7 @@ def read_name_file(path: str) -> list[list[str]]:
     specs = []
     for number, names in lines:
         try:
-            normalize_names(names)
+            normalize_names(names, allow_wildcard=True)
         except CertkeeperError as error:
             raise CertkeeperError(f"{path}, line {number}: {error}") from None
         specs.append(names)
@@ -86,7 +86,14 @@ def issue(
             raise CertkeeperError("give NAMES or --file, not both")
         groups = read_name_file(name_file) if name_file else [list(names)]
         kt = KeyType.parse(key_type)
-        specs = [CertSpec(normalize_names(g), kt, reuse_key, profile or None, preferred_chain or None) for g in groups]
+        specs = [
+            CertSpec(normalize_names(g, allow_wildcard=True), kt, reuse_key, profile or None, preferred_chain or None)
+            for g in groups
+        ]
+        # A wildcard (or any name) no configured solver can prove is refused before any order.
+        solvers = engine.solvers(FileStore(store))
+        for spec in specs:
+            solvers.check_names(spec.names)
         issuer = IssuerSpec(
             resolve_server(server), email or None, eab_kid or None, eab_hmac_key or None, engine.ca_bundle
         )

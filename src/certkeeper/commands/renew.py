@@ -23,6 +23,7 @@ def renew(store: str, engine: EngineOptions) -> None:
     files = FileStore(store)
     by_issuer: dict[IssuerSpec, list[CertSpec]] = {}
     try:
+        solvers = engine.solvers(files)
         for lineage in files.lineages():
             current = files.load(lineage)
             if current is None or not current.meta:
@@ -34,6 +35,10 @@ def renew(store: str, engine: EngineOptions) -> None:
             )
             spec = CertSpec(tuple(meta["names"]), KeyType.parse(meta.get("key_type", "ec-p256")),
                             bool(meta.get("reuse_key")), meta.get("profile"), meta.get("preferred_chain"))  # fmt: skip
+            try:
+                solvers.check_names(spec.names)
+            except CertkeeperError as error:
+                raise CertkeeperError(f"{lineage}: {error}") from None
             by_issuer.setdefault(issuer, []).append(spec)
     except CertkeeperError as error:
         fail(str(error))

@@ -147,6 +147,8 @@ class Solvers:
         return False
 
     def prepare(self, names: Sequence[str]) -> None:
+        """Before ordering: every name has a solver, and each solver can present its names."""
+        self.check_names(names)
         by_solver: dict[int, tuple[Solver, list[Identifier]]] = {}
         for name in names:
             solver = self.for_name(name)
