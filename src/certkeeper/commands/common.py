@@ -60,9 +60,11 @@ class EngineOptions:
     tsig_key_file: str | None = None
     dns_zone: tuple[str, ...] = ()
     dns_propagation_timeout: float | None = None
+    dns_timeout: float | None = None
 
     def solver_config(self) -> list[dict[str, Any]]:
-        return cli_config(self.dns, self.dns_server, self.tsig_key_file, self.dns_zone, self.dns_propagation_timeout)
+        return cli_config(self.dns, self.dns_server, self.tsig_key_file, self.dns_zone,
+                          self.dns_propagation_timeout, self.dns_timeout)  # fmt: skip
 
     def solvers(self, store: FileStore) -> Solvers:
         """The solvers these options configure (raises ConfigError); HTTP-01 served by the engine."""
@@ -107,6 +109,8 @@ def engine_options(fn: F) -> F:
                help="Use DNS-01 only for names in ZONE (repeatable); HTTP-01 for the rest. Default: every name."),
         option("--dns-propagation-timeout", type=click.FloatRange(1, 3600), metavar="SECONDS",
                help="How long to wait for every authoritative server to serve the TXT record [default: 120]."),
+        option("--dns-timeout", type=click.FloatRange(0.1, 60), metavar="SECONDS",
+               help="How long one DNS query or update may take [default: 10]."),
     ]  # fmt: skip
     wrapped: Any = command
     for decorator in reversed(decorators):

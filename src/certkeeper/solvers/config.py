@@ -117,6 +117,7 @@ def cli_config(
     tsig_key_file: str | None,
     dns_zones: Sequence[str] = (),
     propagation_timeout: float | None = None,
+    timeout: float | None = None,
 ) -> list[dict[str, Any]]:
     """The solver list the command-line flags (or their CERTKEEPER_* variables) describe."""
     if not dns:
@@ -132,6 +133,8 @@ def cli_config(
         rfc2136["tsigKeyFile"] = tsig_key_file
     if propagation_timeout is not None:
         rfc2136["propagationTimeout"] = propagation_timeout
+    if timeout is not None:
+        rfc2136["timeout"] = timeout
     dns_entry: dict[str, Any] = {"dns01": {"rfc2136": rfc2136}}
     zones = [z for item in dns_zones for z in item.replace(",", " ").split()]
     if zones:
