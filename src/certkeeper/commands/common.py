@@ -15,7 +15,7 @@ from typing import Any, TypeVar, cast
 
 import click
 
-from certkeeper.clikit import fail, option
+from certkeeper.clikit import DNS_OPTIONS, fail, option
 from certkeeper.engine import Engine, Outcome
 from certkeeper.errors import CertkeeperError
 from certkeeper.solvers.base import Solvers
@@ -100,17 +100,7 @@ def engine_options(fn: F) -> F:
                help="Certificates ordered at once."),
         option("--force", is_flag=True, help="Order even if the stored certificate is still good."),
         option("-v", "--verbose", count=True, help="More log output (-vv for debug)."),
-        option("--dns", metavar="PROVIDER", type=click.Choice(["rfc2136"]),
-               help="Prove names with DNS-01 through this provider (needed for wildcards)."),
-        option("--dns-server", metavar="HOST:PORT", help="The zone's primary DNS server, for RFC 2136 updates."),
-        option("--tsig-key-file", type=click.Path(exists=True, dir_okay=False),
-               help="TSIG key for the updates, in BIND's syntax (tsig-keygen NAME > FILE)."),
-        option("--dns-zone", multiple=True, metavar="ZONE",
-               help="Use DNS-01 only for names in ZONE (repeatable); HTTP-01 for the rest. Default: every name."),
-        option("--dns-propagation-timeout", type=click.FloatRange(1, 3600), metavar="SECONDS",
-               help="How long to wait for every authoritative server to serve the TXT record [default: 120]."),
-        option("--dns-timeout", type=click.FloatRange(0.1, 60), metavar="SECONDS",
-               help="How long one DNS query or update may take [default: 10]."),
+        *DNS_OPTIONS,
     ]  # fmt: skip
     wrapped: Any = command
     for decorator in reversed(decorators):

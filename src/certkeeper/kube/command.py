@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from certkeeper.clikit import option
+from certkeeper.clikit import dns_options, option
 from certkeeper.errors import CertkeeperError
 
 
@@ -77,6 +77,7 @@ def setup_logging(log_format: str, verbose: int) -> None:
     help="Log lines as text or JSON.",
 )
 @option("-v", "--verbose", count=True, help="Debug output (-vv: also the libraries').")
+@dns_options
 def run(
     http_bind: str,
     ca_bundle: str | None,
@@ -88,17 +89,26 @@ def run(
     rollout_timeout: float,
     log_format: str,
     verbose: int,
+    dns: str | None,
+    dns_server: str | None,
+    tsig_key_file: str | None,
+    dns_zone: tuple[str, ...],
+    dns_propagation_timeout: float | None,
+    dns_timeout: float | None,
 ) -> None:
     """Keep the Secret certs-<first of DOMAINS> issued and renewed; restart its consumers after a change.
 
     Configured like the seed's container: EMAIL, DOMAINS, RC_NAMES, LETSENCRYPT_ENDPOINT, SECRET_NAME,
     NAMESPACE, DEPLOYMENTS, TYPE, CRON_FREQUENCY, and WORKLOADS (kind/name ...). Uses the pod's
-    ServiceAccount in a cluster, or KUBECONFIG outside one.
+    ServiceAccount in a cluster, or KUBECONFIG outside one. Wildcards in DOMAINS need a DNS-01 solver
+    (CERTKEEPER_DNS=rfc2136, CERTKEEPER_DNS_SERVER, CERTKEEPER_TSIG_KEY_FILE).
     """
     setup_logging(log_format, verbose)
     from certkeeper.kube.config import ConfigProblems, load_config
+    from certkeeper.solvers.config import cli_config
 
     try:
+        solvers = cli_config(dns, dns_server, tsig_key_file, dns_zone, dns_propagation_timeout, dns_timeout)
         config = load_config(
             os.environ,
             http_bind=http_bind,
@@ -109,10 +119,14 @@ def run(
             eab_kid=eab_kid,
             eab_hmac_key=eab_hmac_key,
             rollout_timeout=rollout_timeout,
+            solvers=solvers,
         )
     except ConfigProblems as problems:
         for line in problems.problems:
             click.echo(f"certkeeper: error: {line}", err=True)
+        raise SystemExit(2) from None
+    except CertkeeperError as error:
+        click.echo(f"certkeeper: error: {error}", err=True)
         raise SystemExit(2) from None
     from certkeeper.kube.controller import Controller
 
