@@ -162,6 +162,24 @@ def test_server_that_does_not_answer(
     assert_nothing_left(store, bind)
 
 
+def test_propagation_timeout_fails_and_takes_the_record_out(
+    dns_env: Env, store: Path, bind: Bind, certkeeper: Run
+) -> None:
+    # slow.test's second name server (127.0.0.2) never answers, so the record never reaches every server.
+    result = certkeeper(dns_env, "issue", "--dns-propagation-timeout", "1", "www2.slow.test")
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, result.stderr
+    assert (
+        f"the TXT record _acme-challenge.www2.slow.test was not served by 127.0.0.2:{bind.port} within 1 s"
+        in (errors[0])
+    )
+    log = (bind.workdir / "named.log").read_text()
+    assert "adding an RR at '_acme-challenge.www2.slow.test' TXT" in log  # it was presented...
+    assert bind.txt("slow.test") == []  # ...and taken out after the failure
+    assert journal_files(store) == []
+
+
 @pytest.mark.parametrize(
     "dns_args",
     [[], ["--dns", "rfc2136", "--dns-zone", "other.test"]],

@@ -114,12 +114,15 @@ class Server:
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def _exchange(self, message: dns.message.Message, address: str, *, tcp: bool, what: str) -> dns.message.Message:
+    def _exchange(
+        self, message: dns.message.Message, address: str, *, tcp: bool, what: str, timeout: float | None = None
+    ) -> dns.message.Message:
         where = f"{address}:{self.port}"
+        timeout = self.timeout if timeout is None else timeout
         try:
             if tcp:
-                return dns.query.tcp(message, address, port=self.port, timeout=self.timeout)
-            response, _ = dns.query.udp_with_fallback(message, address, port=self.port, timeout=self.timeout)
+                return dns.query.tcp(message, address, port=self.port, timeout=timeout)
+            response, _ = dns.query.udp_with_fallback(message, address, port=self.port, timeout=timeout)
             return response
         except dns.tsig.PeerBadKey:
             raise self._key_error("BADKEY: the server has no key by that name") from None
@@ -132,7 +135,7 @@ class Server:
             ) from None
         except dns.exception.Timeout:
             raise CertkeeperError(
-                f"DNS server {where} did not answer {what} within {self.timeout:g} s",
+                f"DNS server {where} did not answer {what} within {timeout:g} s",
                 "check the address, the port and the firewall",
             ) from None
         except (OSError, EOFError, dns.exception.DNSException) as error:
@@ -219,12 +222,12 @@ class Server:
 
     # -- what another server serves (propagation) ------------------------------------------------
 
-    def txt_at(self, address: str, name: str) -> set[str] | None:
+    def txt_at(self, address: str, name: str, timeout: float | None = None) -> set[str] | None:
         """TXT values ``address`` serves authoritatively for ``name``; None if it does not answer."""
         query = dns.message.make_query(name, "TXT")
         query.flags &= ~dns.flags.RD
         try:
-            response = self._exchange(query, address, tcp=False, what=f"a TXT query for {name}")
+            response = self._exchange(query, address, tcp=False, what=f"a TXT query for {name}", timeout=timeout)
         except CertkeeperError:
             return None
         values: set[str] = set()

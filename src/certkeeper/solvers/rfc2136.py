@@ -142,7 +142,9 @@ class Rfc2136Solver:
         waiting = list(target.servers)
         delay = FIRST_CHECK_S
         while True:
-            waiting = [a for a in waiting if value not in (self.server.txt_at(a, target.name) or set())]
+            # No single query may run past the deadline (a silent server would hold it a whole timeout).
+            limit = min(self.config.timeout, max(0.1, deadline - time.monotonic()))
+            waiting = [a for a in waiting if value not in (self.server.txt_at(a, target.name, limit) or set())]
             if not waiting:
                 return
             if time.monotonic() + delay > deadline:
