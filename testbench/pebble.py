@@ -63,6 +63,7 @@ class Pebble:
     management_port: int
     http_port: int
     dns_port: int
+    tls_port: int = 0  # where Pebble connects for TLS-ALPN-01
     eab_keys: dict[str, str] = field(default_factory=dict)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -162,6 +163,7 @@ def _start_pebble_once(
         management_port=free_port(),
         http_port=http_port or free_port(),
         dns_port=int(dns_server.rsplit(":", 1)[1]) if dns_server else free_port(),
+        tls_port=free_port(),
         eab_keys=dict(eab_keys or {}),
     )
     config = {
@@ -171,7 +173,7 @@ def _start_pebble_once(
             "certificate": str(tls.cert_pem),
             "privateKey": str(tls.key_pem),
             "httpPort": pebble.http_port,
-            "tlsPort": free_port(),
+            "tlsPort": pebble.tls_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": bool(pebble.eab_keys),
             "externalAccountMACKeys": pebble.eab_keys,

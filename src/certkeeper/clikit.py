@@ -24,7 +24,7 @@ def fail(message: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
-# DNS-01 solver options, shared by issue/renew and run (``solvers.config.cli_config`` reads them).
+# Solver options (DNS-01, TLS-ALPN-01), shared by issue/renew and run (``solvers.config.cli_config`` reads them).
 DNS_OPTIONS = [
     option("--dns", metavar="PROVIDER", type=click.Choice(["rfc2136"]),
            help="Prove names with DNS-01 through this provider (needed for wildcards)."),
@@ -37,6 +37,8 @@ DNS_OPTIONS = [
            help="How long to wait for every authoritative server to serve the TXT record [default: 120]."),
     option("--dns-timeout", type=click.FloatRange(0.1, 60), metavar="SECONDS",
            help="How long one DNS query or update may take [default: 10]."),
+    option("--tls-alpn-bind", metavar="HOST:PORT",
+           help="Prove names with TLS-ALPN-01 by listening here (e.g. 0.0.0.0:443) instead of HTTP-01."),
 ]  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 
 from cryptography import x509
@@ -124,3 +125,32 @@ def key_matches_cert(key_pem: bytes, cert_pem: bytes) -> bool:
     return key.public_key().public_bytes(serialization.Encoding.DER, fmt) == cert.public_key().public_bytes(
         serialization.Encoding.DER, fmt
     )
+
+
+# RFC 8737 §3: id-pe-acmeIdentifier, a critical extension holding SHA-256(key authorization).
+ACME_IDENTIFIER_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")
+
+
+def tls_alpn_certificate(name: str, key_authorization: str) -> tuple[bytes, bytes]:
+    """(certificate PEM, key PEM): the self-signed TLS-ALPN-01 validation certificate for ``name``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certkeeper tls-alpn-01")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        # The extension's value is the DER OCTET STRING of the digest: tag 4, length 32.
+        .add_extension(x509.UnrecognizedExtension(ACME_IDENTIFIER_OID, b"\x04\x20" + digest), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem

@@ -114,8 +114,7 @@ class AcmeClient:
         if authz.status == messages.STATUS_VALID:
             return None
         identifier = Identifier(authz.identifier.value, bool(authz.wildcard))
-        answerable = challenges.KeyAuthorizationChallenge
-        offered = {c.chall.typ: c for c in authz.challenges if isinstance(c.chall, answerable)}
+        offered = _answerable(authz)
         solver = solvers.for_name(str(identifier), offered)
         if solver is None:
             raise CAError(
@@ -123,12 +122,16 @@ class AcmeClient:
                 f"({', '.join(sorted(offered)) or 'none'})",
                 "configure a solver for one of them",
             )
-        challb = offered[solver.challenge_type]
-        challenge = Challenge(solver.challenge_type, challb.chall.encode("token"))
+        uri, token = offered[solver.challenge_type]
+        challenge = Challenge(solver.challenge_type, token)
         # Recorded before presenting, so a half-done present is cleaned up too.
         presented.append((solver, identifier, challenge))
         solver.present(identifier, challenge, self.account_key)
-        self._post(challb.uri, challb.chall.response(self.jwk))
+        # RFC 8555 §7.5.1: the client says it is ready by posting an empty object ({}) to the challenge. The
+        # library's empty ChallengeResponse is falsy and would go out as a POST-as-GET; this one is not.
+        key_authorization = self.account_key.key_authorization(token)
+        ready = challenges.KeyAuthorizationChallengeResponse(key_authorization=key_authorization)
+        self._post(uri, ready)
         return authz_url
 
     def _cleanup(self, presented: list[Presented]) -> None:
@@ -218,6 +221,21 @@ class AcmeClient:
         # RFC 9773 asks clients to re-check at most every few hours and at least twice a day.
         again = now + datetime.timedelta(seconds=min(max(hinted or 6 * 3600, 60), 12 * 3600))
         return RenewalWindow(start=window.start, end=window.end, retry_after=again)
+
+
+def _answerable(authz: messages.Authorization) -> dict[str, tuple[str, str]]:
+    """Challenge type -> (URL, token) for the challenges offered that carry a token."""
+    offered: dict[str, tuple[str, str]] = {}
+    for challb in authz.challenges:
+        chall = challb.chall
+        if isinstance(chall, challenges.KeyAuthorizationChallenge):
+            offered[chall.typ] = (challb.uri, chall.encode("token"))
+        elif isinstance(chall, challenges.UnrecognizedChallenge):
+            # The library no longer knows tls-alpn-01 (RFC 8737); its JSON has type and token all the same.
+            kind, token = chall.jobj.get("type"), chall.jobj.get("token")
+            if isinstance(kind, str) and isinstance(token, str):
+                offered[kind] = (challb.uri, token)
+    return offered
 
 
 def _authz_error(body: dict[str, Any], name: str) -> CAError:

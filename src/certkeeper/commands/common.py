@@ -61,10 +61,11 @@ class EngineOptions:
     dns_zone: tuple[str, ...] = ()
     dns_propagation_timeout: float | None = None
     dns_timeout: float | None = None
+    tls_alpn_bind: str | None = None
 
     def solver_config(self) -> list[dict[str, Any]]:
         return cli_config(self.dns, self.dns_server, self.tsig_key_file, self.dns_zone,
-                          self.dns_propagation_timeout, self.dns_timeout)  # fmt: skip
+                          self.dns_propagation_timeout, self.dns_timeout, self.tls_alpn_bind)  # fmt: skip
 
     def solvers(self, store: FileStore) -> Solvers:
         """The solvers these options configure (raises ConfigError); HTTP-01 served by the engine."""

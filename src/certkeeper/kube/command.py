@@ -95,6 +95,7 @@ def run(
     dns_zone: tuple[str, ...],
     dns_propagation_timeout: float | None,
     dns_timeout: float | None,
+    tls_alpn_bind: str | None,
 ) -> None:
     """Keep the Secret certs-<first of DOMAINS> issued and renewed; restart its consumers after a change.
 
@@ -108,7 +109,9 @@ def run(
     from certkeeper.solvers.config import cli_config
 
     try:
-        solvers = cli_config(dns, dns_server, tsig_key_file, dns_zone, dns_propagation_timeout, dns_timeout)
+        solvers = cli_config(
+            dns, dns_server, tsig_key_file, dns_zone, dns_propagation_timeout, dns_timeout, tls_alpn_bind
+        )
         config = load_config(
             os.environ,
             http_bind=http_bind,

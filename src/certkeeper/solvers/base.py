@@ -19,6 +19,7 @@ from certkeeper.errors import ConfigError
 
 HTTP01 = "http-01"
 DNS01 = "dns-01"
+TLSALPN01 = "tls-alpn-01"
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,9 @@ from certkeeper.solvers.dnswire import TSIG_ALGORITHMS, TsigKey
 from certkeeper.solvers.http01 import ChallengeStore, Http01Solver
 from certkeeper.solvers.journal import Journal
 from certkeeper.solvers.rfc2136 import Rfc2136Config, Rfc2136Solver
+from certkeeper.solvers.tlsalpn01 import TlsAlpn01Solver
 from certkeeper.spec import normalize_name
+from certkeeper.web import parse_bind
 
 SolverConfig = Sequence[Mapping[str, Any]]
 DNS_PROVIDERS = ("rfc2136",)
@@ -92,11 +94,16 @@ def build_solvers(config: SolverConfig | None, http01: ChallengeStore, *, state_
     for index, raw in enumerate(config):
         where = f"solver {index + 1}"
         kinds = set(raw) - {"selector"}
-        if len(kinds) != 1 or not kinds <= {"http01", "dns01"}:
-            raise ConfigError(f"{where}: give exactly one of http01 or dns01 (and an optional selector)")
+        if len(kinds) != 1 or not kinds <= {"http01", "dns01", "tlsalpn01"}:
+            raise ConfigError(f"{where}: give exactly one of http01, dns01 or tlsalpn01 (and an optional selector)")
         selector = _selector(raw.get("selector"), where)
         if "http01" in raw:
             entries.append(SolverEntry(Http01Solver(http01), selector))
+            continue
+        if "tlsalpn01" in raw:
+            bind = str((raw["tlsalpn01"] or {}).get("bind") or "0.0.0.0:443")
+            parse_bind(bind)
+            entries.append(SolverEntry(TlsAlpn01Solver(bind), selector))
             continue
         dns = raw["dns01"]
         providers = set(dns or {}) & set(DNS_PROVIDERS)
@@ -118,12 +125,16 @@ def cli_config(
     dns_zones: Sequence[str] = (),
     propagation_timeout: float | None = None,
     timeout: float | None = None,
+    tls_alpn_bind: str | None = None,
 ) -> list[dict[str, Any]]:
     """The solver list the command-line flags (or their CERTKEEPER_* variables) describe."""
+    # TLS-ALPN-01, when asked for, proves the names DNS-01 does not (HTTP-01 stays for a CA without it).
+    others: list[dict[str, Any]] = [{"tlsalpn01": {"bind": tls_alpn_bind}}] if tls_alpn_bind else []
+    others.append({"http01": {}})
     if not dns:
         if dns_server or tsig_key_file or dns_zones:
             raise ConfigError("--dns-server, --tsig-key-file and --dns-zone need --dns rfc2136")
-        return []
+        return others if tls_alpn_bind else []
     if dns != "rfc2136":
         raise ConfigError(f"--dns {dns!r} is not a DNS provider certkeeper knows", "use --dns rfc2136")
     if not dns_server:
@@ -139,5 +150,5 @@ def cli_config(
     zones = [z for item in dns_zones for z in item.replace(",", " ").split()]
     if zones:
         dns_entry["selector"] = {"dnsZones": zones}
-    # DNS-01 first: with no --dns-zone it proves every name; with zones, the rest go to HTTP-01.
-    return [dns_entry, {"http01": {}}]
+    # DNS-01 first: with no --dns-zone it proves every name; with zones, the rest go to the others.
+    return [dns_entry, *others]
