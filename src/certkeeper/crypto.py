@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import ipaddress
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -13,7 +14,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 
 from certkeeper.errors import CertkeeperError
 from certkeeper.model import CertInfo
-from certkeeper.spec import KeyType
+from certkeeper.spec import KeyType, ip_of
 
 _CURVES = {KeyType.EC_P256: ec.SECP256R1, KeyType.EC_P384: ec.SECP384R1}
 _RSA_BITS = {KeyType.RSA_2048: 2048, KeyType.RSA_3072: 3072, KeyType.RSA_4096: 4096}
@@ -50,12 +51,21 @@ def key_type_of(key_pem: bytes) -> KeyType | None:
     return {2048: KeyType.RSA_2048, 3072: KeyType.RSA_3072, 4096: KeyType.RSA_4096}.get(key.key_size)
 
 
+def general_name(name: str) -> x509.GeneralName:
+    """A SAN entry: an iPAddress for an IP address (RFC 8738), else a dNSName."""
+    address = ip_of(name)
+    return x509.IPAddress(ipaddress.ip_address(address)) if address else x509.DNSName(name)
+
+
 def make_csr(key_pem: bytes, names: tuple[str, ...]) -> bytes:
     key = load_key(key_pem)
+    # The common name is the first DNS name; a certificate for addresses only has an empty subject.
+    dns = [n for n in names if ip_of(n) is None]
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns[0])] if dns else [])
     csr = (
         x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        .subject_name(subject)
+        .add_extension(x509.SubjectAlternativeName([general_name(n) for n in names]), critical=False)
         .sign(key, hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.PEM)
@@ -84,7 +94,8 @@ def cert_info(cert_pem: bytes) -> CertInfo:
         raise CertkeeperError("the certificate is not readable PEM") from None
     try:
         san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
-        names = tuple(san.get_values_for_type(x509.DNSName))  # type: ignore[attr-defined]
+        addresses = san.get_values_for_type(x509.IPAddress)  # type: ignore[attr-defined]
+        names = tuple(san.get_values_for_type(x509.DNSName)) + tuple(str(ip) for ip in addresses)  # type: ignore[attr-defined]
     except x509.ExtensionNotFound:
         names = ()
     ari_id = None
@@ -145,7 +156,7 @@ def tls_alpn_certificate(name: str, key_authorization: str) -> tuple[bytes, byte
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([general_name(name)]), critical=False)
         # The extension's value is the DER OCTET STRING of the digest: tag 4, length 32.
         .add_extension(x509.UnrecognizedExtension(ACME_IDENTIFIER_OID, b"\x04\x20" + digest), critical=True)
         .sign(key, hashes.SHA256())

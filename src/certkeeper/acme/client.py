@@ -8,6 +8,7 @@ deadline, so a certificate from a fast CA takes a fraction of a second and a slo
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import logging
 import time
@@ -26,7 +27,7 @@ from certkeeper.crypto import cert_info, chain_issuer_names, load_csr, make_csr,
 from certkeeper.errors import CAError, CertkeeperError, ConfigError
 from certkeeper.model import CertInfo, IssuedCert, RenewalWindow
 from certkeeper.solvers.base import AccountKey, Challenge, Identifier, Solver, Solvers
-from certkeeper.spec import CertSpec, IssuerSpec
+from certkeeper.spec import CertSpec, IssuerSpec, ip_of
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ FIRST_POLL_S = 0.1
 POLL_GROWTH = 1.5
 MAX_POLL_S = 5.0
 MAX_RETRY_AFTER_S = 600.0
+SHORT_LIVED = "shortlived"
 
 
 class NewOrder(messages.NewOrder):
@@ -93,8 +95,21 @@ class AcmeClient:
                 f"choose one it offers ({choices}) or drop --profile",
             )
 
+    def _profile_for_addresses(self, spec: CertSpec) -> CertSpec:
+        """Let's Encrypt issues IP-address certificates only with its short-lived profile: ask for it when offered."""
+        if spec.profile or not any(ip_of(n) for n in spec.names):
+            return spec
+        offered = dict(getattr(self.directory.meta, "profiles", None) or {})
+        if SHORT_LIVED not in offered:
+            return spec
+        log.warning("%s: an IP-address certificate; using the CA's %r profile", spec.names[0], SHORT_LIVED)
+        return dataclasses.replace(spec, profile=SHORT_LIVED)
+
     def _new_order(self, spec: CertSpec, replaces: str | None) -> tuple[str, dict[str, Any]]:
-        identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=n) for n in spec.names]
+        identifiers = [
+            messages.Identifier(typ=messages.IDENTIFIER_IP if ip_of(n) else messages.IDENTIFIER_FQDN, value=n)
+            for n in spec.names
+        ]
         order = NewOrder(identifiers=identifiers, profile=spec.profile or "", replaces=replaces)
         try:
             response = self._post(self.directory["newOrder"], order)
@@ -154,6 +169,7 @@ class AcmeClient:
         deadline = time.monotonic() + timeout_s
         presented: list[Presented] = []
         try:
+            spec = self._profile_for_addresses(spec)
             self._check_profile(spec.profile)
             solvers.prepare(spec.names)
             order_url, order = self._new_order(spec, replaces)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from certkeeper.errors import ConfigError
+from certkeeper.spec import ip_of
 
 HTTP01 = "http-01"
 DNS01 = "dns-01"
@@ -114,11 +115,15 @@ class Solvers:
     def for_name(self, dns_name: str, offered: Iterable[str] | None = None) -> Solver | None:
         """The solver for ``dns_name`` (``*.`` included) among those whose type the CA ``offered``."""
         wildcard = dns_name.startswith("*.")
+        address = ip_of(dns_name) is not None
         best: tuple[tuple[int, int], int, Solver] | None = None
         for index, entry in enumerate(self.entries):
             solver = entry.solver
             if wildcard and solver.challenge_type != DNS01:
                 continue  # RFC 8555 §7.1.3: a CA validates wildcards with DNS-01 only
+            if address and solver.challenge_type == DNS01:
+                continue  # RFC 8738 §7: never an IP address
+
             if offered is not None and solver.challenge_type not in offered:
                 continue
             rank = entry.selector.rank(dns_name)
@@ -137,6 +142,9 @@ class Solvers:
                     "configure a DNS-01 solver for it (e.g. --dns rfc2136 --dns-server HOST:PORT "
                     f"--tsig-key-file FILE, with --dns-zone {name[2:]} or no --dns-zone)",
                 )
+            if ip_of(name):
+                raise ConfigError(f"no HTTP-01 or TLS-ALPN-01 solver covers the IP address {name!r}",
+                                  "IP addresses are never validated over DNS-01; add an http01 solver")  # fmt: skip
             raise ConfigError(f"no configured solver covers {name!r}", "add a solver whose selector matches it")
 
     def uses(self, names: Iterable[str], challenge_type: str) -> bool:

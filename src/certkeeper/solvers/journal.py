@@ -29,7 +29,9 @@ class Journal:
 
     def _open(self) -> Path:
         if self._path is None:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # The store directory may not exist yet: make it private as the store itself would.
+            self.directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.directory.mkdir(exist_ok=True, mode=0o700)
             stem = f"{os.getpid()}-{secrets.token_hex(4)}"
             fd = os.open(self.directory / f"{stem}.lock", os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)

@@ -10,6 +10,7 @@ are presented.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import socket
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from certkeeper.crypto import tls_alpn_certificate
 from certkeeper.errors import ConfigError
 from certkeeper.solvers.base import TLSALPN01, AccountKey, Challenge, Identifier
+from certkeeper.spec import ip_of
 from certkeeper.web import parse_bind
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,13 @@ class TlsAlpn01Solver:
             threading.Thread(target=self._handshake, args=(conn,), daemon=True).start()
 
     def _select(self, tls: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext) -> int | None:
-        context = self._contexts.get((server_name or "").lower().rstrip("."))
+        key = (server_name or "").lower().rstrip(".")
+        if not key and isinstance(tls, ssl.SSLSocket):
+            # RFC 8738 §6 asks for the reverse name as SNI; a CA that sends none reached the address itself.
+            local = ipaddress.ip_address(tls.getsockname()[0].split("%")[0])
+            mapped = getattr(local, "ipv4_mapped", None)
+            key = str(mapped or local)
+        context = self._contexts.get(key)
         if context is None:
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
         tls.context = context
@@ -129,8 +137,16 @@ class TlsAlpn01Solver:
         cert_pem, key_pem = tls_alpn_certificate(identifier.name, account.key_authorization(challenge.token))
         context = _context(cert_pem, key_pem)
         with self._lock:
-            self._contexts[identifier.name] = context
+            for key in _keys(identifier.name):
+                self._contexts[key] = context
 
     def cleanup(self, identifier: Identifier, challenge: Challenge, account: AccountKey) -> None:
         with self._lock:
-            self._contexts.pop(identifier.name, None)
+            for key in _keys(identifier.name):
+                self._contexts.pop(key, None)
+
+
+def _keys(name: str) -> tuple[str, ...]:
+    """What the CA may send as SNI for ``name``: itself, and for an IP address its reverse name too."""
+    address = ip_of(name)
+    return (name, ipaddress.ip_address(address).reverse_pointer) if address else (name,)
