@@ -120,7 +120,8 @@ def bind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bind]:
 
 @pytest.fixture(scope="session")
 def dns_pebble(bind: Bind, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
-    server = start_pebble(tmp_path_factory.mktemp("dns-pebble"), dns_server=bind.server)
+    # No authorization reuse: every order must present its records (tests count them in bind's log).
+    server = start_pebble(tmp_path_factory.mktemp("dns-pebble"), dns_server=bind.server, env={"PEBBLE_AUTHZREUSE": "0"})
     try:
         yield server
     finally:

@@ -283,3 +283,19 @@ def test_solver_choice_follows_cert_manager_selectors(name: str, expected: str |
     )
     chosen = solvers.for_name(name)
     assert (chosen.describe() if chosen else None) == expected
+
+
+def test_renew_proves_names_the_way_they_were_issued(dns_env: Env, store: Path, bind: Bind, certkeeper: Run) -> None:
+    issued_result = certkeeper(dns_env, "issue", "*.again.example.test")
+    assert issued_result.returncode == 0, issued_result.stderr
+    first = issued(store, "_.again.example.test").serial_number
+    # No DNS options this time: renew takes them from what was stored with the certificate.
+    plain = {k: v for k, v in dns_env.items() if not k.startswith(("CERTKEEPER_DNS", "CERTKEEPER_TSIG"))}
+    renewed = certkeeper(plain, "renew", "--force")
+    assert renewed.returncode == 0, renewed.stderr
+    assert issued(store, "_.again.example.test").serial_number != first
+    log = (bind.workdir / "named.log").read_text()
+    assert log.count("adding an RR at '_acme-challenge.again.example.test' TXT") == 2
+    meta = (store / "_.again.example.test" / "meta.json").read_text()
+    assert str(bind.key_file) in meta and bind.key_secret not in meta
+    assert ours(bind, "example.test") == []

@@ -23,8 +23,9 @@ from certkeeper.crypto import generate_key, key_type_of
 from certkeeper.errors import CAError, CertkeeperError, ConfigError
 from certkeeper.model import CertInfo, IssuedCert, RenewalWindow
 from certkeeper.planner import plan, retry_at
-from certkeeper.solvers.base import HTTP01, Solvers
-from certkeeper.solvers.http01 import ChallengeStore, http01_only
+from certkeeper.solvers.base import HTTP01
+from certkeeper.solvers.config import SolverSetup
+from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.spec import CertSpec, IssuerSpec
 from certkeeper.stores.base import StoredCert, check_replacement
 from certkeeper.web import Responder, default_routes, start_responder
@@ -89,7 +90,7 @@ class Engine:
         deploy_hook: str | None = None,
         force: bool = False,
         challenges: ChallengeStore | None = None,
-        solvers: Callable[[ChallengeStore], Solvers] | None = None,
+        solvers: SolverSetup | None = None,
     ) -> None:
         self.issuer = issuer
         self.store = store
@@ -100,8 +101,9 @@ class Engine:
         # A caller that already serves HTTP-01 (``certkeeper run``) passes its own store.
         self.challenges = challenges if challenges is not None else ChallengeStore()  # an empty store is falsy
         self._serve_challenges = challenges is None
-        # ``solvers`` builds the configured solvers around this HTTP-01 store; default: HTTP-01 alone.
-        self.solvers = (solvers or http01_only)(self.challenges)
+        # The configured solvers, around this HTTP-01 store; default: HTTP-01 alone.
+        self.solver_setup = solvers or SolverSetup()
+        self.solvers = self.solver_setup.build(self.challenges)
         self._responder: Responder | None = None
         self._responder_lock = asyncio.Lock()
         self._local = threading.local()
@@ -262,5 +264,6 @@ class Engine:
             "directory_url": self.issuer.directory_url,
             "ca_bundle": self.issuer.ca_bundle,
             "email": self.issuer.email,
+            "solvers": self.solver_setup.recorded(),
             "issued_at": _now().isoformat(),
         }

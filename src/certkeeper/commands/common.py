@@ -19,7 +19,7 @@ from certkeeper.clikit import DNS_OPTIONS, fail, option
 from certkeeper.engine import Engine, Outcome
 from certkeeper.errors import CertkeeperError
 from certkeeper.solvers.base import Solvers
-from certkeeper.solvers.config import build_solvers, cli_config, solver_factory
+from certkeeper.solvers.config import SolverConfig, SolverSetup, build_solvers, cli_config
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.spec import CertSpec, IssuerSpec
 from certkeeper.stores.files import FileStore
@@ -67,9 +67,13 @@ class EngineOptions:
         return cli_config(self.dns, self.dns_server, self.tsig_key_file, self.dns_zone,
                           self.dns_propagation_timeout, self.dns_timeout, self.tls_alpn_bind)  # fmt: skip
 
-    def solvers(self, store: FileStore) -> Solvers:
-        """The solvers these options configure (raises ConfigError); HTTP-01 served by the engine."""
-        return build_solvers(self.solver_config(), ChallengeStore(), state_dir=journal_dir(store))
+    def has_solver_options(self) -> bool:
+        return bool(self.dns or self.tls_alpn_bind)
+
+    def solvers(self, store: FileStore, config: SolverConfig | None = None) -> Solvers:
+        """The solvers ``config`` (default: these options) configures; raises ConfigError. Used to check names."""
+        chosen = self.solver_config() if config is None else config
+        return build_solvers(chosen, ChallengeStore(), state_dir=journal_dir(store))
 
 
 def journal_dir(store: FileStore) -> str:
@@ -116,14 +120,21 @@ def setup_logging(verbose: int) -> None:
     logging.getLogger("acme").setLevel(logging.DEBUG if verbose > 2 else logging.WARNING)
 
 
-def run_engine(issuer: IssuerSpec, store: FileStore, specs: list[CertSpec], options: EngineOptions) -> list[Outcome]:
-    """Run the engine, with a progress bar when several certificates go to a terminal."""
+def run_engine(
+    issuer: IssuerSpec,
+    store: FileStore,
+    specs: list[CertSpec],
+    options: EngineOptions,
+    solvers: SolverConfig | None = None,
+) -> list[Outcome]:
+    """Run the engine (``solvers``: default, the options'), with a progress bar for many certificates on a terminal."""
+    setup = SolverSetup(tuple(options.solver_config() if solvers is None else solvers), journal_dir(store))
     show_progress = len(specs) > 1 and sys.stderr.isatty()
 
     async def go() -> list[Outcome]:
         engine = Engine(issuer, store, http_bind=options.http_bind, concurrency=options.concurrency,
                         deploy_hook=options.deploy_hook, force=options.force,
-                        solvers=solver_factory(options.solver_config(), journal_dir(store)))  # fmt: skip
+                        solvers=setup)  # fmt: skip
         try:
             if not show_progress:
                 return await engine.run(specs)

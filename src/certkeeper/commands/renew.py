@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from certkeeper.clikit import fail
@@ -21,9 +23,9 @@ def renew(store: str, engine: EngineOptions) -> None:
     Each certificate is renewed at the CA and with the choices it was issued with.
     """
     files = FileStore(store)
-    by_issuer: dict[IssuerSpec, list[CertSpec]] = {}
+    # Each certificate is proven the way it was issued (its stored solvers), unless options say otherwise.
+    groups: dict[tuple[IssuerSpec, str], list[CertSpec]] = {}
     try:
-        solvers = engine.solvers(files)
         for lineage in files.lineages():
             current = files.load(lineage)
             if current is None or not current.meta:
@@ -35,17 +37,18 @@ def renew(store: str, engine: EngineOptions) -> None:
             )
             spec = CertSpec(tuple(meta["names"]), KeyType.parse(meta.get("key_type", "ec-p256")),
                             bool(meta.get("reuse_key")), meta.get("profile"), meta.get("preferred_chain"))  # fmt: skip
+            solvers = engine.solver_config() if engine.has_solver_options() else (meta.get("solvers") or [])
             try:
-                solvers.check_names(spec.names)
+                engine.solvers(files, solvers).check_names(spec.names)
             except CertkeeperError as error:
                 raise CertkeeperError(f"{lineage}: {error}") from None
-            by_issuer.setdefault(issuer, []).append(spec)
+            groups.setdefault((issuer, json.dumps(solvers, sort_keys=True)), []).append(spec)
     except CertkeeperError as error:
         fail(str(error))
-    if not by_issuer:
+    if not groups:
         click.echo(f"no certificates in {store}; use `certkeeper issue NAME...` first")
         raise SystemExit(0)
     outcomes: list[Outcome] = []
-    for issuer, specs in by_issuer.items():
-        outcomes += run_engine(issuer, files, specs, engine)
+    for (issuer, solvers_json), specs in groups.items():
+        outcomes += run_engine(issuer, files, specs, engine, json.loads(solvers_json))
     raise SystemExit(report(outcomes, files))

@@ -22,7 +22,7 @@ from certkeeper.kube.config import RunConfig
 from certkeeper.kube.events import Recorder
 from certkeeper.kube.rollout import RolloutResult, restart_rc, restart_workload
 from certkeeper.kube.secret_store import SecretStore, api_error_text, digest_of
-from certkeeper.solvers.config import solver_factory
+from certkeeper.solvers.config import SolverSetup
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.web import Responder, default_routes, start_responder
 
@@ -261,7 +261,7 @@ class Controller:
             http_bind=self.config.http_bind,
             concurrency=2,
             challenges=self.challenges,
-            solvers=solver_factory(self.config.solvers),
+            solvers=SolverSetup(self.config.solvers),
         )
         try:
             if not await self._wait_for_api():

@@ -15,18 +15,21 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from certkeeper.errors import ConfigError
 from certkeeper.solvers.base import Selector, SolverEntry, Solvers
-from certkeeper.solvers.dnswire import TSIG_ALGORITHMS, TsigKey
 from certkeeper.solvers.http01 import ChallengeStore, Http01Solver
-from certkeeper.solvers.journal import Journal
-from certkeeper.solvers.rfc2136 import Rfc2136Config, Rfc2136Solver
-from certkeeper.solvers.tlsalpn01 import TlsAlpn01Solver
 from certkeeper.spec import normalize_name
 from certkeeper.web import parse_bind
+
+if TYPE_CHECKING:
+    from certkeeper.solvers.dnswire import TsigKey
+    from certkeeper.solvers.rfc2136 import Rfc2136Config
+
+# dnspython and the TLS listener are imported only when configured: HTTP-01 alone starts faster.
 
 SolverConfig = Sequence[Mapping[str, Any]]
 DNS_PROVIDERS = ("rfc2136",)
@@ -59,6 +62,8 @@ def _seconds(raw: Mapping[str, Any], key: str, default: float, where: str) -> fl
 
 
 def _tsig(raw: Mapping[str, Any], where: str) -> TsigKey | None:
+    from certkeeper.solvers.dnswire import TSIG_ALGORITHMS, TsigKey
+
     if raw.get("tsigKeyFile"):
         return TsigKey.from_file(str(raw["tsigKeyFile"]))
     if not raw.get("tsigKeyName") and not raw.get("tsigSecret"):
@@ -73,6 +78,8 @@ def _tsig(raw: Mapping[str, Any], where: str) -> TsigKey | None:
 
 
 def _rfc2136(raw: Mapping[str, Any], where: str) -> Rfc2136Config:
+    from certkeeper.solvers.rfc2136 import Rfc2136Config
+
     if not raw.get("nameserver"):
         raise ConfigError(f"{where}: rfc2136 needs nameserver (HOST:PORT of the zone's primary)")
     ttl = int(_seconds(raw, "ttl", 60, where))
@@ -89,6 +96,8 @@ def build_solvers(config: SolverConfig | None, http01: ChallengeStore, *, state_
     """The solvers ``config`` describes; HTTP-01 alone when it is empty."""
     if not config:
         return Solvers([SolverEntry(Http01Solver(http01))])
+    from certkeeper.solvers.journal import Journal
+
     journal = Journal(state_dir or default_state_dir())
     entries = []
     for index, raw in enumerate(config):
@@ -101,6 +110,8 @@ def build_solvers(config: SolverConfig | None, http01: ChallengeStore, *, state_
             entries.append(SolverEntry(Http01Solver(http01), selector))
             continue
         if "tlsalpn01" in raw:
+            from certkeeper.solvers.tlsalpn01 import TlsAlpn01Solver
+
             bind = str((raw["tlsalpn01"] or {}).get("bind") or "0.0.0.0:443")
             parse_bind(bind)
             entries.append(SolverEntry(TlsAlpn01Solver(bind), selector))
@@ -109,13 +120,36 @@ def build_solvers(config: SolverConfig | None, http01: ChallengeStore, *, state_
         providers = set(dns or {}) & set(DNS_PROVIDERS)
         if not isinstance(dns, Mapping) or len(providers) != 1:
             raise ConfigError(f"{where}: dns01 needs one provider", f"supported: {', '.join(DNS_PROVIDERS)}")
+        from certkeeper.solvers.rfc2136 import Rfc2136Solver
+
         entries.append(SolverEntry(Rfc2136Solver(_rfc2136(dns["rfc2136"], where), journal), selector))
     return Solvers(entries)
 
 
-def solver_factory(config: SolverConfig | None, state_dir: str | None = None) -> Callable[[ChallengeStore], Solvers]:
-    """For ``Engine(solvers=...)``: the engine hands in the HTTP-01 store its responder serves."""
-    return lambda store: build_solvers(config, store, state_dir=state_dir)
+@dataclass(frozen=True)
+class SolverSetup:
+    """What an ``Engine`` is given: the configuration, built around the HTTP-01 store the engine serves."""
+
+    config: tuple[Mapping[str, Any], ...] = ()
+    state_dir: str | None = None  # where DNS-01 notes what it presented
+
+    def build(self, http01: ChallengeStore) -> Solvers:
+        return build_solvers(self.config, http01, state_dir=self.state_dir)
+
+    def recorded(self) -> list[Any] | None:
+        """The configuration as stored with a certificate, so ``renew`` proves its names the same way.
+
+        Inline secrets (``tsigSecret``) are left out: a key file's path is kept, never a key.
+        """
+        return [_without_secrets(entry) for entry in self.config] or None
+
+
+def _without_secrets(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _without_secrets(v) for k, v in value.items() if "secret" not in k.lower()}
+    if isinstance(value, list | tuple):
+        return [_without_secrets(v) for v in value]
+    return value
 
 
 def cli_config(

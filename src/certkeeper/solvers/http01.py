@@ -6,7 +6,7 @@ import re
 import threading
 from collections.abc import Sequence
 
-from certkeeper.solvers.base import HTTP01, AccountKey, Challenge, Identifier, SolverEntry, Solvers
+from certkeeper.solvers.base import HTTP01, AccountKey, Challenge, Identifier
 
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 # RFC 8555 §8.3: the token is base64url without padding; CAs send 43 characters (256 bits).
@@ -73,8 +73,3 @@ def challenge_response(store: ChallengeStore, raw_path: str) -> tuple[int, str] 
     if value is None:
         return 404, "no such challenge\n"
     return 200, value
-
-
-def http01_only(store: ChallengeStore) -> Solvers:
-    """The default: every name proven over HTTP-01 through ``store``."""
-    return Solvers([SolverEntry(Http01Solver(store))])
