@@ -28,9 +28,16 @@ from testbench.pebble import Pebble, start_pebble
 
 # The zones the session's bind9 serves. Every zone has ns1 and a wildcard A at 127.0.0.1 (HTTP-01 reaches
 # the local responder); example.test delegates one name's validation to validation.test by CNAME and holds
-# a TXT value that is not certkeeper's; slow.test names a second server that never answers.
+# a TXT value that is not certkeeper's, and a CNAME loop; slow.test names a second server that never answers.
 DNS_ZONES = {
-    "example.test": '_acme-challenge.deleg IN CNAME deleg.validation.test.\n_acme-challenge.keep IN TXT "not-ours"',
+    "example.test": "\n".join(
+        [
+            "_acme-challenge.deleg IN CNAME deleg.validation.test.",
+            '_acme-challenge.keep IN TXT "not-ours"',
+            "_acme-challenge.loop IN CNAME loop2.example.test.",
+            "loop2 IN CNAME _acme-challenge.loop.example.test.",
+        ]
+    ),
     "validation.test": "",
     "http.test": "",
     "slow.test": "@ IN NS ns2.slow.test.\nns2 IN A 127.0.0.2",

@@ -299,3 +299,43 @@ def test_renew_proves_names_the_way_they_were_issued(dns_env: Env, store: Path, 
     meta = (store / "_.again.example.test" / "meta.json").read_text()
     assert str(bind.key_file) in meta and bind.key_secret not in meta
     assert ours(bind, "example.test") == []
+
+
+def test_a_cname_loop_is_refused_before_any_order(dns_env: Env, store: Path, bind: Bind, certkeeper: Run) -> None:
+    result = certkeeper(dns_env, "issue", "loop.example.test")
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, result.stderr
+    assert "the CNAMEs from _acme-challenge.loop.example.test loop" in errors[0]
+    assert_nothing_left(store, bind)
+
+
+def test_a_running_process_keeps_its_records_while_another_run_starts(
+    dns_env: Env, store: Path, bind: Bind, certkeeper: Run
+) -> None:
+    # The first run waits (slow.test never propagates everywhere) with its record out; a second run on the
+    # same store starts, cleans leftovers, and must leave the live run's record alone.
+    first = subprocess.Popen(
+        [CERTKEEPER, "issue", "--dns-propagation-timeout", "20", "www3.slow.test"],
+        env=dns_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not bind.txt("slow.test") and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.1)
+        assert bind.txt("slow.test"), "the first run did not present its record"
+        second = certkeeper(dns_env, "issue", "alongside.example.test")
+        assert second.returncode == 0, second.stderr
+        assert "interrupted run" not in second.stderr
+        assert [r[0] for r in bind.txt("slow.test")] == ["_acme-challenge.www3.slow.test"]
+        assert first.poll() is None, "the first run should still be waiting"
+    finally:
+        first.terminate()
+        _, first_err = first.communicate(timeout=60)
+    # Stopped by SIGTERM, the run takes its record out on the way and says so.
+    assert first.returncode == 130
+    assert "stopped by SIGTERM" in first_err
+    assert bind.txt("slow.test") == [], first_err

@@ -7,6 +7,7 @@ import datetime
 import functools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -131,10 +132,22 @@ def run_engine(
     setup = SolverSetup(tuple(options.solver_config() if solvers is None else solvers), journal_dir(store))
     show_progress = len(specs) > 1 and sys.stderr.isatty()
 
+    interrupted: list[str] = []
+
     async def go() -> list[Outcome]:
         engine = Engine(issuer, store, http_bind=options.http_bind, concurrency=options.concurrency,
                         deploy_hook=options.deploy_hook, force=options.force,
                         solvers=setup)  # fmt: skip
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        assert main is not None
+
+        def stop(signum: signal.Signals) -> None:
+            interrupted.append(signum.name)
+            main.cancel()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop, signum)
         try:
             if not show_progress:
                 return await engine.run(specs)
@@ -143,10 +156,22 @@ def run_engine(
             with Progress(transient=True) as progress:
                 task = progress.add_task("certificates", total=len(specs))
                 return await engine.run(specs, lambda _: progress.advance(task))
+        except asyncio.CancelledError:
+            return []
         finally:
             await engine.close()
+            if interrupted:
+                # Orders still running in worker threads are abandoned: take their DNS records out now.
+                engine.solvers.close()
 
-    return asyncio.run(go())
+    outcomes = asyncio.run(go())
+    if interrupted:
+        click.echo(f"certkeeper: error: stopped by {interrupted[0]}; certificates not yet stored were not "
+                   "issued; run again to finish", err=True)  # fmt: skip
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(130)  # do not wait for the abandoned orders' threads
+    return outcomes
 
 
 def _when(value: datetime.datetime | None) -> str:

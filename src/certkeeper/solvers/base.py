@@ -79,6 +79,10 @@ class Solver(Protocol):
 
     def cleanup(self, identifier: Identifier, challenge: Challenge, account: AccountKey) -> None: ...
 
+    def close(self) -> None:
+        """The run is ending, perhaps interrupted mid-order: take out what is still presented, stop listening."""
+        ...
+
 
 @dataclass(frozen=True)
 class Selector:
@@ -154,6 +158,10 @@ class Solvers:
             if solver is not None and solver.challenge_type == challenge_type:
                 return True
         return False
+
+    def close(self) -> None:
+        for entry in self.entries:
+            entry.solver.close()
 
     def prepare(self, names: Sequence[str]) -> None:
         """Before ordering: every name has a solver, and each solver can present its names."""

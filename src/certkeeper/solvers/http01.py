@@ -59,6 +59,9 @@ class Http01Solver:
     def cleanup(self, identifier: Identifier, challenge: Challenge, account: AccountKey) -> None:
         self.store.remove(challenge.token)
 
+    def close(self) -> None:
+        return None  # the tokens die with the process
+
 
 def challenge_response(store: ChallengeStore, raw_path: str) -> tuple[int, str] | None:
     """(status, body) for a challenge path, or None if the path is not under the challenge prefix.

@@ -134,6 +134,18 @@ class Rfc2136Solver:
         self.server.delete_txt(record["zone"], record["name"], record["value"])
         self.journal.remove(record)
 
+    def close(self) -> None:
+        """Take out every record this process still has out (an interrupted run); best effort.
+
+        The journal keeps them all the same: an update still in flight in a worker thread may land
+        after this, and the next run removes whatever is left.
+        """
+        for record in self.journal.pending():
+            try:
+                self.server.delete_txt(str(record["zone"]), str(record["name"]), str(record["value"]))
+            except CertkeeperError as error:
+                log.warning("cannot remove the TXT record %s now (%s); the next run will", record["name"], error)
+
     # -- propagation -----------------------------------------------------------------------------
 
     def _wait_served(self, target: Target, value: str) -> None:
