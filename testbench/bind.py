@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -64,6 +65,35 @@ class Bind:
     def txt(self, zone: str) -> list[tuple[str, str, str]]:
         return self.records(zone, "TXT")
 
+    def zone_file(self, zone: str) -> Path:
+        return self.workdir / f"{zone}.db"
+
+    def reload(self) -> None:
+        """Reload the zone files (SIGHUP, as ``rndc reload`` does)."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGHUP)
+
+    @contextmanager
+    def reloading_on_change(self, zone: str, interval: float = 0.02) -> Iterator[None]:
+        """Reload whenever ``zone``'s file changes: a provider's backend publishing its zone."""
+        path, done = self.zone_file(zone), threading.Event()
+
+        def watch() -> None:
+            seen = path.stat().st_mtime_ns
+            while not done.wait(interval):
+                now = path.stat().st_mtime_ns if path.exists() else seen
+                if now != seen:
+                    seen = now
+                    self.reload()
+
+        thread = threading.Thread(target=watch, name=f"reload-{zone}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -103,8 +133,18 @@ def _answers(port: int, zone: str) -> bool:
     return bool(response.answer)
 
 
-def start_bind(workdir: Path | None = None, zones: Mapping[str, str] | None = None, *, timeout: float = 20.0) -> Bind:
-    """Start ``named`` serving ``zones`` (zone -> extra zone-file lines); stop it with ``Bind.stop()``."""
+def start_bind(
+    workdir: Path | None = None,
+    zones: Mapping[str, str] | None = None,
+    *,
+    static: tuple[str, ...] = (),
+    timeout: float = 20.0,
+) -> Bind:
+    """Start ``named`` serving ``zones`` (zone -> extra zone-file lines); stop it with ``Bind.stop()``.
+
+    Zones in ``static`` take no updates: they change by editing ``Bind.zone_file(zone)`` and ``Bind.reload()``
+    (what lexicon's zone-file provider does).
+    """
     if shutil.which("named") is None and not Path("/usr/sbin/named").exists():
         raise RuntimeError("named is not installed: run `make install` (Debian package bind9)")
     named = shutil.which("named") or "/usr/sbin/named"
@@ -118,10 +158,8 @@ def start_bind(workdir: Path | None = None, zones: Mapping[str, str] | None = No
         zone_blocks = []
         for zone, extra in zones.items():
             (workdir / f"{zone}.db").write_text(_zone_file(zone, extra))
-            zone_blocks.append(
-                f'zone "{zone}" {{ type primary; file "{zone}.db"; '
-                f"update-policy {{ grant {KEY_NAME} zonesub TXT; }}; }};"
-            )
+            policy = "" if zone in static else f"update-policy {{ grant {KEY_NAME} zonesub TXT; }}; "
+            zone_blocks.append(f'zone "{zone}" {{ type primary; file "{zone}.db"; {policy}}};')
         (workdir / "named.conf").write_text(
             f"""options {{
     directory "{workdir}";

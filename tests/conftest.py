@@ -41,7 +41,10 @@ DNS_ZONES = {
     "validation.test": "",
     "http.test": "",
     "slow.test": "@ IN NS ns2.slow.test.\nns2 IN A 127.0.0.2",
+    # Takes no updates: lexicon's zone-file provider edits its file and bind reloads it (see test_lexicon.py).
+    "lexzone.com": "",
 }
+STATIC_ZONES = ("lexzone.com",)
 
 Env = dict[str, str]
 MakeEnv = Callable[[str, "str | Path", int, Path], Env]
@@ -118,7 +121,7 @@ def certkeeper() -> Run:
 
 @pytest.fixture(scope="session")
 def bind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bind]:
-    server = start_bind(tmp_path_factory.mktemp("bind"), DNS_ZONES)
+    server = start_bind(tmp_path_factory.mktemp("bind"), DNS_ZONES, static=STATIC_ZONES)
     try:
         yield server
     finally:

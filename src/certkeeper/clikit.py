@@ -26,8 +26,8 @@ def fail(message: str, code: int = 2) -> None:
 
 # Solver options (DNS-01, TLS-ALPN-01), shared by issue/renew and run (``solvers.config.cli_config`` reads them).
 DNS_OPTIONS = [
-    option("--dns", metavar="PROVIDER", type=click.Choice(["rfc2136"]),
-           help="Prove names with DNS-01 through this provider (needed for wildcards)."),
+    option("--dns", metavar="PROVIDER",
+           help="Prove names with DNS-01 (needed for wildcards): rfc2136, or lexicon:PROVIDER (hosted DNS)."),
     option("--dns-server", metavar="HOST:PORT", help="The zone's primary DNS server, for RFC 2136 updates."),
     option("--tsig-key-file", type=click.Path(exists=True, dir_okay=False),
            help="TSIG key for the updates, in BIND's syntax (tsig-keygen NAME > FILE)."),

@@ -26,13 +26,15 @@ from certkeeper.spec import normalize_name
 from certkeeper.web import parse_bind
 
 if TYPE_CHECKING:
+    from certkeeper.solvers.base import Solver
     from certkeeper.solvers.dnswire import TsigKey
+    from certkeeper.solvers.journal import Journal
     from certkeeper.solvers.rfc2136 import Rfc2136Config
 
 # dnspython and the TLS listener are imported only when configured: HTTP-01 alone starts faster.
 
 SolverConfig = Sequence[Mapping[str, Any]]
-DNS_PROVIDERS = ("rfc2136",)
+DNS_PROVIDERS = ("rfc2136", "lexicon")
 
 
 def default_state_dir() -> str:
@@ -92,6 +94,24 @@ def _rfc2136(raw: Mapping[str, Any], where: str) -> Rfc2136Config:
     )
 
 
+def _lexicon(raw: Mapping[str, Any], where: str, journal: Journal) -> Solver:
+    """A hosted provider through lexicon; ``nameserver`` is an authoritative server of the zone, for lookups."""
+    from certkeeper.solvers.lexicon import LexiconPublisher
+    from certkeeper.solvers.rfc2136 import Rfc2136Solver
+
+    provider = str(raw.get("provider") or "")
+    if not provider:
+        raise ConfigError(f"{where}: lexicon needs provider (e.g. cloudflare, route53, localzone)")
+    if not raw.get("nameserver"):
+        raise ConfigError(
+            f"{where}: lexicon needs nameserver (HOST:PORT of an authoritative server of the zone)",
+            "certkeeper finds the zone and checks propagation there; e.g. --dns-server ns1.provider.example:53",
+        )
+    config = _rfc2136({**raw, "tsigKeyFile": None, "tsigKeyName": None, "tsigSecret": None}, where)
+    publisher = LexiconPublisher(provider, raw.get("options") or {})
+    return Rfc2136Solver(config, journal, publisher, via=f"lexicon:{provider}")
+
+
 def build_solvers(config: SolverConfig | None, http01: ChallengeStore, *, state_dir: str | None = None) -> Solvers:
     """The solvers ``config`` describes; HTTP-01 alone when it is empty."""
     if not config:
@@ -122,6 +142,9 @@ def build_solvers(config: SolverConfig | None, http01: ChallengeStore, *, state_
             raise ConfigError(f"{where}: dns01 needs one provider", f"supported: {', '.join(DNS_PROVIDERS)}")
         from certkeeper.solvers.rfc2136 import Rfc2136Solver
 
+        if "lexicon" in dns:
+            entries.append(SolverEntry(_lexicon(dns["lexicon"], where, journal), selector))
+            continue
         entries.append(SolverEntry(Rfc2136Solver(_rfc2136(dns["rfc2136"], where), journal), selector))
     return Solvers(entries)
 
@@ -169,8 +192,13 @@ def cli_config(
         if dns_server or tsig_key_file or dns_zones:
             raise ConfigError("--dns-server, --tsig-key-file and --dns-zone need --dns rfc2136")
         return others if tls_alpn_bind else []
-    if dns != "rfc2136":
-        raise ConfigError(f"--dns {dns!r} is not a DNS provider certkeeper knows", "use --dns rfc2136")
+    if dns.startswith("lexicon:") and dns[len("lexicon:") :]:
+        if not dns_server:
+            raise ConfigError(f"--dns {dns} needs --dns-server HOST:PORT (an authoritative server of the zone)")
+        if tsig_key_file:
+            raise ConfigError(f"--dns {dns} takes no --tsig-key-file (lexicon reads the provider's credentials)")
+    elif dns != "rfc2136":
+        raise ConfigError(f"--dns {dns!r} is not a DNS provider certkeeper knows", "use rfc2136 or lexicon:PROVIDER")
     if not dns_server:
         raise ConfigError("--dns rfc2136 needs --dns-server HOST:PORT (the zone's primary)")
     rfc2136: dict[str, Any] = {"nameserver": dns_server}
@@ -180,7 +208,9 @@ def cli_config(
         rfc2136["propagationTimeout"] = propagation_timeout
     if timeout is not None:
         rfc2136["timeout"] = timeout
-    dns_entry: dict[str, Any] = {"dns01": {"rfc2136": rfc2136}}
+    if dns.startswith("lexicon:"):
+        rfc2136["provider"] = dns[len("lexicon:") :]
+    dns_entry: dict[str, Any] = {"dns01": {"lexicon" if dns.startswith("lexicon:") else "rfc2136": rfc2136}}
     zones = [z for item in dns_zones for z in item.replace(",", " ").split()]
     if zones:
         dns_entry["selector"] = {"dnsZones": zones}

@@ -1,4 +1,5 @@
-"""DNS-01 through RFC 2136 dynamic updates signed with TSIG (BIND, Knot, PowerDNS, Windows DNS...).
+"""DNS-01: through RFC 2136 dynamic updates signed with TSIG (BIND, Knot, PowerDNS, Windows DNS...), or
+through another ``Publisher`` (a hosted provider's API, see ``lexicon``) with the same lookups and checks.
 
 present: follow ``_acme-challenge`` CNAMEs to the name that really holds the record, find its zone
 at the primary, note the record in the journal, add the TXT value (other values under the name
@@ -13,6 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from certkeeper.errors import CertkeeperError, ConfigError
 from certkeeper.solvers.base import DNS01, AccountKey, Challenge, Identifier, dns01_value
@@ -36,6 +38,14 @@ class Rfc2136Config:
     propagation_timeout: float = 120.0  # until every authoritative server serves the value
 
 
+class Publisher(Protocol):
+    """What changes the zone: RFC 2136 at the primary (``dnswire.Server``) or a provider's API."""
+
+    def add_txt(self, zone: str, name: str, value: str, ttl: int = 60) -> None: ...
+
+    def delete_txt(self, zone: str, name: str, value: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class Target:
     """Where the TXT record for one name goes, and which servers must serve it."""
@@ -48,17 +58,22 @@ class Target:
 class Rfc2136Solver:
     challenge_type = DNS01
 
-    def __init__(self, config: Rfc2136Config, journal: Journal) -> None:
+    def __init__(
+        self, config: Rfc2136Config, journal: Journal, publisher: Publisher | None = None, via: str = "rfc2136"
+    ) -> None:
         host, port = parse_server(config.server)
         self.config = config
+        # ``server`` answers the lookups (CNAMEs, zone, name servers); ``publisher`` changes the zone.
         self.server = Server(host, port, config.key, config.timeout)
+        self.publisher: Publisher = publisher or self.server
+        self.via = via
         self.journal = journal
         self._lock = threading.Lock()
         self._targets: dict[str, tuple[float, Target]] = {}
         self._recovered = False
 
     def describe(self) -> str:
-        return f"dns-01 (rfc2136 at {self.server})"
+        return f"dns-01 ({self.via} at {self.server})"
 
     # -- finding where the record goes ----------------------------------------------------------
 
@@ -120,18 +135,19 @@ class Rfc2136Solver:
     def _record(self, identifier: Identifier, challenge: Challenge, account: AccountKey) -> tuple[Target, Record]:
         target = self._target(identifier)
         value = dns01_value(account.key_authorization(challenge.token))
-        return target, {"server": str(self.server), "zone": target.zone, "name": target.name, "value": value}
+        record = {"server": str(self.server), "via": self.via, "zone": target.zone, "name": target.name, "value": value}
+        return target, record
 
     def present(self, identifier: Identifier, challenge: Challenge, account: AccountKey) -> None:
         self._recover_once()
         target, record = self._record(identifier, challenge, account)
         self.journal.add(record)
-        self.server.add_txt(target.zone, target.name, record["value"], self.config.ttl)
+        self.publisher.add_txt(target.zone, target.name, record["value"], self.config.ttl)
         self._wait_served(target, record["value"])
 
     def cleanup(self, identifier: Identifier, challenge: Challenge, account: AccountKey) -> None:
         _, record = self._record(identifier, challenge, account)
-        self.server.delete_txt(record["zone"], record["name"], record["value"])
+        self.publisher.delete_txt(record["zone"], record["name"], record["value"])
         self.journal.remove(record)
 
     def close(self) -> None:
@@ -142,7 +158,7 @@ class Rfc2136Solver:
         """
         for record in self.journal.pending():
             try:
-                self.server.delete_txt(str(record["zone"]), str(record["name"]), str(record["value"]))
+                self.publisher.delete_txt(str(record["zone"]), str(record["name"]), str(record["value"]))
             except CertkeeperError as error:
                 log.warning("cannot remove the TXT record %s now (%s); the next run will", record["name"], error)
 
@@ -181,10 +197,10 @@ class Rfc2136Solver:
             log.warning("removed %d TXT record(s) an interrupted run left at %s", cleaned, self.server)
 
     def _clean_leftover(self, record: Record) -> bool:
-        if record.get("server") != str(self.server):
-            return False  # another solver's server: left for it
+        if record.get("server") != str(self.server) or record.get("via", "rfc2136") != self.via:
+            return False  # another solver's: left for it
         try:
-            self.server.delete_txt(str(record["zone"]), str(record["name"]), str(record["value"]))
+            self.publisher.delete_txt(str(record["zone"]), str(record["name"]), str(record["value"]))
         except CertkeeperError as error:
             log.warning("cannot remove the leftover TXT record %s yet: %s", record.get("name"), error)
             return False
