@@ -339,3 +339,40 @@ def test_a_running_process_keeps_its_records_while_another_run_starts(
     assert first.returncode == 130
     assert "stopped by SIGTERM" in first_err
     assert bind.txt("slow.test") == [], first_err
+
+
+# -- the plain-dict seam an Issuer's ``solvers:`` will use ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "says"),
+    [
+        ([{"webhook": {}}], "solver 1: give exactly one of http01, dns01 or tlsalpn01"),
+        ([{"http01": {}}, {"dns01": {}}], "solver 2: dns01 needs one provider"),
+        ([{"dns01": {"rfc2136": {}}}], "solver 1: rfc2136 needs nameserver"),
+        (
+            [{"dns01": {"rfc2136": {"nameserver": "127.0.0.1:53", "tsigKeyName": "k"}}}],
+            "needs tsigKeyName and tsigSecret",
+        ),
+        ([{"http01": {}, "selector": {"dnsLabels": ["x"]}}], "selector takes dnsNames and dnsZones"),
+        ([{"dns01": {"rfc2136": {"nameserver": "127.0.0.1:53", "propagationTimeout": "soon"}}}], "not a number"),
+        ([{"dns01": {"lexicon": {"provider": "localzone"}}}], "lexicon needs nameserver"),
+    ],
+)
+def test_solver_configuration_errors_name_the_entry(config: list[dict[str, object]], says: str) -> None:
+    from certkeeper.errors import ConfigError
+    from certkeeper.solvers.config import build_solvers
+    from certkeeper.solvers.http01 import ChallengeStore
+
+    with pytest.raises(ConfigError) as caught:
+        build_solvers(config, ChallengeStore())
+    assert says in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_inline_tsig_secret_is_never_stored_with_the_certificate() -> None:
+    from certkeeper.solvers.config import SolverSetup
+
+    entry = {"dns01": {"rfc2136": {"nameserver": "127.0.0.1:53", "tsigKeyName": "k", "tsigSecret": "c2VjcmV0"}}}
+    assert SolverSetup((entry,)).recorded() == [
+        {"dns01": {"rfc2136": {"nameserver": "127.0.0.1:53", "tsigKeyName": "k"}}}
+    ]
