@@ -185,9 +185,8 @@ def cli_config(
     tls_alpn_bind: str | None = None,
 ) -> list[dict[str, Any]]:
     """The solver list the command-line flags (or their CERTKEEPER_* variables) describe."""
-    # TLS-ALPN-01, when asked for, proves the names DNS-01 does not (HTTP-01 stays for a CA without it).
-    others: list[dict[str, Any]] = [{"tlsalpn01": {"bind": tls_alpn_bind}}] if tls_alpn_bind else []
-    others.append({"http01": {}})
+    # TLS-ALPN-01, when asked for, proves the names DNS-01 does not, instead of HTTP-01 (port 80 may be closed).
+    others: list[dict[str, Any]] = [{"tlsalpn01": {"bind": tls_alpn_bind}} if tls_alpn_bind else {"http01": {}}]
     if not dns:
         if dns_server or tsig_key_file or dns_zones:
             raise ConfigError("--dns-server, --tsig-key-file and --dns-zone need --dns rfc2136")
