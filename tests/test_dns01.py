@@ -376,3 +376,17 @@ def test_inline_tsig_secret_is_never_stored_with_the_certificate() -> None:
     assert SolverSetup((entry,)).recorded() == [
         {"dns01": {"rfc2136": {"nameserver": "127.0.0.1:53", "tsigKeyName": "k"}}}
     ]
+
+
+def test_an_update_the_server_refuses(dns_env: Env, store: Path, bind: Bind, certkeeper: Run) -> None:
+    # lexzone.com takes no dynamic updates (no update-policy): bind answers REFUSED.
+    result = certkeeper(dns_env, "issue", "refused.lexzone.com")
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, result.stderr
+    assert (
+        f"DNS server {bind.server} answered REFUSED to the update of TXT _acme-challenge.refused.lexzone.com"
+        in (errors[0])
+    )
+    assert "update-policy" in errors[0]
+    assert bind.txt("lexzone.com") == [] and journal_files(store) == []

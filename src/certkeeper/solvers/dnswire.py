@@ -29,6 +29,14 @@ _ALGORITHM = re.compile(r"algorithm\s+\"?([\w.-]+)\"?\s*;")
 _SECRET = re.compile(r'secret\s+"([^"]+)"\s*;')
 
 
+class Refused(CertkeeperError):
+    """The server answered and did not make the change (so nothing is left to take out)."""
+
+
+class KeyRefused(ConfigError):
+    """The server refused the TSIG key: nothing signed with it was done."""
+
+
 @dataclass(frozen=True)
 class TsigKey:
     name: str
@@ -144,9 +152,9 @@ class Server:
                 f"DNS server {where} did not answer {what} ({reason})", "check the address, the port and the firewall"
             ) from None
 
-    def _key_error(self, why: str) -> ConfigError:
+    def _key_error(self, why: str) -> KeyRefused:
         name = self.key.name if self.key else "?"
-        return ConfigError(
+        return KeyRefused(
             f"DNS server {self} refused the TSIG key {name!r} ({why})",
             "give --tsig-key-file the key configured on the server (same name, algorithm and secret)",
         )
@@ -163,7 +171,7 @@ class Server:
         text = dns.rcode.to_text(rcode)
         if rcode == dns.rcode.NOTAUTH and self.key is not None:
             raise self._key_error("NOTAUTH")
-        raise CertkeeperError(
+        raise Refused(
             f"DNS server {self} answered {text} to {what}",
             "check that the server is primary for the zone and that its update-policy lets the key change TXT records",
         )

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from certkeeper.errors import CertkeeperError, ConfigError
 from certkeeper.solvers.base import DNS01, AccountKey, Challenge, Identifier, dns01_value
-from certkeeper.solvers.dnswire import Server, TsigKey, parse_server, system_lookup
+from certkeeper.solvers.dnswire import KeyRefused, Refused, Server, TsigKey, parse_server, system_lookup
 from certkeeper.solvers.journal import Journal, Record
 
 log = logging.getLogger(__name__)
@@ -142,13 +142,20 @@ class Rfc2136Solver:
         self._recover_once()
         target, record = self._record(identifier, challenge, account)
         self.journal.add(record)
-        self.publisher.add_txt(target.zone, target.name, record["value"], self.config.ttl)
+        try:
+            self.publisher.add_txt(target.zone, target.name, record["value"], self.config.ttl)
+        except (Refused, KeyRefused):
+            self.journal.remove(record)  # the server said no: nothing was added
+            raise
         self._wait_served(target, record["value"])
 
     def cleanup(self, identifier: Identifier, challenge: Challenge, account: AccountKey) -> None:
-        _, record = self._record(identifier, challenge, account)
-        self.publisher.delete_txt(record["zone"], record["name"], record["value"])
-        self.journal.remove(record)
+        """Take out exactly what ``present`` noted for this challenge (nothing, if it never got that far)."""
+        value = dns01_value(account.key_authorization(challenge.token))
+        for record in self.journal.pending():
+            if record["value"] == value and record.get("via") == self.via and record["server"] == str(self.server):
+                self.publisher.delete_txt(str(record["zone"]), str(record["name"]), value)
+                self.journal.remove(record)
 
     def close(self) -> None:
         """Take out every record this process still has out (an interrupted run); best effort.
