@@ -78,6 +78,12 @@ def setup_logging(log_format: str, verbose: int) -> None:
 )
 @option("-v", "--verbose", count=True, help="Debug output (-vv: also the libraries').")
 @dns_options
+@option(
+    "--dns-state-dir",
+    type=click.Path(file_okay=False),
+    help="Where DNS-01 notes the records it presented, so the next start removes a killed run's "
+    "(mount a volume here to survive a pod's replacement) [default: the temporary directory].",
+)
 def run(
     http_bind: str,
     ca_bundle: str | None,
@@ -96,6 +102,7 @@ def run(
     dns_propagation_timeout: float | None,
     dns_timeout: float | None,
     tls_alpn_bind: str | None,
+    dns_state_dir: str | None,
 ) -> None:
     """Keep the Secret certs-<first of DOMAINS> issued and renewed; restart its consumers after a change.
 
@@ -123,6 +130,7 @@ def run(
             eab_hmac_key=eab_hmac_key,
             rollout_timeout=rollout_timeout,
             solvers=solvers,
+            dns_state_dir=dns_state_dir,
         )
     except ConfigProblems as problems:
         for line in problems.problems:

@@ -70,6 +70,7 @@ class RunConfig:
     rollout_timeout: float = 300.0
     notes: tuple[str, ...] = field(default=())  # warnings worth a log line at start
     solvers: tuple[dict[str, Any], ...] = ()  # ``solvers.config`` entries; empty: HTTP-01 alone
+    dns_state_dir: str | None = None  # where DNS-01 notes presented records; None: the temporary directory
 
     @property
     def account_secret_name(self) -> str:
@@ -100,6 +101,7 @@ def load_config(
     eab_hmac_key: str | None = None,
     rollout_timeout: float = 300.0,
     solvers: Sequence[dict[str, Any]] = (),
+    dns_state_dir: str | None = None,
 ) -> RunConfig:
     """Build the run configuration from the seed's variables; raises ConfigProblems naming every problem."""
     problems: list[str] = []
@@ -239,4 +241,5 @@ def load_config(
         rollout_timeout=rollout_timeout,
         notes=tuple(notes),
         solvers=tuple(solvers),
+        dns_state_dir=dns_state_dir or None,
     )

@@ -261,7 +261,7 @@ class Controller:
             http_bind=self.config.http_bind,
             concurrency=2,
             challenges=self.challenges,
-            solvers=SolverSetup(self.config.solvers),
+            solvers=SolverSetup(self.config.solvers, self.config.dns_state_dir),
         )
         try:
             if not await self._wait_for_api():
