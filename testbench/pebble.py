@@ -63,6 +63,7 @@ class Pebble:
     management_port: int
     http_port: int
     dns_port: int
+    tls_port: int = 0  # where Pebble connects for TLS-ALPN-01
     eab_keys: dict[str, str] = field(default_factory=dict)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -121,9 +122,12 @@ def start_pebble(
     http_port: int | None = None,
     env: Mapping[str, str] | None = None,
     eab_keys: Mapping[str, str] | None = None,
+    dns_server: str | None = None,
 ) -> Pebble:
     """Start pebble-challtestsrv (DNS only) and pebble; stop them with ``Pebble.stop()``.
 
+    ``dns_server`` (HOST:PORT, e.g. ``testbench.bind.Bind.server``) points Pebble at that DNS server
+    instead of challtestsrv, so it resolves names and DNS-01 TXT records there.
     ``env`` adds Pebble's fault switches (``PEBBLE_WFE_NONCEREJECT``, ``PEBBLE_ALTERNATE_ROOTS``, ...).
     ``eab_keys`` (key id -> base64url HMAC key) makes External Account Binding required.
     """
@@ -131,7 +135,7 @@ def start_pebble(
     # and benchmarks run side by side): choose again a few times rather than fail.
     for attempt in range(3):
         try:
-            return _start_pebble_once(workdir, http_port=http_port, env=env, eab_keys=eab_keys)
+            return _start_pebble_once(workdir, http_port=http_port, env=env, eab_keys=eab_keys, dns_server=dns_server)
         except RuntimeError as error:
             if "address already in use" not in str(error) or attempt == 2:
                 raise
@@ -144,6 +148,7 @@ def _start_pebble_once(
     http_port: int | None,
     env: Mapping[str, str] | None,
     eab_keys: Mapping[str, str] | None,
+    dns_server: str | None = None,
 ) -> Pebble:
     for binary in ("pebble", "pebble-challtestsrv"):
         if shutil.which(binary) is None:
@@ -157,7 +162,8 @@ def _start_pebble_once(
         listen_port=free_port(),
         management_port=free_port(),
         http_port=http_port or free_port(),
-        dns_port=free_port(),
+        dns_port=int(dns_server.rsplit(":", 1)[1]) if dns_server else free_port(),
+        tls_port=free_port(),
         eab_keys=dict(eab_keys or {}),
     )
     config = {
@@ -167,7 +173,7 @@ def _start_pebble_once(
             "certificate": str(tls.cert_pem),
             "privateKey": str(tls.key_pem),
             "httpPort": pebble.http_port,
-            "tlsPort": free_port(),
+            "tlsPort": pebble.tls_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": bool(pebble.eab_keys),
             "externalAccountMACKeys": pebble.eab_keys,
@@ -175,24 +181,12 @@ def _start_pebble_once(
     }
     config_path = workdir / "pebble-config.json"
     config_path.write_text(json.dumps(config))
-    dns_log = workdir / "challtestsrv.log"
-    dns = subprocess.Popen(
-        [
-            "pebble-challtestsrv",
-            "-dns01", f"127.0.0.1:{pebble.dns_port}",
-            "-management", f"127.0.0.1:{free_port()}",
-            "-http01", "", "-https01", "", "-tlsalpn01", "",
-            "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
-        ],
-        stdout=dns_log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
-    pebble.processes.append(dns)
+    if dns_server is None:
+        _start_challtestsrv(pebble)
     run_env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", **(env or {})}
     log = workdir / "pebble.log"
     proc = subprocess.Popen(
-        ["pebble", "-config", str(config_path), "-dnsserver", f"127.0.0.1:{pebble.dns_port}"],
+        ["pebble", "-config", str(config_path), "-dnsserver", dns_server or f"127.0.0.1:{pebble.dns_port}"],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         env=run_env,
@@ -206,6 +200,23 @@ def _start_pebble_once(
         pebble.stop()
         raise
     return pebble
+
+
+def _start_challtestsrv(pebble: Pebble) -> None:
+    dns_log = pebble.workdir / "challtestsrv.log"
+    dns = subprocess.Popen(
+        [
+            "pebble-challtestsrv",
+            "-dns01", f"127.0.0.1:{pebble.dns_port}",
+            "-management", f"127.0.0.1:{free_port()}",
+            "-http01", "", "-https01", "", "-tlsalpn01", "",
+            "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
+        ],
+        stdout=dns_log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    pebble.processes.append(dns)
 
 
 @contextmanager

@@ -6,6 +6,9 @@
 - ``env`` / ``ari_env``: the environment that points ``certkeeper`` at ``pebble`` / ``ari`` and ``store``.
 - ``make_env(directory_url, ca_bundle, http_port, store)``: the same for a special Pebble.
 - ``certkeeper(env, *args)``: runs the ``certkeeper`` command as a user would; returns the CompletedProcess.
+- ``bind`` (session): a real BIND 9 (``testbench.bind.Bind``) serving the DNS-01 test zones (see ``DNS_ZONES``).
+- ``dns_pebble`` (session): a second Pebble that resolves names and TXT records at ``bind``.
+- ``dns_env``: the environment for ``dns_pebble`` plus ``--dns rfc2136`` at ``bind`` with its TSIG key.
 """
 
 from __future__ import annotations
@@ -18,8 +21,29 @@ from pathlib import Path
 import pytest
 
 from testbench.ari import AcmeFront, start_front
+from testbench.bind import Bind, start_bind
 from testbench.command import CERTKEEPER
 from testbench.pebble import Pebble, start_pebble
+
+# The zones the session's bind9 serves. Every zone has ns1 and a wildcard A at 127.0.0.1 (HTTP-01 reaches
+# the local responder); example.test delegates one name's validation to validation.test by CNAME and holds
+# a TXT value that is not certkeeper's, and a CNAME loop; slow.test names a second server that never answers.
+DNS_ZONES = {
+    "example.test": "\n".join(
+        [
+            "_acme-challenge.deleg IN CNAME deleg.validation.test.",
+            '_acme-challenge.keep IN TXT "not-ours"',
+            "_acme-challenge.loop IN CNAME loop2.example.test.",
+            "loop2 IN CNAME _acme-challenge.loop.example.test.",
+        ]
+    ),
+    "validation.test": "",
+    "http.test": "",
+    "slow.test": "@ IN NS ns2.slow.test.\nns2 IN A 127.0.0.2",
+    # Takes no updates: lexicon's zone-file provider edits its file and bind reloads it (see test_lexicon.py).
+    "lexzone.com": "",
+}
+STATIC_ZONES = ("lexzone.com",)
 
 Env = dict[str, str]
 MakeEnv = Callable[[str, "str | Path", int, Path], Env]
@@ -89,3 +113,29 @@ def ari_env(ari: AcmeFront, store: Path) -> Env:
 @pytest.fixture
 def certkeeper() -> Run:
     return _run
+
+
+@pytest.fixture(scope="session")
+def bind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bind]:
+    server = start_bind(tmp_path_factory.mktemp("bind"), DNS_ZONES, static=STATIC_ZONES)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def dns_pebble(bind: Bind, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
+    # No authorization reuse: every order must present its records (tests count them in bind's log).
+    server = start_pebble(tmp_path_factory.mktemp("dns-pebble"), dns_server=bind.server, env={"PEBBLE_AUTHZREUSE": "0"})
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def dns_env(dns_pebble: Pebble, bind: Bind, store: Path) -> Env:
+    env = _make_env(dns_pebble.directory_url, dns_pebble.ca_bundle, dns_pebble.http_port, store)
+    env.update(CERTKEEPER_DNS="rfc2136", CERTKEEPER_DNS_SERVER=bind.server, CERTKEEPER_TSIG_KEY_FILE=str(bind.key_file))
+    return env

@@ -13,6 +13,10 @@ def test_names_are_normalized_deduplicated_and_ordered() -> None:
     assert names == ("example.com", "www.example.com", "api.example.com")
 
 
+def test_ip_addresses_are_kept_in_canonical_form() -> None:
+    assert normalize_names(["127.0.0.1", "[::1]", "2001:DB8:0::1"]) == ("127.0.0.1", "::1", "2001:db8::1")
+
+
 def test_internationalized_names_become_punycode() -> None:
     assert normalize_names(["bücher.example"]) == ("xn--bcher-kva.example",)
 
@@ -26,8 +30,7 @@ def test_internationalized_names_become_punycode() -> None:
         ("a-.test", "invalid label"),
         ("under_score.test", "invalid label"),
         ("*.a.test", "wildcard"),
-        ("127.0.0.1", "IP address"),
-        ("::1", "IP address"),
+        ("01.2.3.4", "numeric label"),  # not an address (leading zero), and not a name
         ("localhost", "single-label"),
         ("host.123", "numeric label"),
         ("a" * 64 + ".test", "invalid label"),

@@ -22,3 +22,28 @@ def fail(message: str, code: int = 2) -> None:
     """Print one line to stderr and exit non-zero."""
     click.echo(f"certkeeper: error: {message}", err=True)
     raise SystemExit(code)
+
+
+# Solver options (DNS-01, TLS-ALPN-01), shared by issue/renew and run (``solvers.config.cli_config`` reads them).
+DNS_OPTIONS = [
+    option("--dns", metavar="PROVIDER",
+           help="Prove names with DNS-01 (needed for wildcards): rfc2136, or lexicon:PROVIDER (hosted DNS)."),
+    option("--dns-server", metavar="HOST:PORT",
+           help="The zone's primary DNS server (RFC 2136 updates); with lexicon, one serving the zone."),
+    option("--tsig-key-file", type=click.Path(exists=True, dir_okay=False),
+           help="TSIG key for the updates, in BIND's syntax (tsig-keygen NAME > FILE)."),
+    option("--dns-zone", multiple=True, metavar="ZONE",
+           help="Use DNS-01 only for names in ZONE (repeatable), HTTP-01 or TLS-ALPN-01 for others. Default: all."),
+    option("--dns-propagation-timeout", type=click.FloatRange(1, 3600), metavar="SECONDS",
+           help="How long to wait for every authoritative server to serve the TXT record [default: 120]."),
+    option("--dns-timeout", type=click.FloatRange(0.1, 60), metavar="SECONDS",
+           help="How long one DNS query or update may take [default: 10]."),
+    option("--tls-alpn-bind", metavar="HOST:PORT",
+           help="Prove names with TLS-ALPN-01 by listening here (e.g. 0.0.0.0:443) instead of HTTP-01."),
+]  # fmt: skip
+
+
+def dns_options(fn: F) -> F:
+    for decorator in reversed(DNS_OPTIONS):
+        fn = decorator(fn)
+    return fn

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import ipaddress
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -12,7 +14,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 
 from certkeeper.errors import CertkeeperError, ConfigError
 from certkeeper.model import CertInfo
-from certkeeper.spec import KeyType
+from certkeeper.spec import KeyType, ip_of
 
 _CURVES = {KeyType.EC_P256: ec.SECP256R1, KeyType.EC_P384: ec.SECP384R1}
 _RSA_BITS = {KeyType.RSA_2048: 2048, KeyType.RSA_3072: 3072, KeyType.RSA_4096: 4096}
@@ -53,6 +55,12 @@ def key_type_of(key_pem: bytes) -> KeyType | None:
 MAX_COMMON_NAME = 64
 
 
+def general_name(name: str) -> x509.GeneralName:
+    """A SAN entry: an iPAddress for an IP address (RFC 8738), else a dNSName."""
+    address = ip_of(name)
+    return x509.IPAddress(ipaddress.ip_address(address)) if address else x509.DNSName(name)
+
+
 def make_csr(key_pem: bytes, names: tuple[str, ...]) -> bytes:
     """A CSR for ``names``; the common name is the first name when it fits, else left out.
 
@@ -60,11 +68,13 @@ def make_csr(key_pem: bytes, names: tuple[str, ...]) -> bytes:
     name is too long for it, so a long first name is no reason to refuse the certificate.
     """
     key = load_key(key_pem)
-    subject = [x509.NameAttribute(NameOID.COMMON_NAME, names[0])] if len(names[0]) <= MAX_COMMON_NAME else []
+    # The common name is the first DNS name when it fits; addresses only, or too long: an empty subject.
+    dns = [n for n in names if ip_of(n) is None]
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, dns[0])] if dns and len(dns[0]) <= MAX_COMMON_NAME else []
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name(subject))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([general_name(n) for n in names]), critical=False)
         .sign(key, hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.PEM)
@@ -111,7 +121,8 @@ def cert_info(cert_pem: bytes) -> CertInfo:
         raise CertkeeperError("the certificate is not readable PEM") from None
     try:
         san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
-        names = tuple(san.get_values_for_type(x509.DNSName))  # type: ignore[attr-defined]
+        addresses = san.get_values_for_type(x509.IPAddress)  # type: ignore[attr-defined]
+        names = tuple(san.get_values_for_type(x509.DNSName)) + tuple(str(ip) for ip in addresses)  # type: ignore[attr-defined]
     except x509.ExtensionNotFound:
         names = ()
     ari_id = None
@@ -152,3 +163,32 @@ def key_matches_cert(key_pem: bytes, cert_pem: bytes) -> bool:
     return key.public_key().public_bytes(serialization.Encoding.DER, fmt) == cert.public_key().public_bytes(
         serialization.Encoding.DER, fmt
     )
+
+
+# RFC 8737 §3: id-pe-acmeIdentifier, a critical extension holding SHA-256(key authorization).
+ACME_IDENTIFIER_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")
+
+
+def tls_alpn_certificate(name: str, key_authorization: str) -> tuple[bytes, bytes]:
+    """(certificate PEM, key PEM): the self-signed TLS-ALPN-01 validation certificate for ``name``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certkeeper tls-alpn-01")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([general_name(name)]), critical=False)
+        # The extension's value is the DER OCTET STRING of the digest: tag 4, length 32.
+        .add_extension(x509.UnrecognizedExtension(ACME_IDENTIFIER_OID, b"\x04\x20" + digest), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem

@@ -24,6 +24,8 @@ from certkeeper.crypto import generate_key, key_type_of
 from certkeeper.errors import CAError, CertkeeperError, ConfigError
 from certkeeper.model import CertInfo, IssuedCert, RenewalState, RenewalWindow
 from certkeeper.planner import plan, retry_at
+from certkeeper.solvers.base import HTTP01
+from certkeeper.solvers.config import SolverSetup
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.spec import CertSpec, IssuerSpec
 from certkeeper.stores.base import Lock, StoredCert, check_replacement
@@ -107,6 +109,7 @@ class Engine:
         deploy_hook: str | None = None,
         force: bool = False,
         challenges: ChallengeStore | None = None,
+        solvers: SolverSetup | None = None,
     ) -> None:
         self.issuer = issuer
         self.store = store
@@ -117,6 +120,9 @@ class Engine:
         # A caller that already serves HTTP-01 (``certkeeper run``) passes its own store.
         self.challenges = challenges if challenges is not None else ChallengeStore()  # an empty store is falsy
         self._serve_challenges = challenges is None
+        # The configured solvers, around this HTTP-01 store; default: HTTP-01 alone.
+        self.solver_setup = solvers or SolverSetup()
+        self.solvers = self.solver_setup.build(self.challenges)
         self._responder: Responder | None = None
         self._responder_lock = asyncio.Lock()
         self._local = threading.local()
@@ -263,7 +269,7 @@ class Engine:
             damage = meta_problem(stored.meta, stored.meta_problem) if stored is not None and stored.usable else None
             if stored is not None and stored.info and damage:
                 log.warning("%s: %s; rewritten from this run's options", lineage, damage)
-                meta = to_meta(spec, self.issuer, stored.info, None, _now())
+                meta = to_meta(spec, self.issuer, stored.info, None, _now(), self.solver_setup.recorded())
                 await self._in_thread(self.store.rewrite_meta, lineage, meta)
             state = dataclasses.replace(state, next_check=decision.next_check, reason=decision.reason,
                                         renew_at=decision.renew_at or state.renew_at, names=spec.names,
@@ -280,7 +286,8 @@ class Engine:
                            next_check=decision.next_check)  # fmt: skip
         # Prove the store takes the result before asking the CA for it (and set room aside to keep it).
         await self._in_thread(self.store.check_writable, lineage)
-        await self._ensure_responder()
+        if self.solvers.uses(spec.names, HTTP01):
+            await self._ensure_responder()
         key_pem = (
             usable.key_pem
             if spec.reuse_key and usable is not None and key_type_of(usable.key_pem) == spec.key_type
@@ -289,9 +296,7 @@ class Engine:
         replaces = usable.info.ari_id if usable is not None and usable.info and window is not None else None
         log.info("ordering %s (%s)", " ".join(spec.names), decision.reason if decision.due else "forced")
         try:
-            issued = await self._in_thread(
-                lambda: self._client().order(spec, key_pem, self.challenges, replaces=replaces)
-            )
+            issued = await self._in_thread(lambda: self._client().order(spec, key_pem, self.solvers, replaces=replaces))
             check_replacement(issued, spec.names, None if self.force else usable)
         except CertkeeperError:
             await self._in_thread(self.store.drop_pending, lineage)  # the room set aside is not needed
@@ -321,7 +326,7 @@ class Engine:
                 # Before the swap: a run killed after it still runs the hook at the next run.
                 state = dataclasses.replace(state, hook_pending=issued.info.fingerprint)
                 await self._in_thread(self.store.save_state, lineage, state.to_dict())
-            meta = to_meta(spec, self.issuer, issued.info, replaces, _now())
+            meta = to_meta(spec, self.issuer, issued.info, replaces, _now(), self.solver_setup.recorded())
             changed = await self._in_thread(self.store.save, lineage, issued, meta)
         except (OSError, CertkeeperError) as error:
             why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)

@@ -41,17 +41,23 @@ class KeyType(enum.StrEnum):
             raise ConfigError(f"unknown key type {text!r}", f"use one of {choices}") from None
 
 
+def ip_of(name: str) -> str | None:
+    """The canonical text of ``name`` if it is an IPv4 or IPv6 address (``[...]`` allowed), else None."""
+    try:
+        return str(ipaddress.ip_address(name.strip().strip("[]")))
+    except ValueError:
+        return None
+
+
 def normalize_name(raw: str, *, allow_wildcard: bool = False) -> str:
-    """One DNS name, lower-cased and in ASCII (IDNA), or a ConfigError saying why not."""
+    """One DNS name (lower-cased, in ASCII/IDNA) or IP address, or a ConfigError saying why not."""
     name = raw.strip().rstrip(".").lower()
     if not name:
         raise ConfigError("an empty name was given", "give DNS names like example.com")
-    try:
-        ipaddress.ip_address(name.strip("[]"))
-    except ValueError:
-        pass
-    else:
-        raise ConfigError(f"{raw!r} is an IP address", "certkeeper issues certificates for DNS names; give a host name")
+    address = ip_of(name)
+    if address is not None:
+        # RFC 8738: an IP-address identifier, in its canonical text form (IPv6 compressed, lower case).
+        return address
     if not name.isascii() or "xn--" in name:
         name = _to_a_labels(raw, name)
     wildcard = name.startswith("*.")
@@ -179,5 +185,5 @@ class CertSpec:
 
     @property
     def lineage(self) -> str:
-        """The name the store files it under: the first name (``*.`` shown as ``_.``)."""
-        return self.names[0].replace("*", "_")
+        """The name the store files it under: the first name (``*.`` shown as ``_.``, an IPv6 ``:`` as ``_``)."""
+        return self.names[0].replace("*", "_").replace(":", "_")

@@ -34,7 +34,7 @@ def closed_port() -> int:
         ("   ", "DOMAINS is empty"),
         ("example.com bad..name", "DOMAINS: 'bad..name' has an empty label"),
         ("*.example.com", "DOMAINS: '*.example.com' is a wildcard name"),
-        ("192.0.2.1", "DOMAINS: '192.0.2.1' is an IP address"),
+        ("01.2.3.4", "DOMAINS: '01.2.3.4' ends in a numeric label"),  # an IP address is fine; this is neither
     ],
 )
 def test_bad_domains_exit_with_one_clear_line(domains: str, says: str, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Ordering a certificate: new order (with ``replaces``), HTTP-01, finalize, download.
+"""Ordering a certificate: new order (with ``replaces``), challenges through solvers, finalize, download.
 
 One ``AcmeClient`` per worker thread. Polling is ours rather than the library's (which sleeps a
 whole second between polls): it starts at 100 ms, grows, honours ``Retry-After`` and stops at a
@@ -7,11 +7,13 @@ deadline, so a certificate from a fast CA takes a fraction of a second and a slo
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import datetime
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import requests
 from acme import challenges, messages
@@ -21,11 +23,12 @@ from josepy.json_util import field
 from certkeeper.acme.account import Account
 from certkeeper.acme.directory import fetch_directory
 from certkeeper.acme.network import make_network, retry_after_seconds
-from certkeeper.acme.problems import translate
+from certkeeper.acme.problems import from_problem, translate
 from certkeeper.crypto import cert_info, chain_issuer_names, load_csr, make_csr, split_pem_chain
 from certkeeper.errors import CAError, CertkeeperError, ConfigError
 from certkeeper.model import CertInfo, IssuedCert, RenewalWindow
-from certkeeper.spec import CertSpec, IssuerSpec
+from certkeeper.solvers.base import AccountKey, Challenge, Identifier, Solver, Solvers
+from certkeeper.spec import CertSpec, IssuerSpec, ip_of
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,7 @@ FIRST_POLL_S = 0.1
 POLL_GROWTH = 1.5
 MAX_POLL_S = 5.0
 MAX_RETRY_AFTER_S = 600.0
+SHORT_LIVED = "shortlived"
 
 
 class NewOrder(messages.NewOrder):
@@ -41,12 +45,7 @@ class NewOrder(messages.NewOrder):
     replaces: str | None = field("replaces", omitempty=True)
 
 
-class ChallengeSink(Protocol):
-    """Where HTTP-01 key authorizations are published while the CA validates."""
-
-    def put(self, token: str, key_authorization: str) -> None: ...
-
-    def remove(self, token: str) -> None: ...
+Presented = tuple[Solver, Identifier, Challenge]
 
 
 class AcmeClient:
@@ -56,6 +55,7 @@ class AcmeClient:
         self.issuer = issuer
         self.account = account
         self.jwk = account.jwk()
+        self.account_key = AccountKey(base64.urlsafe_b64encode(self.jwk.thumbprint()).rstrip(b"=").decode("ascii"))
         self.net = make_network(self.jwk, issuer.ca_bundle)
         if directory is None:
             with self.net.within(issuer.order_timeout_s, "the directory request"):
@@ -100,8 +100,21 @@ class AcmeClient:
                 f"choose one it offers ({choices}) or drop --profile",
             )
 
+    def _profile_for_addresses(self, spec: CertSpec) -> CertSpec:
+        """Let's Encrypt issues IP-address certificates only with its short-lived profile: ask for it when offered."""
+        if spec.profile or not any(ip_of(n) for n in spec.names):
+            return spec
+        offered = dict(getattr(self.directory.meta, "profiles", None) or {})
+        if SHORT_LIVED not in offered:
+            return spec
+        log.warning("%s: an IP-address certificate; using the CA's %r profile", spec.names[0], SHORT_LIVED)
+        return dataclasses.replace(spec, profile=SHORT_LIVED)
+
     def _new_order(self, spec: CertSpec, replaces: str | None) -> tuple[str, dict[str, Any]]:
-        identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=n) for n in spec.names]
+        identifiers = [
+            messages.Identifier(typ=messages.IDENTIFIER_IP if ip_of(n) else messages.IDENTIFIER_FQDN, value=n)
+            for n in spec.names
+        ]
         order = NewOrder(identifiers=identifiers, profile=spec.profile or "", replaces=replaces)
         try:
             response = self._post(self.directory["newOrder"], order)
@@ -114,32 +127,47 @@ class AcmeClient:
             raise
         return response.headers["Location"], response.json()
 
-    def _authorize(self, authz_url: str, sink: ChallengeSink, tokens: list[str]) -> str | None:
-        """Answer one authorization's HTTP-01 challenge; returns its URL if it must be polled."""
+    def _authorize(self, authz_url: str, solvers: Solvers, presented: list[Presented]) -> str | None:
+        """Present one authorization's challenge with the solver chosen for its name; returns its URL to poll."""
         response = self._post(authz_url, None)
         authz = messages.Authorization.from_json(response.json())
         if authz.status == messages.STATUS_VALID:
             log.info("%s: already validated", authz.identifier.value)
             return None
         log.info("validating %s", authz.identifier.value)
-        for challb in authz.challenges:
-            if isinstance(challb.chall, challenges.HTTP01):
-                key_auth = challb.chall.key_authorization(self.jwk)
-                token = challb.chall.encode("token")
-                sink.put(token, key_auth)
-                tokens.append(token)
-                self._post(challb.uri, challb.chall.response(self.jwk))
-                return authz_url
-        raise CAError(
-            f"the CA offers no HTTP-01 challenge for {authz.identifier.value}",
-            "use another validation method",
-        )
+        identifier = Identifier(authz.identifier.value, bool(authz.wildcard))
+        offered = _answerable(authz)
+        solver = solvers.for_name(str(identifier), offered)
+        if solver is None:
+            raise CAError(
+                f"no configured solver answers the challenges the CA offers for {identifier} "
+                f"({', '.join(sorted(offered)) or 'none'})",
+                "configure a solver for one of them",
+            )
+        uri, token = offered[solver.challenge_type]
+        challenge = Challenge(solver.challenge_type, token)
+        # Recorded before presenting, so a half-done present is cleaned up too.
+        presented.append((solver, identifier, challenge))
+        solver.present(identifier, challenge, self.account_key)
+        # RFC 8555 §7.5.1: the client says it is ready by posting an empty object ({}) to the challenge. The
+        # library's empty ChallengeResponse is falsy and would go out as a POST-as-GET; this one is not.
+        key_authorization = self.account_key.key_authorization(token)
+        ready = challenges.KeyAuthorizationChallengeResponse(key_authorization=key_authorization)
+        self._post(uri, ready)
+        return authz_url
+
+    def _cleanup(self, presented: list[Presented]) -> None:
+        for solver, identifier, challenge in presented:
+            try:
+                solver.cleanup(identifier, challenge, self.account_key)
+            except Exception as error:  # cleanup must not hide the order's own outcome
+                log.warning("could not clean up the %s challenge for %s: %s", challenge.type, identifier, error)
 
     def order(
         self,
         spec: CertSpec,
         key_pem: bytes,
-        sink: ChallengeSink,
+        solvers: Solvers,
         *,
         replaces: str | None = None,
         timeout_s: float | None = None,
@@ -151,21 +179,23 @@ class AcmeClient:
         """
         budget = timeout_s if timeout_s is not None else self.issuer.order_timeout_s
         with self.net.within(budget, "the order") as deadline:
-            return self._order(spec, key_pem, sink, replaces, deadline)
+            return self._order(spec, key_pem, solvers, replaces, deadline)
 
     def _order(
-        self, spec: CertSpec, key_pem: bytes, sink: ChallengeSink, replaces: str | None, deadline: float
+        self, spec: CertSpec, key_pem: bytes, solvers: Solvers, replaces: str | None, deadline: float
     ) -> IssuedCert:
-        tokens: list[str] = []
+        presented: list[Presented] = []
         try:
+            spec = self._profile_for_addresses(spec)
             self._check_profile(spec.profile)
+            solvers.prepare(spec.names)
             order_url, order = self._new_order(spec, replaces)
-            pending = [u for u in (self._authorize(a, sink, tokens) for a in order["authorizations"]) if u]
+            pending = [u for u in (self._authorize(a, solvers, presented) for a in order["authorizations"]) if u]
             for authz_url in pending:
                 body = self._poll(authz_url, lambda b: b.get("status") != "pending", deadline, "validation")
                 if body["status"] != "valid":
                     failed_name = body.get("identifier", {}).get("value", spec.names[0])
-                    raise translate(_authz_error(body), (failed_name,))
+                    raise _authz_error(body, failed_name)
             log.info("finalizing %s", spec.names[0])
             csr = load_csr(make_csr(key_pem, spec.names))
             finalized = self._post(order["finalize"], messages.CertificateRequest(csr=csr))
@@ -186,8 +216,7 @@ class AcmeClient:
                 problem.retry_after = self.net.last_retry_after
             raise problem from error
         finally:
-            for token in tokens:
-                sink.remove(token)
+            self._cleanup(presented)
         parts = split_pem_chain(fullchain)
         info = cert_info(parts[0])
         log.info("downloaded %s: serial %s, expires %s", spec.names[0], info.serial, info.not_after.date())
@@ -231,9 +260,23 @@ class AcmeClient:
         return RenewalWindow(start=window.start, end=window.end, retry_after=again)
 
 
-def _authz_error(body: dict[str, Any]) -> messages.Error | CAError:
+def _answerable(authz: messages.Authorization) -> dict[str, tuple[str, str]]:
+    """Challenge type -> (URL, token) for the challenges offered that carry a token."""
+    offered: dict[str, tuple[str, str]] = {}
+    for challb in authz.challenges:
+        chall = challb.chall
+        if isinstance(chall, challenges.KeyAuthorizationChallenge):
+            offered[chall.typ] = (challb.uri, chall.encode("token"))
+        elif isinstance(chall, challenges.UnrecognizedChallenge):
+            # The library no longer knows tls-alpn-01 (RFC 8737); its JSON has type and token all the same.
+            kind, token = chall.jobj.get("type"), chall.jobj.get("token")
+            if isinstance(kind, str) and isinstance(token, str):
+                offered[kind] = (challb.uri, token)
+    return offered
+
+
+def _authz_error(body: dict[str, Any], name: str) -> CAError:
     for chall in body.get("challenges", []):
         if chall.get("error"):
-            problem: messages.Error = messages.Error.from_json(chall["error"])
-            return problem
+            return from_problem(messages.Error.from_json(chall["error"]), (name,), chall.get("type"))
     return CAError(f"authorization for {body.get('identifier', {}).get('value')} is {body.get('status')}")

@@ -28,14 +28,24 @@ _HINTS = {
 }
 
 
+# What the user should check when a DNS-01 validation fails (the HTTP-01 hints above talk of port 80).
+_DNS01_HINTS = {
+    "unauthorized": "the CA did not find the TXT record at _acme-challenge.NAME: check that the zone certkeeper "
+    "updated is the one the public DNS serves (delegation, CNAME target)",
+    "dns": "the CA could not look up _acme-challenge.NAME: check the zone's name servers",
+    "incorrectResponse": "the CA found other TXT values at _acme-challenge.NAME: check the CNAME target",
+}
+
+
 def problem_type(error: messages.Error) -> str:
     code = error.code or ""
     return code or (error.typ or "").rsplit(":", 1)[-1]
 
 
-def from_problem(error: messages.Error, names: tuple[str, ...] = ()) -> CAError:
+def from_problem(error: messages.Error, names: tuple[str, ...] = (), challenge_type: str | None = None) -> CAError:
     kind = problem_type(error)
-    hint = _HINTS.get(kind, "see the CA's documentation for this problem type")
+    hints = {**_HINTS, **_DNS01_HINTS} if challenge_type == "dns-01" else _HINTS
+    hint = hints.get(kind, "see the CA's documentation for this problem type")
     hint = hint.replace("NAME", names[0] if names else "the name")
     sub = ""
     if error.subproblems:

@@ -7,6 +7,7 @@ import datetime
 import functools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
@@ -15,10 +16,13 @@ from typing import Any, TypeVar, cast
 
 import click
 
-from certkeeper.clikit import fail, option
+from certkeeper.clikit import DNS_OPTIONS, fail, option
 from certkeeper.crypto import check_ca_bundle
 from certkeeper.engine import Engine, Outcome
 from certkeeper.errors import CertkeeperError, ConfigError
+from certkeeper.solvers.base import Solvers
+from certkeeper.solvers.config import SolverConfig, SolverSetup, build_solvers, cli_config
+from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.spec import CertSpec, IssuerSpec, plain_http_off_loopback
 from certkeeper.stores.files import FileStore
 from certkeeper.web import parse_bind
@@ -54,6 +58,29 @@ class EngineOptions:
     order_timeout: int
     force: bool
     verbose: int
+    dns: str | None = None
+    dns_server: str | None = None
+    tsig_key_file: str | None = None
+    dns_zone: tuple[str, ...] = ()
+    dns_propagation_timeout: float | None = None
+    dns_timeout: float | None = None
+    tls_alpn_bind: str | None = None
+
+    def solver_config(self) -> list[dict[str, Any]]:
+        return cli_config(self.dns, self.dns_server, self.tsig_key_file, self.dns_zone,
+                          self.dns_propagation_timeout, self.dns_timeout, self.tls_alpn_bind)  # fmt: skip
+
+    def has_solver_options(self) -> bool:
+        return bool(self.dns or self.tls_alpn_bind)
+
+    def solvers(self, store: FileStore, config: SolverConfig | None = None) -> Solvers:
+        """The solvers ``config`` (default: these options) configures; raises ConfigError. Used to check names."""
+        chosen = self.solver_config() if config is None else config
+        return build_solvers(chosen, ChallengeStore(), state_dir=journal_dir(store))
+
+
+def journal_dir(store: FileStore) -> str:
+    return str(store.root / "dns01-presented")
 
 
 def engine_options(fn: F) -> F:
@@ -65,6 +92,7 @@ def engine_options(fn: F) -> F:
         setup_logging(engine.verbose)
         try:
             check_engine_options(engine)
+            engine.solver_config()
         except CertkeeperError as error:
             fail(str(error))
         return fn(engine=engine, **kwargs)
@@ -82,6 +110,7 @@ def engine_options(fn: F) -> F:
                help="Give up on an order the CA has not finished in this time (every request counts)."),
         option("--force", is_flag=True, help="Order even if the stored certificate is still good."),
         option("-v", "--verbose", count=True, help="More log output (-vv for debug)."),
+        *DNS_OPTIONS,
     ]  # fmt: skip
     wrapped: Any = command
     for decorator in reversed(decorators):
@@ -108,17 +137,37 @@ def setup_logging(verbose: int) -> None:
     logging.getLogger("acme").setLevel(logging.DEBUG if verbose > 2 else logging.WARNING)
 
 
-def run_engine(issuer: IssuerSpec, store: FileStore, specs: list[CertSpec], options: EngineOptions) -> list[Outcome]:
-    """Run the engine, with a progress bar when several certificates go to a terminal."""
+def run_engine(
+    issuer: IssuerSpec,
+    store: FileStore,
+    specs: list[CertSpec],
+    options: EngineOptions,
+    solvers: SolverConfig | None = None,
+) -> list[Outcome]:
+    """Run the engine (``solvers``: default, the options'), with a progress bar for many certificates on a terminal."""
+    setup = SolverSetup(tuple(options.solver_config() if solvers is None else solvers), journal_dir(store))
     show_progress = len(specs) > 1 and sys.stderr.isatty()
     if plain_http_off_loopback(issuer.directory_url):
         click.echo(f"certkeeper: warning: the server {issuer.directory_url} is plain HTTP: anyone on the way "
                    "can read and change what the CA answers; use its https:// URL", err=True)  # fmt: skip
     issuer = replace(issuer, order_timeout_s=float(options.order_timeout))
 
+    interrupted: list[str] = []
+
     async def go() -> list[Outcome]:
         engine = Engine(issuer, store, http_bind=options.http_bind, concurrency=options.concurrency,
-                        deploy_hook=options.deploy_hook, force=options.force)  # fmt: skip
+                        deploy_hook=options.deploy_hook, force=options.force,
+                        solvers=setup)  # fmt: skip
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        assert main is not None
+
+        def stop(signum: signal.Signals) -> None:
+            interrupted.append(signum.name)
+            main.cancel()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop, signum)
         try:
             if not show_progress:
                 return await engine.run(specs)
@@ -127,10 +176,22 @@ def run_engine(issuer: IssuerSpec, store: FileStore, specs: list[CertSpec], opti
             with Progress(transient=True) as progress:
                 task = progress.add_task("certificates", total=len(specs))
                 return await engine.run(specs, lambda _: progress.advance(task))
+        except asyncio.CancelledError:
+            return []
         finally:
             await engine.close()
+            if interrupted:
+                # Orders still running in worker threads are abandoned: take their DNS records out now.
+                engine.solvers.close()
 
-    return asyncio.run(go())
+    outcomes = asyncio.run(go())
+    if interrupted:
+        click.echo(f"certkeeper: error: stopped by {interrupted[0]}; certificates not yet stored were not "
+                   "issued; run again to finish", err=True)  # fmt: skip
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(130)  # do not wait for the abandoned orders' threads
+    return outcomes
 
 
 def _when(value: datetime.datetime | None) -> str:

@@ -34,7 +34,7 @@ def read_name_file(path: str) -> list[tuple[str, ...]]:
         if not text:
             continue
         try:
-            names = normalize_names(text.split())
+            names = normalize_names(text.split(), allow_wildcard=True)
         except CertkeeperError as error:
             raise CertkeeperError(f"{path}, line {number}: {error}") from None
         lineage = CertSpec(names).lineage
@@ -108,7 +108,14 @@ def issue(
             raise CertkeeperError("give NAMES or --file, not both")
         groups = read_name_file(name_file) if name_file else [names]
         kt = KeyType.parse(key_type)
-        specs = [CertSpec(normalize_names(g), kt, reuse_key, profile or None, preferred_chain or None) for g in groups]
+        specs = [
+            CertSpec(normalize_names(g, allow_wildcard=True), kt, reuse_key, profile or None, preferred_chain or None)
+            for g in groups
+        ]
+        # A wildcard (or any name) no configured solver can prove is refused before any order.
+        solvers = engine.solvers(FileStore(store))
+        for spec in specs:
+            solvers.check_names(spec.names)
         issuer = IssuerSpec(
             resolve_server(server), email or None, eab_kid or None, eab_hmac_key or None, engine.ca_bundle
         )

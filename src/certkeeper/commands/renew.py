@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 
 import click
 
@@ -72,7 +73,8 @@ def renew(store: str, engine: EngineOptions) -> None:
     Each certificate is renewed at the CA and with the choices it was issued with.
     """
     files = FileStore(store)
-    by_issuer: dict[IssuerSpec, list[CertSpec]] = {}
+    # Each certificate is proven the way it was issued (its stored solvers), unless options say otherwise.
+    groups: dict[tuple[IssuerSpec, str], list[CertSpec]] = {}
     troubled = False
     for lineage in files.lineages():
         choices, problems = choices_of(lineage, files)
@@ -81,18 +83,20 @@ def renew(store: str, engine: EngineOptions) -> None:
         troubled = troubled or bool(problems)
         if choices is None:
             continue
+        solvers = engine.solver_config() if engine.has_solver_options() else choices.solvers
         try:
             issuer = IssuerSpec(choices.directory_url, choices.email, ca_bundle=engine.ca_bundle or choices.ca_bundle)
+            engine.solvers(files, solvers).check_names(choices.spec.names)
         except CertkeeperError as error:
             click.echo(f"certkeeper: error: {lineage}: {error}", err=True)
             troubled = True
             continue
-        by_issuer.setdefault(issuer, []).append(choices.spec)
-    if not by_issuer and not troubled:
+        groups.setdefault((issuer, json.dumps(solvers, sort_keys=True)), []).append(choices.spec)
+    if not groups and not troubled:
         click.echo(f"no certificates in {store}; use `certkeeper issue NAME...` first")
         raise SystemExit(0)
     outcomes: list[Outcome] = []
-    for issuer, specs in by_issuer.items():
-        outcomes += run_engine(issuer, files, specs, engine)
+    for (issuer, solvers_json), specs in groups.items():
+        outcomes += run_engine(issuer, files, specs, engine, json.loads(solvers_json))
     code = report(outcomes, files) if outcomes else 0
     raise SystemExit(1 if troubled else code)

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from certkeeper.clikit import option
+from certkeeper.clikit import dns_options, option
 from certkeeper.errors import CertkeeperError
 
 
@@ -77,6 +77,13 @@ def setup_logging(log_format: str, verbose: int) -> None:
     help="Log lines as text or JSON.",
 )
 @option("-v", "--verbose", count=True, help="Debug output (-vv: also the libraries').")
+@dns_options
+@option(
+    "--dns-state-dir",
+    type=click.Path(file_okay=False),
+    help="Where DNS-01 notes the records it presented, so the next start removes a killed run's "
+    "(mount a volume here to survive a pod's replacement) [default: the temporary directory].",
+)
 def run(
     http_bind: str,
     ca_bundle: str | None,
@@ -88,17 +95,30 @@ def run(
     rollout_timeout: float,
     log_format: str,
     verbose: int,
+    dns: str | None,
+    dns_server: str | None,
+    tsig_key_file: str | None,
+    dns_zone: tuple[str, ...],
+    dns_propagation_timeout: float | None,
+    dns_timeout: float | None,
+    tls_alpn_bind: str | None,
+    dns_state_dir: str | None,
 ) -> None:
     """Keep the Secret certs-<first of DOMAINS> issued and renewed; restart its consumers after a change.
 
     Configured like the seed's container: EMAIL, DOMAINS, RC_NAMES, LETSENCRYPT_ENDPOINT, SECRET_NAME,
     NAMESPACE, DEPLOYMENTS, TYPE, CRON_FREQUENCY, and WORKLOADS (kind/name ...). Uses the pod's
-    ServiceAccount in a cluster, or KUBECONFIG outside one.
+    ServiceAccount in a cluster, or KUBECONFIG outside one. Wildcards in DOMAINS need a DNS-01 solver
+    (CERTKEEPER_DNS=rfc2136, CERTKEEPER_DNS_SERVER, CERTKEEPER_TSIG_KEY_FILE).
     """
     setup_logging(log_format, verbose)
     from certkeeper.kube.config import ConfigProblems, load_config
+    from certkeeper.solvers.config import cli_config
 
     try:
+        solvers = cli_config(
+            dns, dns_server, tsig_key_file, dns_zone, dns_propagation_timeout, dns_timeout, tls_alpn_bind
+        )
         config = load_config(
             os.environ,
             http_bind=http_bind,
@@ -109,10 +129,15 @@ def run(
             eab_kid=eab_kid,
             eab_hmac_key=eab_hmac_key,
             rollout_timeout=rollout_timeout,
+            solvers=solvers,
+            dns_state_dir=dns_state_dir,
         )
     except ConfigProblems as problems:
         for line in problems.problems:
             click.echo(f"certkeeper: error: {line}", err=True)
+        raise SystemExit(2) from None
+    except CertkeeperError as error:
+        click.echo(f"certkeeper: error: {error}", err=True)
         raise SystemExit(2) from None
     from certkeeper.kube.controller import Controller
 

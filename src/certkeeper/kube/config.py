@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from certkeeper.errors import CertkeeperError, ConfigError
 from certkeeper.kube.cron import Cron
+from certkeeper.solvers.config import build_solvers
+from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.spec import LETSENCRYPT, CertSpec, IssuerSpec, KeyType, normalize_names, resolve_server
 from certkeeper.web import parse_bind
 
@@ -67,6 +69,8 @@ class RunConfig:
     http_bind: str = "0.0.0.0:80"
     rollout_timeout: float = 300.0
     notes: tuple[str, ...] = field(default=())  # warnings worth a log line at start
+    solvers: tuple[dict[str, Any], ...] = ()  # ``solvers.config`` entries; empty: HTTP-01 alone
+    dns_state_dir: str | None = None  # where DNS-01 notes presented records; None: the temporary directory
 
     @property
     def account_secret_name(self) -> str:
@@ -96,6 +100,8 @@ def load_config(
     eab_kid: str | None = None,
     eab_hmac_key: str | None = None,
     rollout_timeout: float = 300.0,
+    solvers: Sequence[dict[str, Any]] = (),
+    dns_state_dir: str | None = None,
 ) -> RunConfig:
     """Build the run configuration from the seed's variables; raises ConfigProblems naming every problem."""
     problems: list[str] = []
@@ -108,6 +114,8 @@ def load_config(
             problems.append(str(error))
             return default
 
+    solver_set = check(lambda: build_solvers(solvers, ChallengeStore()), None)
+
     def domains() -> tuple[str, ...]:
         raw = env.get("DOMAINS", "")
         if not raw.strip():
@@ -115,7 +123,10 @@ def load_config(
                 "DOMAINS is empty", "set DOMAINS to space-separated names, e.g. example.com www.example.com"
             )
         try:
-            return normalize_names(raw.split())
+            found = normalize_names(raw.split(), allow_wildcard=True)
+            if solver_set is not None:
+                solver_set.check_names(found)
+            return found
         except ConfigError as error:
             raise ConfigError(f"DOMAINS: {error}") from None
 
@@ -158,7 +169,9 @@ def load_config(
     ns = check(namespace, "default")
 
     def secret_name() -> str:
-        value = env.get("SECRET_NAME", "").strip() or (f"certs-{names[0]}" if names else "")
+        # A Secret name cannot hold "*": a wildcard first name gives certs-wildcard.<rest>.
+        first = names[0].replace("*.", "wildcard.", 1) if names else ""
+        value = env.get("SECRET_NAME", "").strip() or (f"certs-{first}" if first else "")
         if value and (not _SUBDOMAIN.match(value) or len(value) > 253):
             raise ConfigError(
                 f"SECRET_NAME {value!r} is not a valid Secret name", "use lower-case letters, digits, '-', '.'"
@@ -227,4 +240,6 @@ def load_config(
         http_bind=http_bind,
         rollout_timeout=rollout_timeout,
         notes=tuple(notes),
+        solvers=tuple(solvers),
+        dns_state_dir=dns_state_dir or None,
     )

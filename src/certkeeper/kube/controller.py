@@ -22,6 +22,7 @@ from certkeeper.kube.config import RunConfig
 from certkeeper.kube.events import Recorder
 from certkeeper.kube.rollout import RolloutResult, restart_rc, restart_workload
 from certkeeper.kube.secret_store import SecretStore, api_error_text, digest_of
+from certkeeper.solvers.config import SolverSetup
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.web import Responder, default_routes, start_responder
 
@@ -255,7 +256,12 @@ class Controller:
             self.config.secret_name,
         )
         engine = Engine(
-            self.config.issuer, self.store, http_bind=self.config.http_bind, concurrency=2, challenges=self.challenges
+            self.config.issuer,
+            self.store,
+            http_bind=self.config.http_bind,
+            concurrency=2,
+            challenges=self.challenges,
+            solvers=SolverSetup(self.config.solvers, self.config.dns_state_dir),
         )
         try:
             if not await self._wait_for_api():

@@ -173,8 +173,9 @@ class SecretStore(StoreDefaults):
         old_meta = existing.metadata if existing is not None and existing.metadata is not None else ObjectMeta()
         labels = dict(old_meta.labels or {})
         labels.update(MANAGED_BY)
-        if len(info.names[0]) <= 63:
-            labels[PREFIX + "domain"] = info.names[0].replace("*", "_")
+        domain = info.names[0].replace("*.", "wildcard.", 1)  # a label value starts with a letter or digit
+        if len(domain) <= 63:
+            labels[PREFIX + "domain"] = domain
         annotations = dict(old_meta.annotations or {})
         annotations.update(
             {

@@ -1,9 +1,12 @@
-"""HTTP-01: the tokens certkeeper is answering right now, and the aiohttp handler that serves them."""
+"""HTTP-01: the tokens certkeeper is answering right now, and the responder's view of them."""
 
 from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Sequence
+
+from certkeeper.solvers.base import HTTP01, AccountKey, Challenge, Identifier
 
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 # RFC 8555 §8.3: the token is base64url without padding; CAs send 43 characters (256 bits).
@@ -34,6 +37,30 @@ class ChallengeStore:
     def __len__(self) -> int:
         with self._lock:
             return len(self._tokens)
+
+
+class Http01Solver:
+    """HTTP-01 through a ``ChallengeStore`` that certkeeper's responder (or the proxy's) serves."""
+
+    challenge_type = HTTP01
+
+    def __init__(self, store: ChallengeStore) -> None:
+        self.store = store
+
+    def describe(self) -> str:
+        return "http-01"
+
+    def prepare(self, identifiers: Sequence[Identifier]) -> None:
+        return None
+
+    def present(self, identifier: Identifier, challenge: Challenge, account: AccountKey) -> None:
+        self.store.put(challenge.token, account.key_authorization(challenge.token))
+
+    def cleanup(self, identifier: Identifier, challenge: Challenge, account: AccountKey) -> None:
+        self.store.remove(challenge.token)
+
+    def close(self) -> None:
+        return None  # the tokens die with the process
 
 
 def challenge_response(store: ChallengeStore, raw_path: str) -> tuple[int, str] | None:

@@ -8,7 +8,7 @@ problem (shown by ``status``, an error from ``renew``) instead of a traceback or
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from certkeeper.errors import CertkeeperError
@@ -28,10 +28,16 @@ class StoredChoices:
     directory_url: str
     email: str | None
     ca_bundle: str | None
+    solvers: list[dict[str, Any]] = field(default_factory=list)  # as recorded; empty: HTTP-01 alone
 
 
 def to_meta(
-    spec: CertSpec, issuer: IssuerSpec, info: CertInfo, replaces: str | None, now: datetime.datetime
+    spec: CertSpec,
+    issuer: IssuerSpec,
+    info: CertInfo,
+    replaces: str | None,
+    now: datetime.datetime,
+    solvers: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     return {
         "names": list(spec.names),
@@ -49,6 +55,7 @@ def to_meta(
         "directory_url": issuer.directory_url,
         "ca_bundle": issuer.ca_bundle,
         "email": issuer.email,
+        "solvers": solvers or [],
         "issued_at": now.isoformat(),
     }
 
@@ -87,7 +94,11 @@ def from_meta(meta: object) -> StoredChoices:
         raise
     except CertkeeperError as error:
         raise MetaError(f"meta.json: {error}") from None
-    return StoredChoices(spec, directory_url, _optional_text(meta, "email"), _optional_text(meta, "ca_bundle"))
+    solvers = meta.get("solvers") or []
+    if not isinstance(solvers, list) or not all(isinstance(s, dict) for s in solvers):
+        raise MetaError("meta.json: 'solvers' is not a list of solver settings")
+    email, ca_bundle = _optional_text(meta, "email"), _optional_text(meta, "ca_bundle")
+    return StoredChoices(spec, directory_url, email, ca_bundle, solvers)
 
 
 def meta_problem(stored_meta: object, unreadable: str | None = None) -> str | None:
