@@ -9,6 +9,7 @@ from certkeeper.acme import AcmeClient, ensure_account
 from certkeeper.crypto import generate_key
 from certkeeper.errors import CAError, CertkeeperError
 from certkeeper.model import IssuedCert
+from certkeeper.solvers.config import build_solvers
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.spec import CertSpec, IssuerSpec, KeyType
 from certkeeper.stores.files import FileStore
@@ -31,7 +32,7 @@ def test_an_authorization_pending_forever_fails_at_the_order_deadline(ari: AcmeF
 
     def order() -> None:
         try:
-            outcome.append(client.order(spec, key, challenges, timeout_s=DEADLINE_S))
+            outcome.append(client.order(spec, key, build_solvers(None, challenges), timeout_s=DEADLINE_S))
         except BaseException as error:
             outcome.append(error)
 

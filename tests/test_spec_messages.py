@@ -33,8 +33,6 @@ def message(call: object, *args: object, **kwargs: object) -> str:
     [
         ("  ", "an empty name was given: give DNS names like example.com"),
         (".", "an empty name was given: give DNS names like example.com"),
-        ("10.0.0.1", "'10.0.0.1' is an IP address: certkeeper issues certificates for DNS names; give a host name"),
-        ("[::1]", "'[::1]' is an IP address: certkeeper issues certificates for DNS names; give a host name"),
         (
             "*.wild.test",
             "'*.wild.test' is a wildcard name: HTTP-01 cannot validate wildcards; list the exact names, "
@@ -58,6 +56,15 @@ def message(call: object, *args: object, **kwargs: object) -> str:
 )
 def test_each_refused_name_says_why_and_what_to_do(raw: str, says: str) -> None:
     assert message(normalize_name, raw) == says
+
+
+@pytest.mark.parametrize(
+    ("raw", "identifier"),
+    [("10.0.0.1", "10.0.0.1"), ("[::1]", "::1"), ("2001:DB8:0:0::7", "2001:db8::7")],
+)
+def test_an_ip_address_becomes_its_canonical_identifier(raw: str, identifier: str) -> None:
+    # RFC 8738: IP identifiers in canonical text form, so one address never makes two lineages.
+    assert normalize_name(raw) == identifier
 
 
 def test_the_longest_label_and_name_are_accepted_and_one_more_is_not() -> None:
