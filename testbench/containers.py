@@ -64,7 +64,8 @@ class Running:
         execs = [p for p in tree if p.cmdline()[:1] == ["buildah-chroot-exec"]]
         if not execs:
             return []
-        return execs[0].children(recursive=True)
+        found: list[psutil.Process] = execs[0].children(recursive=True)
+        return found
 
     def stop(self, timeout: float = 30) -> int:
         """What the kubelet does: the image's stop signal to the entry point; returns the exit code."""
