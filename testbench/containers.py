@@ -47,8 +47,9 @@ class Mount:
     def option(self) -> str:
         if self.source is None:
             return f"type=tmpfs,destination={self.destination}"
-        ro = ",ro" if self.read_only else ""
-        return f"type=bind,source={self.source},destination={self.destination}{ro}"
+        # buildah's bind mounts are read-only unless told otherwise.
+        access = "ro" if self.read_only else "rw"
+        return f"type=bind,source={self.source},destination={self.destination},{access}"
 
 
 @dataclass
