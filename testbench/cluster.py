@@ -42,6 +42,13 @@ SERVICE_IP = "10.0.0.1"
 SA_ISSUER = "https://kubernetes.default.svc"
 
 
+def _child_env() -> dict[str, str]:
+    """The environment for children, with the repository root importable (``python -m testbench.kubelet``)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root}
+
+
 class ClusterError(RuntimeError):
     """The control plane could not be built, started or stopped; the message says which part and why."""
 
@@ -275,6 +282,7 @@ class _Launcher:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 cwd=self.workdir,
+                env=_child_env(),
             )
         ticks = _start_ticks(child.pid)
         if ticks is None:

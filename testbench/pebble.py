@@ -127,6 +127,24 @@ def start_pebble(
     ``env`` adds Pebble's fault switches (``PEBBLE_WFE_NONCEREJECT``, ``PEBBLE_ALTERNATE_ROOTS``, ...).
     ``eab_keys`` (key id -> base64url HMAC key) makes External Account Binding required.
     """
+    # A free port can be taken by another process between choosing it and Pebble binding it (tests
+    # and benchmarks run side by side): choose again a few times rather than fail.
+    for attempt in range(3):
+        try:
+            return _start_pebble_once(workdir, http_port=http_port, env=env, eab_keys=eab_keys)
+        except RuntimeError as error:
+            if "address already in use" not in str(error) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_pebble_once(
+    workdir: Path | None,
+    *,
+    http_port: int | None,
+    env: Mapping[str, str] | None,
+    eab_keys: Mapping[str, str] | None,
+) -> Pebble:
     for binary in ("pebble", "pebble-challtestsrv"):
         if shutil.which(binary) is None:
             raise RuntimeError(f"{binary} is not installed: run `make install` (Debian package pebble)")
