@@ -48,6 +48,8 @@ VENV = "/opt/certkeeper"
 STORE_DIR = "/var/lib/certkeeper"
 PROXY_RUN_DIR = "/run/certkeeper-proxy"
 PATH = f"{VENV}/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Builds younger than this stay in the cache (other checkouts of the machine may be testing them).
+KEEP_SECONDS = 86400
 # Bump to rebuild every base image (the recipe below changed in a way the key cannot see).
 BASE_RECIPE = 1
 
@@ -412,8 +414,8 @@ def _build_app(spec: ImageSpec, base_ref: str, wheel: Path, rev: str, reference:
 @dataclass(frozen=True)
 class Built:
     spec: ImageSpec
-    reference: str  # NAME:VERSION
-    key_reference: str  # NAME:build-KEY, what the cache looks up
+    tag: str  # NAME:VERSION, what deploy/ names; the latest build on this machine
+    reference: str  # NAME:build-KEY: this build, whatever other checkouts build meanwhile
     archive: Path
     revision: str
     seconds: float
@@ -476,10 +478,15 @@ def _export(spec: ImageSpec, key_ref: str, log: TextIO) -> None:
 
 
 def forget_old_builds(keep: set[str], log: TextIO) -> None:
-    """Untag earlier builds and bases of these images, then delete what no tag points at any more."""
+    """Untag this machine's builds and bases older than a day, then delete what no tag points at.
+
+    Other checkouts on the machine (and their test runs) use their own recent builds, so those stay.
+    """
     listing = json.loads(_buildah(log, "images", "--json", capture=True) or "[]")
     ours = {f"localhost/{spec.name}" for spec in IMAGES} | {f"localhost/{spec.name}-base" for spec in IMAGES}
     for image in listing:
+        if time.time() - int(image.get("created", 0)) < KEEP_SECONDS:
+            continue
         for name in image.get("names") or []:
             repo, _, version = name.rpartition(":")
             if repo in ours and name not in keep and version != project_version():
@@ -506,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for built in results:
                 how = "cached" if built.cached else f"built in {built.seconds:.0f} s"
                 size = image_size(built.reference) / 1e6
-                print(f"{built.reference}  {size:.0f} MB  {how}  revision {built.revision}  archive {built.archive}")
+                print(f"{built.tag}  {size:.0f} MB  {how}  revision {built.revision}  archive {built.archive}")
             return 0
         for spec in IMAGES:
             if image_exists(tag(spec)):

@@ -18,7 +18,9 @@ from testbench import containers
 from testbench.pebble import Pebble
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+# The kubelet mounts /var/run/secrets/kubernetes.io/serviceaccount; /var/run is a symlink to /run in
+# the image, which runc follows and buildah's chroot mounts do not.
+SERVICE_ACCOUNT_DIR = "/run/secrets/kubernetes.io/serviceaccount"
 CA_BUNDLE = "/etc/certkeeper/pebble-ca.pem"
 
 
@@ -79,7 +81,15 @@ def test_the_image_run_as_deployed_issues_the_secret_with_its_service_account(
         with log.open("wb") as out:
             running = box.start([*entrypoint, *spec["args"]], out)
         try:
-            secret = wait_for("the Secret written from the image", lambda: get_secret(kube_client, namespace))
+
+            def written() -> Secret | None:
+                assert running.proc.poll() is None, f"certkeeper run exited:\n{log.read_text()[-3000:]}"
+                return get_secret(kube_client, namespace)
+
+            try:
+                secret = wait_for("the Secret written from the image", written)
+            except AssertionError as error:
+                raise AssertionError(f"{error}\n{log.read_text(errors='replace')[-3000:]}") from None
             port = env["CERTKEEPER_HTTP_BIND"].rsplit(":", 1)[1]
             probe = spec["readinessProbe"]["httpGet"]["path"]
             with urllib.request.urlopen(f"http://127.0.0.1:{port}{probe}", timeout=5) as answer:
