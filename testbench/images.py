@@ -230,7 +230,7 @@ def app_key(spec: ImageSpec, base: str, rev: str) -> str:
 
 
 def _run(cmd: Sequence[str | os.PathLike[str]], log: TextIO, *, capture: bool = False, what: str = "") -> str:
-    log.write(f"+ {' '.join(map(str, cmd))}\n")
+    log.write(f"+ [{time.strftime('%H:%M:%S')}] {' '.join(map(str, cmd))}\n")
     log.flush()
     result = subprocess.run(
         list(map(str, cmd)),
