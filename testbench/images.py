@@ -50,7 +50,7 @@ PROXY_RUN_DIR = "/run/certkeeper-proxy"
 PATH = f"{VENV}/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Builds younger than this stay in the cache (other checkouts of the machine may be testing them).
 KEEP_SECONDS = 86400
-# Bump to rebuild every base image (the recipe below changed in a way the key cannot see).
+# Bump to rebuild every base image (for a change the mmdebstrap options do not show).
 BASE_RECIPE = 1
 
 # What a running image never uses; dpkg skips these paths while unpacking.
@@ -215,7 +215,7 @@ def _sources_text() -> str:
 
 
 def base_key(spec: ImageSpec, sources: str) -> str:
-    recipe = json.dumps([BASE_RECIPE, spec.packages, _EXCLUDED_PATHS, _KEPT_PATHS, _PURGED, UID, spec.extra_dirs])
+    recipe = json.dumps([BASE_RECIPE, _mmdebstrap_options(spec)])
     return _digest(recipe.encode(), sources.encode(), codename().encode())
 
 
@@ -273,10 +273,8 @@ def image_size(reference: str) -> int:
 # ------------------------------------------------------------------------------------------- steps
 
 
-def _build_base(spec: ImageSpec, sources: str, reference: str, work: Path, log: TextIO) -> None:
-    sources_file = work / "debian.sources"
-    sources_file.write_text(sources)
-    rootfs = work / f"{spec.name}-rootfs.tar"
+def _mmdebstrap_options(spec: ImageSpec) -> list[str]:
+    """Everything mmdebstrap is told but where to write and read from: the base image's key hashes it."""
     dirs = " ".join(f'"$1{d}"' for d in (STORE_DIR, *spec.extra_dirs))
     hooks = [
         *(f'chroot "$1" dpkg --purge --force-remove-essential --force-depends {" ".join(p)}' for p in _PURGED),
@@ -287,16 +285,26 @@ def _build_base(spec: ImageSpec, sources: str, reference: str, work: Path, log: 
         f"echo 'certkeeper:x:{UID}:' >> \"$1/etc/group\"",
         f"mkdir -p {dirs} && chown {UID}:{UID} {dirs} && chmod 0700 {dirs}",
     ]
-    cmd: list[str | os.PathLike[str]] = [
-        "mmdebstrap",
+    return [
         "--variant=essential",
-        "--mode=root" if os.geteuid() == 0 else "--mode=unshare",
         f"--include={','.join(spec.packages)}",
         # usr-is-merged set up by mmdebstrap itself: the usrmerge package would pull in perl.
         "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
         *(f"--dpkgopt=path-exclude={p}" for p in _EXCLUDED_PATHS),
         *(f"--dpkgopt=path-include={p}" for p in _KEPT_PATHS),
         *(f"--customize-hook={h}" for h in hooks),
+    ]
+
+
+def _build_base(spec: ImageSpec, sources: str, reference: str, work: Path, log: TextIO) -> None:
+    sources_file = work / "debian.sources"
+    sources_file.write_text(sources)
+    rootfs = work / f"{spec.name}-rootfs.tar"
+    mode = "--mode=root" if os.geteuid() == 0 else "--mode=unshare"
+    cmd: list[str | os.PathLike[str]] = [
+        "mmdebstrap",
+        mode,
+        *_mmdebstrap_options(spec),
         codename(),
         rootfs,
         sources_file,
