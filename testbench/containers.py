@@ -8,6 +8,7 @@ image's plus what the test sets, nothing from the test's own process.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -69,19 +70,26 @@ class Running:
         return found
 
     def stop(self, timeout: float = 30) -> int:
-        """What the kubelet does: the image's stop signal to the entry point; returns the exit code."""
-        if self.proc.poll() is None:
-            entry = self.processes()[:1]
-            for process in entry:
-                process.send_signal(getattr(signal, self.stop_signal))
-            if not entry:
-                self.proc.terminate()
+        """What the kubelet does: the image's stop signal to the entry point; returns the exit code.
+
+        Whatever of the program is still running afterwards is killed: without a PID namespace
+        nothing else would end, say, nginx workers whose parent died.
+        """
+        processes = self.processes() if self.proc.poll() is None else []
+        for process in processes[:1]:
+            process.send_signal(getattr(signal, self.stop_signal))
+        if not processes:
+            self.proc.terminate()
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
             raise AssertionError(f"the container did not stop within {timeout:.0f} s of {self.stop_signal}") from None
+        finally:
+            for process in processes:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
 
 
 @dataclass
