@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-
-from conftest import CERTKEEPER
+import sys
+from pathlib import Path
 
 from certkeeper import __version__
+
+CERTKEEPER = str(Path(sys.executable).with_name("certkeeper"))
 
 
 def test_version_from_a_source_checkout_says_the_revision_is_unknown() -> None:
