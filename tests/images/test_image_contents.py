@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import pytest
 
@@ -65,6 +66,9 @@ def test_python_in_an_empty_environment_imports_only_from_the_image(name: str, b
         assert outside == [], f"modules loaded from outside the image's Python: {outside}"
         assert any(f.startswith(f"{SITE}/certkeeper/") for f in seen["files"])
         assert any(f.startswith(f"{SITE}/cryptography/") for f in seen["files"])
+        # Nothing of the host's Python is visible in there: not the tests' virtualenv, not /usr/local.
+        host = box.run(["/bin/sh", "-c", f'test -e "{sys.prefix}" || ls /usr/local/lib/python3*/*-packages/*'])
+        assert host.returncode != 0 and host.stdout == "", host.stdout
 
 
 @pytest.mark.parametrize("name", NAMES)
