@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import psutil
+import yaml
 
 from testbench import images
 
@@ -156,6 +157,28 @@ def container(reference: str, mounts: Sequence[Mount] = ()) -> Iterator[Containe
         yield Container(reference, name, list(mounts))
     finally:
         subprocess.run([*images.buildah_command(), "rm", name], capture_output=True, check=False)
+
+
+def pod_spec(manifest_path: Path) -> dict[str, Any]:
+    """The pod template of the Deployment in a manifest file, as the kubelet would get it."""
+    for document in yaml.safe_load_all(manifest_path.read_text()):
+        if document and document.get("kind") == "Deployment":
+            spec: dict[str, Any] = document["spec"]["template"]["spec"]
+            return spec
+    raise ValueError(f"{manifest_path} holds no Deployment")
+
+
+def pod_mounts(spec: dict[str, Any], sources: Mapping[str, Path]) -> list[Mount]:
+    """The first container's volumeMounts: an emptyDir becomes a tmpfs, any other volume a bind
+    mount of ``sources[volume name]``."""
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    mounts = []
+    for mount in spec["containers"][0].get("volumeMounts", []):
+        if "emptyDir" in volumes[mount["name"]]:
+            mounts.append(Mount(mount["mountPath"]))
+        else:
+            mounts.append(Mount(mount["mountPath"], sources[mount["name"]], bool(mount.get("readOnly"))))
+    return mounts
 
 
 def labels(reference: str) -> dict[str, str]:

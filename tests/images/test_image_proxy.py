@@ -20,6 +20,7 @@ from testbench.pki import TestCA
 from testbench.volumes import write_secret_volume
 
 HOST = "proxy.test"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Backend(http.server.BaseHTTPRequestHandler):
@@ -92,12 +93,13 @@ def test_the_proxy_image_serves_https_from_a_secret_volume_and_picks_up_a_rotati
     first, second = ca.issue([HOST]), ca.issue([HOST])
     write_secret_volume(secrets_dir, {"proxycert": first.cert_pem + ca.cert_pem, "proxykey": first.key_pem})
     http_port, https_port = free_port(), free_port()
-    mounts = [
-        # As deploy/proxy mounts them: the Secret read-only at /etc/secrets, an emptyDir in memory for
-        # everything the proxy writes. The rest of the image must stay as built (readOnlyRootFilesystem).
-        containers.Mount("/etc/secrets", secrets_dir, read_only=True),
-        containers.Mount(images.PROXY_RUN_DIR),
-    ]
+    # As deploy/proxy runs it: its user, its volumes (the Secret read-only, an emptyDir in memory for
+    # everything the proxy writes), and nothing else writable: readOnlyRootFilesystem.
+    pod = containers.pod_spec(ROOT / "deploy" / "proxy" / "deployment.yaml")
+    assert pod["securityContext"]["runAsUser"] == images.UID
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = containers.pod_mounts(pod, {"certs": secrets_dir})
+    assert containers.Mount(images.PROXY_RUN_DIR) in mounts, "the proxy's run directory is not a volume"
     log = tmp_path / "proxy.log"
     with containers.container(built["certkeeper-proxy"].reference, mounts) as box:
         box.set_env(

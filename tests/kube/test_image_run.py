@@ -7,7 +7,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import yaml
 from lightkube import Client
 from lightkube.resources.core_v1 import Secret, ServiceAccount
 from runkit import DOMAINS, SECRET, get_secret, make_rc, secret_bytes, wait_for
@@ -41,20 +40,16 @@ def service_account_volume(client: Client, namespace: str, cluster: bench.Cluste
     return directory
 
 
-def deployment_container() -> dict[str, Any]:
-    for document in yaml.safe_load_all((ROOT / "deploy" / "certkeeper" / "deployment.yaml").read_text()):
-        if document and document.get("kind") == "Deployment":
-            found: dict[str, Any] = document["spec"]["template"]["spec"]["containers"][0]
-            return found
-    raise AssertionError("deploy/certkeeper/deployment.yaml has no Deployment")
-
-
 def test_the_image_run_as_deployed_issues_the_secret_with_its_service_account(
     kube_client: Client, namespace: str, kubectl: Any, cluster: bench.Cluster, pebble: Pebble, tmp_path: Path
 ) -> None:
     kubectl("apply", "-k", str(ROOT / "deploy" / "certkeeper"))
     make_rc(kube_client, namespace, replicas=1)
-    spec = deployment_container()
+    pod = containers.pod_spec(ROOT / "deploy" / "certkeeper" / "deployment.yaml")
+    assert pod["securityContext"]["runAsUser"] == containers.images.UID
+    spec = pod["containers"][0]
+    assert spec["securityContext"]["readOnlyRootFilesystem"] is True
+    assert containers.pod_mounts(pod, {}) == [], "certkeeper run needs no writable volume"
     env = {item["name"]: item["value"] for item in spec.get("env", [])}
     env.update(
         DOMAINS=DOMAINS,  # names Pebble's validation reaches on this machine
