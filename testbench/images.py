@@ -318,7 +318,35 @@ def _build_base(spec: ImageSpec, sources: str, reference: str, work: Path, log: 
         subprocess.run([*buildah_command(), "rm", container], capture_output=True, check=False)
 
 
-def _wheelhouse(work: Path, rev: str, log: TextIO) -> Path:
+_TARGET = """
+import platform, sys
+print(f"{sys.version_info[0]}.{sys.version_info[1]}", platform.libc_ver()[1], platform.machine())
+"""
+
+
+def _wheel_tags(base_ref: str, log: TextIO) -> list[str]:
+    """pip options selecting wheels for the image's Python and C library, whatever runs this build."""
+    container = _buildah(log, "from", "--pull=false", base_ref, capture=True)
+    try:
+        out = _buildah(
+            log, "run", "--isolation", "chroot", container, "--", "/usr/bin/python3", "-c", _TARGET, capture=True
+        )
+    finally:
+        subprocess.run([*buildah_command(), "rm", container], capture_output=True, check=False)
+    version, glibc, machine = out.split()
+    glibc_minor = int(glibc.split(".")[1])
+    platforms = [f"manylinux_2_{minor}_{machine}" for minor in range(glibc_minor, 4, -1)]
+    platforms += [f"manylinux{name}_{machine}" for name in ("2014", "2010", "1")] + [f"linux_{machine}"]
+    abi = "cp" + version.replace(".", "")
+    return [
+        f"--python-version={version}",
+        "--implementation=cp",
+        *(f"--abi={a}" for a in (abi, "abi3", "none")),
+        *(f"--platform={p}" for p in platforms),
+    ]
+
+
+def _wheelhouse(work: Path, rev: str, target: list[str], log: TextIO) -> Path:
     """certkeeper's wheel (revision written in), the locked dependencies' wheels, and pip's own."""
     wheels = work / "wheels"
     wheels.mkdir()
@@ -338,7 +366,7 @@ def _wheelhouse(work: Path, rev: str, log: TextIO) -> Path:
     if len(built) != 1:
         raise ImageError(f"pip wheel left {len(built)} certkeeper wheels in {wheels}")
     lock = ROOT / "requirements.lock"
-    _run([*pip, "download", "--only-binary=:all:", "--dest", wheels, "--constraint", lock, built[0]], log)
+    _run([*pip, "download", "--only-binary=:all:", *target, "--dest", wheels, "--constraint", lock, built[0]], log)
     pip_version = subprocess.run([*pip, "--version"], capture_output=True, text=True, check=True).stdout.split()[1]
     _run([*pip, "download", "--no-deps", "--dest", wheels, f"pip=={pip_version}"], log)
     return built[0]
@@ -461,7 +489,7 @@ def build(log: TextIO = sys.stderr) -> list[Built]:
                         log.write(f"images: {spec.name}: Debian root filesystem (mmdebstrap)\n")
                         _build_base(spec, sources, base_ref, work, log)
                     if wheel is None:
-                        wheel = _wheelhouse(work, rev, log)
+                        wheel = _wheelhouse(work, rev, _wheel_tags(base_ref, log), log)
                     log.write(f"images: {spec.name}: certkeeper and its locked dependencies\n")
                     _build_app(spec, base_ref, wheel, rev, key_ref, log)
                 _buildah(log, "tag", key_ref, tag(spec))
