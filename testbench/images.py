@@ -219,8 +219,8 @@ def base_key(spec: ImageSpec, sources: str) -> str:
     return _digest(recipe.encode(), sources.encode(), codename().encode())
 
 
-def app_key(spec: ImageSpec, base: str, rev: str) -> str:
-    inputs = [base.encode(), rev.encode(), Path(__file__).read_bytes(), spec.name.encode()]
+def app_key(spec: ImageSpec, base: str) -> str:
+    inputs = [base.encode(), Path(__file__).read_bytes(), spec.name.encode()]
     for path in _source_files():
         inputs += [str(path.relative_to(ROOT)).encode(), path.read_bytes()]
     return _digest(*inputs)
@@ -346,8 +346,8 @@ def _wheel_tags(base_ref: str, log: TextIO) -> list[str]:
     ]
 
 
-def _wheelhouse(work: Path, rev: str, target: list[str], log: TextIO) -> Path:
-    """certkeeper's wheel (revision written in), the locked dependencies' wheels, and pip's own."""
+def _wheelhouse(work: Path, target: list[str], log: TextIO) -> Path:
+    """certkeeper's wheel, the locked dependencies' wheels for ``target``, and pip's own."""
     wheels = work / "wheels"
     wheels.mkdir()
     source = work / "source"
@@ -356,9 +356,6 @@ def _wheelhouse(work: Path, rev: str, target: list[str], log: TextIO) -> Path:
         shutil.copy2(ROOT / name, source / name)
     shutil.copytree(
         ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "_build.py")
-    )
-    (source / "src" / "certkeeper" / "_build.py").write_text(
-        f'"""Written by the image build."""\n\nREVISION = "{rev}"\n'
     )
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
     _run([*pip, "wheel", "--no-deps", "--wheel-dir", wheels, source], log)
@@ -379,7 +376,7 @@ for module in pkgutil.walk_packages(certkeeper.__path__, "certkeeper."):
 """
 
 
-def _build_app(spec: ImageSpec, base_ref: str, wheel: Path, rev: str, reference: str, log: TextIO) -> None:
+def _build_app(spec: ImageSpec, base_ref: str, wheel: Path, reference: str, log: TextIO) -> None:
     wheels = wheel.parent
     pip_wheel = next(wheels.glob("pip-*.whl"))
     container = _buildah(log, "from", "--pull=false", base_ref, capture=True)
@@ -432,13 +429,46 @@ def _build_app(spec: ImageSpec, base_ref: str, wheel: Path, rev: str, reference:
             f"--label=org.opencontainers.image.title={spec.name}",
             f"--label=org.opencontainers.image.description={spec.description}",
             f"--label=org.opencontainers.image.version={project_version()}",
-            f"--label=org.opencontainers.image.revision={rev}",
-            f"--label=org.opencontainers.image.created={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
             "--label=org.opencontainers.image.licenses=Apache-2.0",
             "--label=org.opencontainers.image.base.name=debian:" + codename(),
             container,
         ]
         _buildah(log, *config)
+        _buildah(log, "commit", "--format", "oci", "--quiet", container, reference, capture=True)
+    finally:
+        subprocess.run([*buildah_command(), "rm", container], capture_output=True, check=False)
+
+
+_STAMP = """
+import pathlib, py_compile, sys, certkeeper
+build = pathlib.Path(certkeeper.__file__).with_name("_build.py")
+build.write_text('\"\"\"Written by the image build.\"\"\"\\n\\nREVISION = %r\\n' % sys.argv[1])
+py_compile.compile(str(build), doraise=True)
+"""
+
+
+def _stamp_revision(app_ref: str, rev: str, reference: str, log: TextIO) -> None:
+    """The last, tiny layer: the git revision in ``certkeeper/_build.py`` and the labels that change
+    with every commit, so that a commit leaving the packaged files alone rebuilds nothing else."""
+    container = _buildah(log, "from", "--pull=false", app_ref, capture=True)
+    try:
+        _buildah(
+            log, "run", "--isolation", "chroot", "--user=0:0", container, "--", f"{VENV}/bin/python", "-c", _STAMP, rev
+        )
+        root = _buildah(log, "mount", container, capture=True)
+        try:
+            for leftover in ("etc/hosts", "etc/resolv.conf"):
+                path = Path(root) / leftover
+                if path.exists() and path.stat().st_size == 0:
+                    path.unlink()
+        finally:
+            _buildah(log, "umount", container, capture=True)
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        labels = [
+            f"--label=org.opencontainers.image.revision={rev}",
+            f"--label=org.opencontainers.image.created={created}",
+        ]
+        _buildah(log, "config", *labels, container)
         _buildah(log, "commit", "--format", "oci", "--quiet", container, reference, capture=True)
     finally:
         subprocess.run([*buildah_command(), "rm", container], capture_output=True, check=False)
@@ -482,20 +512,24 @@ def build(log: TextIO = sys.stderr) -> list[Built]:
                 started = time.monotonic()
                 base = base_key(spec, sources)
                 base_ref = f"localhost/{spec.name}-base:{base[:16]}"
-                key_ref = f"localhost/{spec.name}:build-{app_key(spec, base, rev)[:16]}"
+                app = app_key(spec, base)
+                app_ref = f"localhost/{spec.name}-app:{app[:16]}"
+                key_ref = f"localhost/{spec.name}:build-{_digest(app.encode(), rev.encode())[:16]}"
                 cached = image_exists(key_ref)
                 if not cached:
-                    if not image_exists(base_ref):
-                        log.write(f"images: {spec.name}: Debian root filesystem (mmdebstrap)\n")
-                        _build_base(spec, sources, base_ref, work, log)
-                    if wheel is None:
-                        wheel = _wheelhouse(work, rev, _wheel_tags(base_ref, log), log)
-                    log.write(f"images: {spec.name}: certkeeper and its locked dependencies\n")
-                    _build_app(spec, base_ref, wheel, rev, key_ref, log)
+                    if not image_exists(app_ref):
+                        if not image_exists(base_ref):
+                            log.write(f"images: {spec.name}: Debian root filesystem (mmdebstrap)\n")
+                            _build_base(spec, sources, base_ref, work, log)
+                        if wheel is None:
+                            wheel = _wheelhouse(work, _wheel_tags(base_ref, log), log)
+                        log.write(f"images: {spec.name}: certkeeper and its locked dependencies\n")
+                        _build_app(spec, base_ref, wheel, app_ref, log)
+                    _stamp_revision(app_ref, rev, key_ref, log)
                 _buildah(log, "tag", key_ref, tag(spec))
                 _export(spec, key_ref, log)
                 results.append(Built(spec, tag(spec), key_ref, archive(spec), rev, time.monotonic() - started, cached))
-                keep |= {base_ref, key_ref}
+                keep |= {base_ref, app_ref, key_ref}
         forget_old_builds(keep, log)
         return results
 
@@ -519,7 +553,7 @@ def forget_old_builds(keep: set[str], log: TextIO) -> None:
     Other checkouts on the machine (and their test runs) use their own recent builds, so those stay.
     """
     listing = json.loads(_buildah(log, "images", "--json", capture=True) or "[]")
-    ours = {f"localhost/{spec.name}" for spec in IMAGES} | {f"localhost/{spec.name}-base" for spec in IMAGES}
+    ours = {f"localhost/{spec.name}{part}" for spec in IMAGES for part in ("", "-base", "-app")}
     for image in listing:
         if time.time() - int(image.get("created", 0)) < KEEP_SECONDS:
             continue
