@@ -9,14 +9,15 @@ nginx) are assembled in three steps:
    base image keyed by the package list and the sources;
 2. certkeeper's wheel and its dependencies at the versions pinned in ``requirements.lock`` (wheels
    from the host's pip cache or PyPI), installed with the image's own Python into a virtualenv at
-   ``/opt/certkeeper``, and byte-compiled only for the modules certkeeper imports: the second layer;
-3. ``buildah`` sets the user (65532), entry point, ports and OCI labels, commits the image and
-   writes an ``oci-archive`` beside the cache.
+   ``/opt/certkeeper``, and byte-compiled only for the modules certkeeper imports; ``buildah`` sets
+   the user (65532), entry point, ports and OCI labels: the second layer;
+3. the git revision in ``certkeeper/_build.py`` and the revision label: a last layer of a few kB;
+   ``buildah`` commits the image and writes an ``oci-archive`` beside the cache.
 
 Everything lives in ``~/.cache/certkeeper/images`` (or under ``$XDG_CACHE_HOME``): a private
 containers-storage (``storage/``), and ``NAME-VERSION.oci.tar``. An image is rebuilt only when its
-inputs change (the lock, the source, the package list, this file, the git revision); concurrent
-builds wait for one another.
+inputs change (the lock, the source, the package list, this file; the git revision is a last, tiny
+layer of its own); concurrent builds wait for one another.
 
     python -m testbench.images build     # both images; a no-op when cached
     python -m testbench.images info      # tags, sizes, archives
