@@ -103,3 +103,24 @@ def test_the_image_run_as_deployed_issues_the_secret_with_its_service_account(
     chain = split_pem_chain(secret_bytes(secret, "proxycert"))
     assert set(cert_info(chain[0]).names) == set(DOMAINS.split())
     assert key_matches_cert(secret_bytes(secret, "proxykey"), chain[0])
+
+
+def test_deploy_proxy_is_accepted_with_its_unprivileged_read_only_pod(
+    kube_client: Client, namespace: str, kubectl: Any
+) -> None:
+    from lightkube.resources.apps_v1 import Deployment
+
+    applied = kubectl("apply", "-k", str(ROOT / "deploy" / "proxy"))
+    assert "deployment.apps/nginx-ssl-proxy-api created" in applied.stdout
+    deployment = kube_client.get(Deployment, "nginx-ssl-proxy-api", namespace=namespace)
+    assert deployment.spec is not None and deployment.spec.template.spec is not None
+    pod = deployment.spec.template.spec
+    assert pod.securityContext is not None and pod.securityContext.runAsUser == containers.images.UID
+    assert [(s.name, s.value) for s in pod.securityContext.sysctls or []] == [
+        ("net.ipv4.ip_unprivileged_port_start", "0")
+    ]
+    container = pod.containers[0]
+    assert container.securityContext is not None and container.securityContext.readOnlyRootFilesystem
+    run_mount = next(m for m in container.volumeMounts or [] if m.mountPath == containers.images.PROXY_RUN_DIR)
+    volume = next(v for v in pod.volumes or [] if v.name == run_mount.name)
+    assert volume.emptyDir is not None and volume.emptyDir.medium == "Memory"
