@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint unit bench faults mutate cluster-bin clean
+.PHONY: install demo test lint unit bench faults mutate cluster-bin images clean
 
 install:
 	@scripts/install
@@ -16,7 +16,11 @@ lint: install
 cluster-bin: install
 	@if [ -x scripts/test-cluster ]; then scripts/test-cluster build; fi
 
-test: install lint cluster-bin
+# The two container images (docs/images.md), cached outside the repository like the cluster binaries.
+images: install
+	@scripts/images build
+
+test: install lint cluster-bin images
 	$(VENV)/pytest $(PYTEST_ARGS)
 
 demo: install

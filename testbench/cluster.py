@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import fcntl
-import glob
 import json
 import os
 import secrets
@@ -31,6 +30,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+from testbench import aptsources
 
 KUBERNETES_VERSION = "1.20.2"
 BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
@@ -69,53 +70,11 @@ def binaries_ready() -> bool:
 
 
 def _deb_src_entries() -> str:
-    """The system's Debian package sources, copied as ``deb-src`` entries in deb822 form.
-
-    Copying keeps the mirror (and any snapshot pinning) the machine already uses, so no host name
-    is ever written into the repository.
-    """
-    stanzas: list[str] = []
-    for deb822 in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
-        for paragraph in Path(deb822).read_text().split("\n\n"):
-            fields: dict[str, str] = {}
-            for line in paragraph.splitlines():
-                if not line.strip() or line.lstrip().startswith("#") or ":" not in line:
-                    continue
-                key, _, value = line.partition(":")
-                fields[key.strip()] = value.strip()
-            if "deb" not in fields.get("Types", "").split() or fields.get("Enabled", "yes") == "no":
-                continue
-            fields["Types"] = "deb-src"
-            stanzas.append("\n".join(f"{k}: {v}" for k, v in fields.items()))
-    one_line = [Path("/etc/apt/sources.list"), *map(Path, glob.glob("/etc/apt/sources.list.d/*.list"))]
-    for path in one_line:
-        if not path.is_file():
-            continue
-        for line in path.read_text().splitlines():
-            words = line.split("#", 1)[0].split()
-            if not words or words[0] != "deb":
-                continue
-            words = words[1:]
-            options: dict[str, str] = {}
-            if words and words[0].startswith("["):
-                while words:
-                    option = words.pop(0).strip("[]")
-                    if "=" in option:
-                        k, _, v = option.partition("=")
-                        options[k] = v
-                    if option.endswith("]") or not words or words[0].startswith("]"):
-                        break
-            if len(words) < 2:
-                continue
-            stanza = ["Types: deb-src", f"URIs: {words[0]}", f"Suites: {words[1]}"]
-            if len(words) > 2:
-                stanza.append(f"Components: {' '.join(words[2:])}")
-            if "signed-by" in options:
-                stanza.append(f"Signed-By: {options['signed-by']}")
-            stanzas.append("\n".join(stanza))
+    """The system's Debian package sources, copied as ``deb-src`` entries in deb822 form."""
+    stanzas = aptsources.binary_sources()
     if not stanzas:
         raise ClusterError("no Debian package source found in /etc/apt: cannot fetch the kubernetes source package")
-    return "\n\n".join(stanzas) + "\n"
+    return aptsources.render(stanzas, types="deb-src")
 
 
 def _run(cmd: Sequence[str | os.PathLike[str]], log: TextIO, cwd: Path | None = None) -> None:

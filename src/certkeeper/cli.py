@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from certkeeper import __version__
+from certkeeper.version import version_line
 
 # name -> ("module:attribute", one-line help shown by --help without importing the module)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -48,7 +48,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="certkeeper")
+@click.version_option(version_line(), prog_name="certkeeper", message="%(prog)s %(version)s")
 def cli() -> None:
     """certkeeper: HTTPS certificates from Let's Encrypt or any ACME CA, kept valid.
 
