@@ -15,8 +15,7 @@ import binascii
 import json
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx2
 from lightkube import Client
@@ -27,11 +26,11 @@ from lightkube.types import PatchType
 
 from certkeeper.acme.account import Account
 from certkeeper.errors import CertkeeperError
+from certkeeper.kube.api import call_api, fail, is_not_found
 from certkeeper.model import IssuedCert
 from certkeeper.stores.base import StoredCert
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # RFC 7919 ffdhe2048: a standard, well-audited group. Nothing is generated per save.
 FFDHE2048_PEM = b"""-----BEGIN DH PARAMETERS-----
@@ -48,33 +47,6 @@ PREFIX = "certkeeper.io/"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "certkeeper"}
 CONFLICT_RETRIES = 5
 CERT_KEYS = ("proxycert", "proxykey", "dhparam", "tls.crt", "tls.key", "tls.pem")
-
-
-def api_error_text(error: Exception) -> str:
-    """A short description of an API failure (status code and the server's message, or the transport error)."""
-    if isinstance(error, ApiError):
-        code = error.status.code
-        reason = error.status.reason or ""
-        message = (error.status.message or "").strip()
-        return f"{code} {reason}: {message}"[:300] if message else f"{code} {reason}"
-    return f"{type(error).__name__}: {error}"[:300]
-
-
-def call_api(what: str, fn: Callable[[], T]) -> T:
-    """Run one API call; any failure becomes a CertkeeperError naming ``what``."""
-    try:
-        return fn()
-    except ApiError as error:
-        fix = ""
-        if error.status.code == 403:
-            fix = "grant the ServiceAccount this permission (see deploy/certkeeper/rbac.yaml)"
-        raise CertkeeperError(f"cannot {what} ({api_error_text(error)})", fix) from None
-    except (httpx2.HTTPError, OSError) as error:
-        raise CertkeeperError(f"cannot {what}: the Kubernetes API is unreachable ({api_error_text(error)})") from None
-
-
-def is_not_found(error: Exception) -> bool:
-    return isinstance(error, ApiError) and error.status.code == 404
 
 
 def _b64(data: bytes) -> str:
@@ -219,9 +191,9 @@ class SecretStore:
                 if error.status.code == 409 and attempt + 1 < CONFLICT_RETRIES:
                     time.sleep(0.1 * (attempt + 1))
                     continue
-                _fail(f"write Secret {self.namespace}/{self.secret_name}", error)
+                fail(f"write Secret {self.namespace}/{self.secret_name}", error)
             except (httpx2.HTTPError, OSError) as error:
-                _fail(f"write Secret {self.namespace}/{self.secret_name}", error)
+                fail(f"write Secret {self.namespace}/{self.secret_name}", error)
             else:
                 self.last_digest = digest_of(written)
                 self.rollout_pending = True
@@ -305,16 +277,7 @@ class SecretStore:
             except ApiError as error:
                 if error.status.code == 409 and attempt + 1 < CONFLICT_RETRIES:
                     continue
-                _fail(what, error)
+                fail(what, error)
             except (httpx2.HTTPError, OSError) as error:
-                _fail(what, error)
+                fail(what, error)
         raise CertkeeperError(f"cannot {what}: it kept changing (409)")
-
-
-def _fail(what: str, error: Exception) -> None:
-    """Raise ``error`` as the one-line CertkeeperError ``call_api`` would give."""
-
-    def again() -> None:
-        raise error
-
-    call_api(what, again)
