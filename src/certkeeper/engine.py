@@ -88,6 +88,7 @@ class Engine:
         deploy_hook: str | None = None,
         force: bool = False,
         challenges: ChallengeStore | None = None,
+        before_order: Callable[[CertSpec], None] | None = None,
     ) -> None:
         self.issuer = issuer
         self.store = store
@@ -104,6 +105,9 @@ class Engine:
         self._directory_lock = threading.Lock()
         self._directory: Any = None
         self._account: Account | None = None
+        # Concurrent runs (the controller's workers) must not register one account each.
+        self._account_lock = asyncio.Lock()
+        self.before_order = before_order  # called in the worker thread (e.g. to report Issuing)
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="acme")
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -140,8 +144,7 @@ class Engine:
     async def run(self, specs: list[CertSpec], on_done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
         """Bring every spec up to date; failures are reported per certificate, never raised."""
         try:
-            if self._account is None:
-                self._account = await self._in_thread(ensure_account, self.issuer, self.store)
+            await self.ensure_account()
         except CertkeeperError as error:
             outcomes = [Outcome(s, "failed", str(error), None, 0.0) for s in specs]
             for outcome in outcomes:
@@ -156,6 +159,13 @@ class Engine:
             return outcome
 
         return list(await asyncio.gather(*(one(s) for s in specs)))
+
+    async def ensure_account(self) -> Account:
+        """The account this engine orders with: loaded or registered once, however many runs overlap."""
+        async with self._account_lock:
+            if self._account is None:
+                self._account = await self._in_thread(ensure_account, self.issuer, self.store)
+            return self._account
 
     def _renewal_window(self, stored: StoredCert | None) -> RenewalWindow | None:
         if stored is None or stored.info is None or stored.problem:
@@ -198,6 +208,8 @@ class Engine:
             has_ari = window is not None
             replaces = usable.info.ari_id if usable is not None and usable.info and has_ari else None
             log.info("ordering %s (%s)", " ".join(spec.names), decision.reason if decision.due else "forced")
+            if self.before_order is not None:
+                await self._in_thread(self.before_order, spec)
             issued = await self._in_thread(
                 lambda: self._client().order(spec, key_pem, self.challenges, replaces=replaces)
             )

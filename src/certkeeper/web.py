@@ -90,11 +90,13 @@ async def _serve(routes: list[Route], reader: asyncio.StreamReader, writer: asyn
         writer.close()
 
 
-async def start_responder(routes: list[Route], bind: str) -> Responder:
+async def start_responder(routes: list[Route], bind: str, *, reuse_port: bool = False) -> Responder:
+    """Serve ``routes`` on ``bind``. ``reuse_port``: several processes share the port (controller replicas
+    on one host), the kernel spreading connections among them as a Service would."""
     host, port = parse_bind(bind)
     try:
         server = await asyncio.start_server(
-            lambda r, w: _serve(routes, r, w), host, port, limit=MAX_HEAD, reuse_address=True
+            lambda r, w: _serve(routes, r, w), host, port, limit=MAX_HEAD, reuse_address=True, reuse_port=reuse_port
         )
     except OSError as error:
         if error.errno == errno.EACCES:

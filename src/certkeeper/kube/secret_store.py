@@ -47,6 +47,8 @@ PREFIX = "certkeeper.io/"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "certkeeper"}
 CONFLICT_RETRIES = 5
 CERT_KEYS = ("proxycert", "proxykey", "dhparam", "tls.crt", "tls.key", "tls.pem")
+# What a Certificate's ``keys`` writes: the seed's layout (``certkeeper run``), or what an Ingress reads.
+KEY_SETS = {"seed": CERT_KEYS, "tls": ("tls.crt", "tls.key")}
 
 
 def _b64(data: bytes) -> str:
@@ -78,8 +80,14 @@ class SecretStore:
         *,
         secret_type: str | None = None,
         account_secret_name: str | None = None,
+        keys: str = "seed",
+        labels: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None,
     ) -> None:
         self.client = client
+        self.keys = KEY_SETS[keys]
+        self.labels = dict(labels or {})  # added to the Secret on every write (a Certificate's secretTemplate)
+        self.annotations = dict(annotations or {})
         self.namespace = namespace
         self.secret_name = secret_name
         self.secret_type = secret_type or "kubernetes.io/tls"
@@ -100,6 +108,15 @@ class SecretStore:
                 raise
 
         return call_api(f"read Secret {self.namespace}/{name}", get)
+
+    def get(self) -> Secret | None:
+        """The Secret as it is now (None: it does not exist)."""
+        return self._get(self.secret_name)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The renewal state last loaded or saved (next check, renew_at, failures)."""
+        return dict(self._state)
 
     def location(self, lineage: str) -> str:
         return f"secret/{self.namespace}/{self.secret_name}"
@@ -131,22 +148,23 @@ class SecretStore:
         info = issued.info
         data = dict((existing.data or {}) if existing is not None else {})
         fullchain = issued.fullchain_pem
-        data.update(
-            {
-                "proxycert": _b64(fullchain),
-                "proxykey": _b64(issued.key_pem),
-                "dhparam": _b64(FFDHE2048_PEM),
-                "tls.crt": _b64(fullchain),
-                "tls.key": _b64(issued.key_pem),
-                "tls.pem": _b64(fullchain + issued.key_pem),
-            }
-        )
+        values = {
+            "proxycert": fullchain,
+            "proxykey": issued.key_pem,
+            "dhparam": FFDHE2048_PEM,
+            "tls.crt": fullchain,
+            "tls.key": issued.key_pem,
+            "tls.pem": fullchain + issued.key_pem,
+        }
+        data.update({key: _b64(values[key]) for key in self.keys})
         old_meta = existing.metadata if existing is not None and existing.metadata is not None else ObjectMeta()
         labels = dict(old_meta.labels or {})
+        labels.update(self.labels)
         labels.update(MANAGED_BY)
         if len(info.names[0]) <= 63:
             labels[PREFIX + "domain"] = info.names[0].replace("*", "_")
         annotations = dict(old_meta.annotations or {})
+        annotations.update(self.annotations)
         annotations.update(
             {
                 PREFIX + "names": " ".join(info.names),
