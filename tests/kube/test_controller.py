@@ -14,11 +14,13 @@ import pytest
 from lightkube import Client
 from lightkube.resources.core_v1 import Event, Secret
 from runkit import (
+    CERTKEEPER,
     Run,
     certificate_manifest,
     certkeeper_controller,
     condition,
     controller_args,
+    controller_env,
     get_secret,
     issuer_manifest,
     secret_bytes,
@@ -135,3 +137,188 @@ def test_certificate_ready_then_names_changed(
         assert len(ari.recorded_orders()) == 2
         assert run.stop() == 0
     assert "PRIVATE KEY" not in run.log
+
+
+def test_valid_secret_adopted_without_an_order_and_recreated_when_deleted(
+    kube_client: Client, namespace: str, kubeconfig: Path, kubectl: Kubectl, ari: AcmeFront, tmp_path: Path
+) -> None:
+    # A certificate issued elsewhere (here by `certkeeper issue`), stored as a TLS Secret by hand.
+    store = tmp_path / "store"
+    env = controller_env(kubeconfig)
+    env.update(
+        CERTKEEPER_SERVER=ari.directory_url,
+        CERTKEEPER_CA_BUNDLE=str(ari.ca_bundle),
+        CERTKEEPER_HTTP_BIND=f"127.0.0.1:{ari.http_port}",
+        CERTKEEPER_STORE=str(store),
+    )
+    issued = subprocess.run([CERTKEEPER, "issue", "shop.example.com"], env=env, capture_output=True, text=True)
+    assert issued.returncode == 0, issued.stderr
+    lineage = store / "shop.example.com"
+    kubectl(
+        "create", "secret", "tls", "shop",
+        f"--cert={lineage / 'fullchain.pem'}", f"--key={lineage / 'privkey.pem'}",
+    )  # fmt: skip
+    before = get_secret(kube_client, namespace, "shop")
+    assert before is not None and before.data is not None
+    orders = len(ari.recorded_orders())
+    apply(kubectl, issuer_manifest("pebble", ari.directory_url, ari.ca_bundle))
+    apply(kubectl, certificate_manifest("shop", ["shop.example.com"]))
+    with start(kubeconfig, tmp_path, namespace, ari) as run:
+        cert = wait_for("the Certificate Ready", lambda: ready(kubectl, "shop"), timeout=60, run=run)
+        assert len(ari.recorded_orders()) == orders, "an order was placed for a Secret that was already good"
+        after = get_secret(kube_client, namespace, "shop")
+        assert after is not None and after.data is not None and after.metadata is not None
+        assert after.data["tls.crt"] == before.data["tls.crt"] and after.data["tls.key"] == before.data["tls.key"]
+        assert (after.metadata.labels or {}).get("app.kubernetes.io/managed-by") == "certkeeper"
+        assert cert["status"]["revision"] == 1 and cert["status"]["notAfter"]
+
+        # Deleted by hand: issued again and stored, without waiting for the next check.
+        kube_client.delete(Secret, "shop", namespace=namespace)
+        again = wait_for(
+            "the Secret re-created", lambda: get_secret(kube_client, namespace, "shop"), timeout=60, run=run
+        )
+        verify_secret(again, {"shop.example.com"}, ari.pebble.root_pem(), tmp_path)
+        assert len(ari.recorded_orders()) == orders + 1
+        assert run.stop() == 0
+
+
+def test_bad_input_is_refused_in_the_status_with_no_order_and_nothing_overwritten(
+    kube_client: Client, namespace: str, kubeconfig: Path, kubectl: Kubectl, ari: AcmeFront, tmp_path: Path
+) -> None:
+    kubectl("create", "configmap", "owner")
+    owner_uid = get(kubectl, "configmap", "owner")["metadata"]["uid"]
+    taken = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "taken",
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner_uid, "controller": True}
+            ],
+        },
+        "type": "Opaque",
+        "stringData": {"tls.crt": "someone else's", "password": "keep me"},
+    }
+    apply(kubectl, taken, issuer_manifest("pebble", ari.directory_url, ari.ca_bundle))
+    taken_before = get_secret(kube_client, namespace, "taken")
+    assert taken_before is not None
+    bad = {
+        "no-names": (certificate_manifest("no-names", []), "InvalidSpec", "dnsNames"),
+        "bad-name": (certificate_manifest("bad-name", ["bad..example.com"]), "InvalidName", "bad..example.com"),
+        "no-issuer": (certificate_manifest("no-issuer", ["a.example.com"], issuer="missing"), "IssuerNotFound",
+                      "missing"),
+        "taken": (certificate_manifest("taken", ["taken.example.com"]), "SecretInUse", "ConfigMap owner"),
+        "wild": (certificate_manifest("wild", ["*.example.com"]), "WildcardNeedsDNS01", "DNS-01"),
+        "cm-field": (certificate_manifest("cm-field", ["c.example.com"], commonName="c.example.com"),
+                     "UnsupportedField", "spec.commonName"),
+    }  # fmt: skip
+    apply(kubectl, *(manifest for manifest, _, _ in bad.values()))
+    apply(kubectl, certificate_manifest("good", ["good.example.com"]))
+    with start(kubeconfig, tmp_path, namespace, ari) as run:
+        wait_for("the good Certificate Ready", lambda: ready(kubectl, "good"), timeout=60, run=run)
+        for name, (_, reason, text) in bad.items():
+
+            def refused(name: str = name, reason: str = reason) -> dict[str, Any] | None:
+                found = condition(get(kubectl, "certificate.certkeeper.io", name))
+                return found if found.get("status") == "False" and found.get("reason") == reason else None
+
+            found = wait_for(f"{name} refused with {reason}", refused, timeout=30, run=run)
+            assert text in found["message"], found
+            assert condition(get(kubectl, "certificate.certkeeper.io", name), "Issuing")["status"] == "False"
+            assert get_secret(kube_client, namespace, name) is None or name == "taken"
+        warnings = {e.reason for e in kube_client.list(Event, namespace=namespace) if e.type == "Warning"}
+        assert {reason for _, reason, _ in bad.values()} <= warnings
+        assert len(ari.recorded_orders()) == 1, "an order was placed for bad input"
+        taken_after = get_secret(kube_client, namespace, "taken")
+        assert taken_after is not None and taken_after.data == taken_before.data
+        assert (
+            taken_after.metadata is not None and taken_after.metadata.annotations == taken_before.metadata.annotations
+        )
+        assert run.stop() == 0
+
+
+def ingress(name: str, annotations: dict[str, str], tls: list[dict[str, Any]]) -> dict[str, Any]:
+    backend = {"service": {"name": "web", "port": {"number": 80}}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "tls": tls,
+            "rules": [
+                {"host": host, "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]}}
+                for entry in tls
+                for host in entry["hosts"]
+            ],
+        },
+    }
+
+
+def test_annotated_ingresses_get_certificates_that_go_with_them(
+    kube_client: Client, namespace: str, kubeconfig: Path, kubectl: Kubectl, ari: AcmeFront, tmp_path: Path
+) -> None:
+    apply(kubectl, issuer_manifest("pebble", ari.directory_url, ari.ca_bundle))
+    apply(
+        kubectl,
+        ingress(
+            "lego", {"kubernetes.io/tls-acme": "true"}, [{"hosts": ["lego.example.com"], "secretName": "lego-tls"}]
+        ),
+        ingress(
+            "cm",
+            {"cert-manager.io/issuer": "pebble"},
+            [{"hosts": ["cm.example.com", "www.cm.example.com"], "secretName": "cm-tls"}],
+        ),
+        ingress("plain", {}, [{"hosts": ["plain.example.com"], "secretName": "plain-tls"}]),
+    )
+    with start(kubeconfig, tmp_path, namespace, ari, "--default-issuer=Issuer/pebble") as run:
+        for name, names in (("lego-tls", {"lego.example.com"}), ("cm-tls", {"cm.example.com", "www.cm.example.com"})):
+            cert = wait_for(f"Certificate {name} Ready", lambda n=name: ready(kubectl, n), timeout=60, run=run)
+            assert cert["metadata"]["ownerReferences"][0]["kind"] == "Ingress"
+            secret = get_secret(kube_client, namespace, name)
+            assert secret is not None
+            verify_secret(secret, names, ari.pebble.root_pem(), tmp_path)
+        assert not get(kubectl, "certificate.certkeeper.io", "plain-tls"), "an Ingress without annotation got one"
+        assert len(ari.recorded_orders()) == 2
+
+        # The Ingress goes: the controller-manager's garbage collector removes its Certificate.
+        kubectl("delete", "ingress", "lego")
+        wait_for("Certificate lego-tls garbage-collected", lambda: not get(kubectl, "certificate.certkeeper.io",
+                 "lego-tls"), timeout=90, run=run)  # fmt: skip
+        assert get(kubectl, "certificate.certkeeper.io", "cm-tls")
+        assert run.stop() == 0
+
+
+def lease_holder(kubectl: Kubectl) -> str:
+    return str((get(kubectl, "lease", "certkeeper-controller").get("spec") or {}).get("holderIdentity") or "")
+
+
+def test_two_replicas_one_orders_and_the_other_takes_over(
+    kube_client: Client, namespace: str, kubeconfig: Path, kubectl: Kubectl, ari: AcmeFront, tmp_path: Path
+) -> None:
+    names = ["ha.example.com", "www.ha.example.com", "api.ha.example.com", "cdn.ha.example.com"]
+    apply(kubectl, issuer_manifest("pebble", ari.directory_url, ari.ca_bundle))
+    apply(kubectl, certificate_manifest("ha", names))
+    # Both replicas listen on the port Pebble validates (SO_REUSEPORT): the kernel hands each validation
+    # request to either, as a Service would, so the follower must answer the leader's tokens too.
+    with (
+        start(kubeconfig, tmp_path, namespace, ari, log="a") as first,
+        start(kubeconfig, tmp_path, namespace, ari, log="b") as second,
+    ):
+        wait_for("the Certificate Ready", lambda: ready(kubectl, "ha"), timeout=60, run=first)
+        assert len(ari.recorded_orders()) == 1
+        holder = lease_holder(kubectl)
+        leader, follower = (first, second) if holder.endswith(f"-{first.proc.pid}") else (second, first)
+        assert holder.endswith(f"-{leader.proc.pid}")
+        assert "ordering " in leader.log and "ordering " not in follower.log
+        secret = get_secret(kube_client, namespace, "ha")
+        assert secret is not None
+        verify_secret(secret, set(names), ari.pebble.root_pem(), tmp_path)
+
+        leader.proc.kill()
+        leader.proc.wait(10)
+        apply(kubectl, certificate_manifest("ha2", ["ha2.example.com"]))
+        wait_for("the other replica leads", lambda: lease_holder(kubectl).endswith(f"-{follower.proc.pid}"),
+                 timeout=30, run=follower)  # fmt: skip
+        wait_for("the new Certificate Ready", lambda: ready(kubectl, "ha2"), timeout=60, run=follower)
+        assert len(ari.recorded_orders()) == 2, "the new leader ordered again what was already issued"
+        assert follower.stop() == 0

@@ -81,7 +81,7 @@ class SharedChallenges(ChallengeStore):
         self.namespace = namespace
         self.publish = False  # only the leader publishes
 
-    def _patch(self, data: dict[str, str | None]) -> None:
+    def _patch(self, data: dict[str, str | None], *, create: bool = True) -> None:
         patch = {"metadata": {"labels": MANAGED_BY, "annotations": {"certkeeper.io/role": "http01"}}, "data": data}
         what = f"publish HTTP-01 tokens in Secret {self.namespace}/{CHALLENGE_SECRET}"
         try:
@@ -91,8 +91,9 @@ class SharedChallenges(ChallengeStore):
                     Secret, CHALLENGE_SECRET, patch, namespace=self.namespace, patch_type=PatchType.MERGE
                 ),
             )
+            return
         except KubeApiError as error:
-            if not error.not_found:
+            if not error.not_found or not create:
                 raise
             body = Secret(
                 metadata=ObjectMeta(
@@ -104,7 +105,12 @@ class SharedChallenges(ChallengeStore):
                 type="Opaque",
                 data={k: v for k, v in data.items() if v is not None},
             )
+        try:
             call_api(what, lambda: self.client.create(body))
+        except KubeApiError as error:
+            if not error.conflict:
+                raise
+            self._patch(data, create=False)  # another worker created it meanwhile
 
     def put(self, token: str, key_authorization: str) -> None:
         super().put(token, key_authorization)
@@ -166,7 +172,11 @@ class Manager:
             token = path[len(CHALLENGE_PREFIX) :]
             if not TOKEN_RE.fullmatch(token):
                 return 404, "no such challenge\n"
-            value = self.challenges.get(token) or self._shared_token(token)
+            value = self.challenges.get(token)
+            if value is None:
+                value = self._shared_token(token)
+                if value is not None:
+                    log.info("answered HTTP-01 token %s... published by the leader", token[:8])
             return (200, value) if value else (404, "no such challenge\n")
 
         return [health, challenge]
