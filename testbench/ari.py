@@ -62,6 +62,9 @@ class AcmeFront:
     profiles: dict[str, str] = field(default_factory=dict)
     # When set, every newOrder is refused as Let's Encrypt does at a rate limit, with this Retry-After.
     rate_limit_retry_after: int | None = None
+    # When set, each finalize request waits this long before it reaches the CA: a client can be
+    # killed mid-order at a known moment.
+    hold_finalize_s: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
@@ -108,6 +111,7 @@ class AcmeFront:
         with self._lock:
             self.profiles.clear()
             self.rate_limit_retry_after = None
+            self.hold_finalize_s = 0.0
             self.requests.clear()
             self.orders.clear()
             self.renewal_info_queries.clear()
@@ -156,6 +160,8 @@ class AcmeFront:
             }
             limited = {"Retry-After": str(self.rate_limit_retry_after), "Content-Type": "application/problem+json"}
             return web.Response(status=429, text=json.dumps(problem), headers=limited)
+        if request.method == "POST" and "/finalize-order/" in request.path and self.hold_finalize_s:
+            await asyncio.sleep(self.hold_finalize_s)
         if request.method == "POST" and request.path == self._new_order_path:
             try:
                 order = json.loads(_b64url_decode(json.loads(body)["payload"]))

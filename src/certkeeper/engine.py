@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from certkeeper.acme import Account, AccountStore, AcmeClient, ensure_account
 from certkeeper.crypto import generate_key, key_type_of
 from certkeeper.errors import CAError, CertkeeperError, ConfigError
-from certkeeper.model import CertInfo, IssuedCert, RenewalWindow
+from certkeeper.model import CertInfo, IssuedCert, PendingOrder, RenewalWindow
 from certkeeper.planner import plan, retry_at
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.spec import CertSpec, IssuerSpec
@@ -45,6 +45,17 @@ class CertStore(AccountStore, Protocol):
     def save_state(self, lineage: str, state: dict[str, Any]) -> None: ...
 
     def location(self, lineage: str) -> str: ...
+
+
+class OrderJournal(Protocol):
+    """Where orders in flight are recorded (the controller: a Secret per certificate), so that a
+    process killed mid-order is followed by a resumed order, not a second one."""
+
+    def load_pending(self, lineage: str) -> PendingOrder | None: ...
+
+    def save_pending(self, lineage: str, pending: PendingOrder) -> None: ...
+
+    def clear_pending(self, lineage: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,7 @@ class Engine:
         force: bool = False,
         challenges: ChallengeStore | None = None,
         before_order: Callable[[CertSpec], None] | None = None,
+        journal: OrderJournal | None = None,
     ) -> None:
         self.issuer = issuer
         self.store = store
@@ -108,6 +120,7 @@ class Engine:
         # Concurrent runs (the controller's workers) must not register one account each.
         self._account_lock = asyncio.Lock()
         self.before_order = before_order  # called in the worker thread (e.g. to report Issuing)
+        self.journal = journal
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="acme")
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -185,6 +198,11 @@ class Engine:
             state = await self._in_thread(self.store.load_state, lineage)
             window = await self._in_thread(self._renewal_window, stored)
             decision = plan(spec, stored, _now(), window, state)
+            pending = await self._in_thread(self.journal.load_pending, lineage) if self.journal else None
+            if pending is not None and (pending.names != spec.names or not decision.due):
+                # Stored after all (killed before clearing), or asked for other names since.
+                await self._in_thread(self._clear_pending, lineage)
+                pending = None
             if not decision.due and not self.force:
                 state.update(next_check=decision.next_check.isoformat(), reason=decision.reason)
                 if decision.renew_at:
@@ -200,21 +218,31 @@ class Engine:
                                next_check=decision.next_check)  # fmt: skip
             await self._ensure_responder()
             usable = stored if stored is not None and stored.info is not None and not stored.problem else None
-            key_pem = (
-                usable.key_pem
-                if spec.reuse_key and usable is not None and key_type_of(usable.key_pem) == spec.key_type
-                else await self._in_thread(generate_key, spec.key_type)
-            )
+            if pending is not None and key_type_of(pending.key_pem) == spec.key_type:
+                key_pem = pending.key_pem
+            elif spec.reuse_key and usable is not None and key_type_of(usable.key_pem) == spec.key_type:
+                key_pem = usable.key_pem
+            else:
+                key_pem = await self._in_thread(generate_key, spec.key_type)
+            resume_url = pending.url if pending is not None and pending.key_pem == key_pem else None
+
+            def placed(url: str) -> None:
+                if self.journal is not None:
+                    self.journal.save_pending(lineage, PendingOrder(url, spec.names, key_pem))
+
             has_ari = window is not None
             replaces = usable.info.ari_id if usable is not None and usable.info and has_ari else None
             log.info("ordering %s (%s)", " ".join(spec.names), decision.reason if decision.due else "forced")
             if self.before_order is not None:
                 await self._in_thread(self.before_order, spec)
             issued = await self._in_thread(
-                lambda: self._client().order(spec, key_pem, self.challenges, replaces=replaces)
+                lambda: self._client().order(
+                    spec, key_pem, self.challenges, replaces=replaces, resume_url=resume_url, on_placed=placed
+                )
             )
             check_replacement(issued, spec.names, None if self.force else usable)
             changed = await self._in_thread(self.store.save, lineage, issued, self._meta(spec, issued, replaces))
+            await self._in_thread(self._clear_pending, lineage)
             # check_replacement already matched key and certificate: plan from the parsed facts.
             after = plan(spec, StoredCert(issued.key_pem, issued.cert_pem, issued.chain_pem, issued.info), _now())
             state = {
@@ -232,6 +260,14 @@ class Engine:
                            time.monotonic() - started, changed=changed, next_check=after.next_check)  # fmt: skip
         except CertkeeperError as error:
             return await self._failed(spec, state, error, started)
+
+    def _clear_pending(self, lineage: str) -> None:
+        if self.journal is None:
+            return
+        try:
+            self.journal.clear_pending(lineage)
+        except CertkeeperError as error:  # a stale record is dropped at the next check instead
+            log.warning("%s", error)
 
     async def _failed(self, spec: CertSpec, state: dict[str, Any], error: CertkeeperError, started: float) -> Outcome:
         if isinstance(error, ConfigError):

@@ -51,3 +51,15 @@ class RenewalWindow:
     start: datetime.datetime
     end: datetime.datetime
     retry_after: datetime.datetime
+
+
+@dataclass(frozen=True)
+class PendingOrder:
+    """An order placed and not yet stored: enough to resume it instead of ordering again."""
+
+    url: str
+    names: tuple[str, ...]
+    key_pem: bytes
+
+    def __repr__(self) -> str:  # never show the key
+        return f"PendingOrder(url={self.url!r}, names={self.names!r})"

@@ -322,3 +322,38 @@ def test_two_replicas_one_orders_and_the_other_takes_over(
         wait_for("the new Certificate Ready", lambda: ready(kubectl, "ha2"), timeout=60, run=follower)
         assert len(ari.recorded_orders()) == 2, "the new leader ordered again what was already issued"
         assert follower.stop() == 0
+
+
+def test_leader_killed_mid_order_the_other_resumes_it_with_no_second_order(
+    kube_client: Client, namespace: str, kubeconfig: Path, kubectl: Kubectl, ari: AcmeFront, tmp_path: Path
+) -> None:
+    apply(kubectl, issuer_manifest("pebble", ari.directory_url, ari.ca_bundle))
+    # The CA takes its time to finalize: the leader is killed while it waits.
+    ari.hold_finalize_s = 3.0
+    with start(kubeconfig, tmp_path, namespace, ari, log="a") as first:
+        wait_for("the first replica leads", lambda: lease_holder(kubectl).endswith(f"-{first.proc.pid}"), run=first)
+        with start(kubeconfig, tmp_path, namespace, ari, log="b") as second:
+            wait_for("the second replica's caches", lambda: "caches synced" in second.log, run=second)
+            apply(kubectl, certificate_manifest("resume", ["resume.example.com"]))
+
+            def in_flight() -> str | None:
+                order = (get(kubectl, "certificate.certkeeper.io", "resume").get("status") or {}).get("order") or {}
+                return order.get("url")
+
+            url = wait_for("the order in flight recorded in the status", in_flight, timeout=30, run=first)
+            assert condition(get(kubectl, "certificate.certkeeper.io", "resume"), "Issuing")["status"] == "True"
+            finalizing = lambda: any("/finalize-order/" in path for _, path in ari.recorded_requests())  # noqa: E731
+            wait_for("the leader finalizing the order", finalizing, timeout=30, run=first)
+            first.proc.kill()
+            first.proc.wait(10)
+            ari.hold_finalize_s = 0.0
+            cert = wait_for("Ready, finished by the other replica", lambda: ready(kubectl, "resume"), timeout=60,
+                            run=second)  # fmt: skip
+            assert "order" not in cert["status"], "the finished order is still recorded"
+            assert f"resuming the order {url}" in second.log
+            assert len(ari.recorded_orders()) == 1, "the new leader placed a second order"
+            secret = get_secret(kube_client, namespace, "resume")
+            assert secret is not None
+            verify_secret(secret, {"resume.example.com"}, ari.pebble.root_pem(), tmp_path)
+            assert get_secret(kube_client, namespace, "resume-order") is None
+            assert second.stop() == 0

@@ -128,6 +128,20 @@ class AcmeClient:
             "use another validation method",
         )
 
+    def _resume(self, url: str, spec: CertSpec) -> dict[str, Any] | None:
+        """The order at ``url`` if it can still give a certificate for ``spec``, else None."""
+        try:
+            order: dict[str, Any] = self._post(url, None).json()
+        except Exception as error:  # gone, expired, another account's: place a new order instead
+            log.info("cannot resume the order %s (%s); placing a new one", url, translate(error))
+            return None
+        names = sorted(i.get("value", "") for i in order.get("identifiers", []))
+        if order.get("status") in ("invalid", None) or names != sorted(spec.names):
+            log.info("the order %s is %s; placing a new one", url, order.get("status"))
+            return None
+        log.info("resuming the order %s (%s)", url, order.get("status"))
+        return order
+
     def order(
         self,
         spec: CertSpec,
@@ -136,22 +150,43 @@ class AcmeClient:
         *,
         replaces: str | None = None,
         timeout_s: float = 90.0,
+        resume_url: str | None = None,
+        on_placed: Callable[[str], None] | None = None,
     ) -> IssuedCert:
-        """Order, validate, finalize and download one certificate for ``spec`` with ``key_pem``."""
+        """Order, validate, finalize and download one certificate for ``spec`` with ``key_pem``.
+
+        ``resume_url``: an order placed earlier with this key (by a process that died mid-order): it is
+        continued from where it stands, and a new one placed only if it cannot be. ``on_placed`` gets a
+        new order's URL before anything else happens to it, so that it can be recorded and resumed.
+        """
         deadline = time.monotonic() + timeout_s
         tokens: list[str] = []
         try:
             self._check_profile(spec.profile)
-            order_url, order = self._new_order(spec, replaces)
-            pending = [u for u in (self._authorize(a, sink, tokens) for a in order["authorizations"]) if u]
-            for authz_url in pending:
-                body = self._poll(authz_url, lambda b: b.get("status") != "pending", deadline, "validation")
-                if body["status"] != "valid":
-                    failed_name = body.get("identifier", {}).get("value", spec.names[0])
-                    raise translate(_authz_error(body), (failed_name,))
-            csr = load_csr(make_csr(key_pem, spec.names))
-            finalized = self._post(order["finalize"], messages.CertificateRequest(csr=csr))
-            order = finalized.json()
+            order = self._resume(resume_url, spec) if resume_url else None
+            if order is not None and resume_url is not None:
+                order_url = resume_url
+            else:
+                order_url, order = self._new_order(spec, replaces)
+                if on_placed is not None:
+                    on_placed(order_url)
+            if order.get("status") == "pending":
+                pending = [u for u in (self._authorize(a, sink, tokens) for a in order["authorizations"]) if u]
+                for authz_url in pending:
+                    body = self._poll(authz_url, lambda b: b.get("status") != "pending", deadline, "validation")
+                    if body["status"] != "valid":
+                        failed_name = body.get("identifier", {}).get("value", spec.names[0])
+                        raise translate(_authz_error(body), (failed_name,))
+                order["status"] = "ready"
+            if order.get("status") == "ready":
+                csr = load_csr(make_csr(key_pem, spec.names))
+                try:
+                    order = self._post(order["finalize"], messages.CertificateRequest(csr=csr)).json()
+                except messages.Error as error:
+                    # A resumed order the dead process finalized meanwhile: wait for its certificate.
+                    if error.code != "orderNotReady" or resume_url is None:
+                        raise
+                    order = {"status": "processing"}
             if order.get("status") != "valid":
                 order = self._poll(order_url, lambda b: b.get("status") in ("valid", "invalid"), deadline, "issuance")
             if order["status"] != "valid":

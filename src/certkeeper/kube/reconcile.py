@@ -47,7 +47,7 @@ from certkeeper.kube.sources import (
     certificate_target,
     unknown_fields,
 )
-from certkeeper.model import IssuedCert
+from certkeeper.model import IssuedCert, PendingOrder
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.spec import CertSpec, IssuerSpec, resolve_server
 from certkeeper.stores.base import StoredCert
@@ -137,10 +137,11 @@ def issuer_config(obj: IssuerObj, cluster_namespace: str, bundles: Path) -> Issu
 class RoutedStore:
     """The engine's ``CertStore`` for many Certificates: each lineage goes to its own Secret."""
 
-    def __init__(self, account: SecretStore) -> None:
+    def __init__(self, account: SecretStore, on_pending: Callable[[str, PendingOrder | None], None]) -> None:
         self.account = account
         self.stores: dict[str, SecretStore] = {}
         self._lock = threading.Lock()
+        self.on_pending = on_pending  # mirrors the order in flight into the Certificate's status
 
     def attach(self, lineage: str, store: SecretStore) -> None:
         with self._lock:
@@ -168,6 +169,17 @@ class RoutedStore:
 
     def location(self, lineage: str) -> str:
         return self._store(lineage).location(lineage)
+
+    def load_pending(self, lineage: str) -> PendingOrder | None:
+        return self._store(lineage).load_pending(lineage)
+
+    def save_pending(self, lineage: str, pending: PendingOrder) -> None:
+        self._store(lineage).save_pending(lineage, pending)
+        self.on_pending(lineage, pending)
+
+    def clear_pending(self, lineage: str) -> None:
+        self._store(lineage).clear_pending(lineage)
+        self.on_pending(lineage, None)
 
     def load_account(self, directory_url: str) -> Account | None:
         return self.account.load_account(directory_url)
@@ -262,9 +274,14 @@ class Reconciler:
             account = SecretStore(
                 self.client, config.namespace, config.account_secret, account_secret_name=config.account_secret
             )
-            routed = RoutedStore(account)
+            routed = RoutedStore(account, self._pending)
             engine = Engine(
-                issuer, routed, concurrency=self.concurrency, challenges=self.challenges, before_order=self._ordering
+                issuer,
+                routed,
+                concurrency=self.concurrency,
+                challenges=self.challenges,
+                before_order=self._ordering,
+                journal=routed,
             )
             if known is not None:
                 await known[1].close()
@@ -282,6 +299,17 @@ class Reconciler:
                 {"conditions": [condition([], "Issuing", True, "Ordering", "ordering from the CA", 0)]},
                 merge_conditions=True,
             )
+
+    def _pending(self, lineage: str, pending: PendingOrder | None) -> None:
+        namespace, _, _ = lineage.partition("/")
+        name = self._ordering_names.get(lineage)
+        if not name:
+            return
+        order = {"url": pending.url, "names": list(pending.names), "startedAt": _stamp(_now())} if pending else None
+        try:
+            self._patch_status(namespace, name, {"order": order})
+        except CertkeeperError as error:  # the companion Secret holds it: resuming still works
+            log.warning("%s", error)
 
     # -- status ------------------------------------------------------------------------------------
 

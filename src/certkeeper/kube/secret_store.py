@@ -27,7 +27,7 @@ from lightkube.types import PatchType
 from certkeeper.acme.account import Account
 from certkeeper.errors import CertkeeperError
 from certkeeper.kube.api import call_api, fail, is_not_found
-from certkeeper.model import IssuedCert
+from certkeeper.model import IssuedCert, PendingOrder
 from certkeeper.stores.base import StoredCert
 
 log = logging.getLogger(__name__)
@@ -260,6 +260,54 @@ class SecretStore:
 
         call_api(f"record the rollout on Secret {self.namespace}/{self.secret_name}", write)
         self.rollout_pending = False
+
+    # -- the order in flight: its URL and key in a companion Secret, so another process resumes it --
+
+    @property
+    def order_secret_name(self) -> str:
+        return f"{self.secret_name}-order"[:253]
+
+    def load_pending(self, lineage: str) -> PendingOrder | None:
+        secret = self._get(self.order_secret_name)
+        if secret is None or not secret.data or secret.metadata is None:
+            return None
+        annotations = secret.metadata.annotations or {}
+        url = annotations.get(PREFIX + "order-url", "")
+        key_pem = _unb64(secret.data.get("key.pem"))
+        names = tuple(annotations.get(PREFIX + "names", "").split())
+        return PendingOrder(url, names, key_pem) if url and key_pem and names else None
+
+    def save_pending(self, lineage: str, pending: PendingOrder) -> None:
+        what = f"record the order in flight in Secret {self.namespace}/{self.order_secret_name}"
+        for attempt in range(CONFLICT_RETRIES):
+            existing = self._get(self.order_secret_name)
+            metadata = ObjectMeta(
+                name=self.order_secret_name,
+                namespace=self.namespace,
+                labels=dict(MANAGED_BY),
+                annotations={PREFIX + "order-url": pending.url, PREFIX + "names": " ".join(pending.names)},
+                resourceVersion=existing.metadata.resourceVersion if existing and existing.metadata else None,
+            )
+            body = Secret(metadata=metadata, type="Opaque", data={"key.pem": _b64(pending.key_pem)})
+            try:
+                self.client.create(body) if existing is None else self.client.replace(body)
+                return
+            except ApiError as error:
+                if error.status.code == 409 and attempt + 1 < CONFLICT_RETRIES:
+                    continue
+                fail(what, error)
+            except (httpx2.HTTPError, OSError) as error:
+                fail(what, error)
+
+    def clear_pending(self, lineage: str) -> None:
+        def delete() -> None:
+            try:
+                self.client.delete(Secret, self.order_secret_name, namespace=self.namespace)
+            except ApiError as error:
+                if not is_not_found(error):
+                    raise
+
+        call_api(f"delete Secret {self.namespace}/{self.order_secret_name}", delete)
 
     # -- ACME account ----------------------------------------------------------------------------
 
