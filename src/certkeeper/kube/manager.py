@@ -2,8 +2,8 @@
 
 Every replica watches (so a new leader starts warm) and answers HTTP-01 (the leader publishes its
 tokens in a Secret the others watch, so a Service in front of all replicas works). Only the replica
-holding the Lease reconciles; one that loses the Lease exits and is restarted, as controller-runtime
-does, so two replicas never order at once.
+holding the Lease reconciles; one that cannot renew it stops its workers before the Lease can expire
+for the others, and competes again.
 """
 
 from __future__ import annotations
@@ -151,7 +151,6 @@ class Manager:
         self.reconciler: Reconciler | None = None
         self.leader: LeaderElector | None = None
         self._stop = asyncio.Event()
-        self._lost = False
 
     # -- health ------------------------------------------------------------------------------------
 
@@ -378,20 +377,32 @@ class Manager:
             await responder.stop()
             await http.aclose()
             self.client.close()
-        return 1 if self._lost else 0
+        return 0
 
     async def _lead(self) -> None:
-        """Wait for the caches and the Lease, then reconcile until the Lease is lost."""
+        """Wait for the caches; then, each time this replica holds the Lease, reconcile until it is lost."""
         assert self.queue is not None and self.http is not None
         await asyncio.gather(*(i.synced.wait() for i in self.informers))
         log.info("caches synced: %s", ", ".join(f"{len(i.cache)} {i.what.split()[0]}" for i in self.informers))
-        if self.config.leader_elect:
-            self.leader = LeaderElector(
-                self.http, self.config.namespace, self.config.lease_name, self.identity, self.config.lease_duration
-            )
+        if not self.config.leader_elect:
+            await self._reconcile_all()
+            return
+        self.leader = LeaderElector(
+            self.http, self.config.namespace, self.config.lease_name, self.identity, self.config.lease_duration
+        )
+        while True:
             await self.leader.acquire()
-        self.challenges.publish = self.config.leader_elect
-        assert self.certificates is not None
+            self.challenges.publish = True
+            await self._reconcile_all()
+            # Lost (e.g. the API was unreachable for longer than the renew deadline): the workers are
+            # stopped; an order a worker thread still finishes is journaled, so whoever leads next
+            # resumes it rather than ordering again.
+            self.challenges.publish = False
+            log.error("lost the Lease: stopped working until this replica leads again")
+
+    async def _reconcile_all(self) -> None:
+        """Queue everything, then work until the Lease is lost (or for ever without leader election)."""
+        assert self.queue is not None and self.certificates is not None
         for key in list(self.certificates.cache):
             self.queue.add(key)
         if self.ingresses is not None:
@@ -402,9 +413,6 @@ class Manager:
         try:
             if self.leader is not None:
                 await self.leader.hold()
-                self._lost = True
-                log.error("lost the Lease: stopping so that only one replica orders")
-                self._stop.set()
             else:
                 await asyncio.Event().wait()
         finally:
