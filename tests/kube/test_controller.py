@@ -357,3 +357,37 @@ def test_leader_killed_mid_order_the_other_resumes_it_with_no_second_order(
             verify_secret(secret, {"resume.example.com"}, ari.pebble.root_pem(), tmp_path)
             assert get_secret(kube_client, namespace, "resume-order") is None
             assert second.stop() == 0
+
+
+def test_restart_trusts_good_status_and_repairs_a_secret_edited_meanwhile(
+    kube_client: Client, namespace: str, kubeconfig: Path, kubectl: Kubectl, ari: AcmeFront, tmp_path: Path
+) -> None:
+    apply(kubectl, issuer_manifest("pebble", ari.directory_url, ari.ca_bundle))
+    apply(kubectl, certificate_manifest("kept", ["kept.example.com"]))
+    apply(kubectl, certificate_manifest("edited", ["edited.example.com"]))
+    with start(kubeconfig, tmp_path, namespace, ari, log="first") as run:
+        wait_for("both Ready", lambda: ready(kubectl, "kept") and ready(kubectl, "edited"), timeout=60, run=run)
+        assert run.stop() == 0
+    assert len(ari.recorded_orders()) == 2
+    kept_before = get_secret(kube_client, namespace, "kept")
+    # While no controller runs, someone puts another certificate into one Secret.
+    other = get_secret(kube_client, namespace, "kept")
+    assert other is not None and other.data is not None and kept_before is not None
+    kubectl("patch", "secret", "edited", "--type=merge", "-p",
+            json.dumps({"data": {"tls.crt": other.data["tls.crt"], "tls.key": other.data["tls.key"]}}))  # fmt: skip
+    with start(kubeconfig, tmp_path, namespace, ari, "-v", log="second") as run:
+        wait_for("the kept one trusted from its status", lambda: "test" in run.log and "kept: status and Secret agree"
+                 in run.log, run=run)  # fmt: skip
+
+        def repaired() -> bool:
+            secret = get_secret(kube_client, namespace, "edited")
+            if secret is None:
+                return False
+            names = cert_info(split_pem_chain(secret_bytes(secret, "tls.crt"))[0]).names
+            return names == ("edited.example.com",)
+
+        wait_for("the edited Secret repaired", repaired, timeout=60, run=run)
+        assert len(ari.recorded_orders()) == 3, "the untouched certificate was ordered again"
+        kept_after = get_secret(kube_client, namespace, "kept")
+        assert kept_after is not None and kept_after.data == kept_before.data
+        assert run.stop() == 0

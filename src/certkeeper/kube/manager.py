@@ -345,6 +345,7 @@ class Manager:
         self.reconciler = Reconciler(
             self.client,
             issuers=self._issuer,
+            secrets=lambda key: self.secrets.cache.get(key) if self.secrets is not None else None,
             challenges=self.challenges,
             cluster_namespace=self.config.namespace,
             concurrency=self.config.concurrency,

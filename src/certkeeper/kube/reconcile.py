@@ -43,6 +43,7 @@ from certkeeper.kube.sources import (
     CertificateObj,
     IssuerObj,
     Refusal,
+    SecretObj,
     Target,
     certificate_target,
     unknown_fields,
@@ -226,6 +227,7 @@ class Reconciler:
         client: Client,
         *,
         issuers: Callable[[str], IssuerObj | None],
+        secrets: Callable[[str], SecretObj | None] = lambda key: None,
         challenges: ChallengeStore,
         cluster_namespace: str,
         concurrency: int = 8,
@@ -233,6 +235,8 @@ class Reconciler:
     ) -> None:
         self.client = client
         self.issuers = issuers
+        self.secrets = secrets
+        self._glanced: set[str] = set()  # Certificates trusted from their status once since start
         self.challenges = challenges
         self.cluster_namespace = cluster_namespace
         self.concurrency = concurrency
@@ -370,8 +374,39 @@ class Reconciler:
 
     # -- one Certificate ---------------------------------------------------------------------------
 
+    def settled(self, cert: CertificateObj) -> float | None:
+        """At first sight after a start: seconds until the full check, if status and Secret show all is well.
+
+        A restart then costs no API request and no CA request per certificate: each one's first full
+        check (ARI included) is spread over the check interval by its uid, never a burst at start.
+        """
+        if cert.key in self._glanced:
+            return None
+        self._glanced.add(cert.key)
+        status = cert.status
+        ready: dict[str, Any] = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), {})
+        if ready.get("status") != "True" or ready.get("observedGeneration") != cert.generation:
+            return None
+        if status.get("order") or not status.get("renewalTime"):
+            return None
+        secret = self.secrets(f"{cert.namespace}/{cert.spec.get('secretName')}")
+        if secret is None or not secret.digest or secret.digest != secret.written or secret.certificate != cert.name:
+            return None
+        try:
+            until = (datetime.datetime.fromisoformat(status["renewalTime"]) - _now()).total_seconds()
+        except ValueError:
+            return None
+        if until <= 0:
+            return None
+        spread = MAX_WAKE_S * int(hashlib.sha256(cert.uid.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        return max(1.0, min(until, spread))
+
     async def reconcile(self, cert: CertificateObj) -> float | None:
         """Bring one Certificate up to date; seconds until it wants to be looked at again (None: on change)."""
+        wait = self.settled(cert)
+        if wait is not None:
+            log.debug("Certificate %s: status and Secret agree; first full check in %.0f s", cert.key, wait)
+            return wait
         issuer_obj: IssuerObj | None = None
         target = certificate_target(cert)
         if isinstance(target, Target):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import time
@@ -49,6 +50,11 @@ CONFLICT_RETRIES = 5
 CERT_KEYS = ("proxycert", "proxykey", "dhparam", "tls.crt", "tls.key", "tls.pem")
 # What a Certificate's ``keys`` writes: the seed's layout (``certkeeper run``), or what an Ingress reads.
 KEY_SETS = {"seed": CERT_KEYS, "tls": ("tls.crt", "tls.key")}
+
+
+def data_digest(b64_chain: str) -> str:
+    """A short digest of the certificate data as stored (base64 text): an edit by anyone changes it."""
+    return hashlib.sha256(b64_chain.encode()).hexdigest()[:16] if b64_chain else ""
 
 
 def _b64(data: bytes) -> str:
@@ -175,6 +181,8 @@ class SecretStore:
                 PREFIX + "fingerprint": info.fingerprint,
                 PREFIX + "meta": json.dumps(meta, sort_keys=True, default=str),
                 PREFIX + "rollout": "pending",
+                # What was written: the controller trusts a Secret at start-up only while this matches.
+                PREFIX + "data-digest": data_digest(data.get("tls.crt") or data.get("proxycert") or ""),
             }
         )
         metadata = ObjectMeta(

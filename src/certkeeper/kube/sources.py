@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from certkeeper.errors import ConfigError
+from certkeeper.kube.secret_store import data_digest
 from certkeeper.spec import CertSpec, KeyType, normalize_names
 
 GROUP = "certkeeper.io"
@@ -114,6 +115,7 @@ class SecretObj:
     certificate: str  # the annotation CERTIFICATE_REF, "" if none
     fingerprint: str  # certkeeper.io/fingerprint as last written
     digest: str  # of tls.crt/proxycert as it is now: an edit by someone else changes it
+    written: str  # the digest certkeeper recorded when it wrote the data (certkeeper.io/data-digest)
     tokens: tuple[tuple[str, str], ...] = ()  # the shared HTTP-01 Secret only
 
 
@@ -165,8 +167,6 @@ def project_issuer(kind: str) -> Any:
 
 
 def project_secret(obj: dict[str, Any]) -> SecretObj:
-    import hashlib
-
     meta = _meta(obj)
     annotations = meta.get("annotations") or {}
     data = obj.get("data") or {}
@@ -179,7 +179,8 @@ def project_secret(obj: dict[str, Any]) -> SecretObj:
         name=meta.get("name", ""),
         certificate=annotations.get(CERTIFICATE_REF, ""),
         fingerprint=annotations.get("certkeeper.io/fingerprint", ""),
-        digest=hashlib.sha256(held.encode()).hexdigest()[:16] if held else "",
+        digest=data_digest(held),
+        written=annotations.get("certkeeper.io/data-digest", ""),
         tokens=tokens,
     )
 
