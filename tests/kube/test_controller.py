@@ -3,6 +3,7 @@ counts the orders the CA created)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import tempfile
@@ -28,12 +29,14 @@ from runkit import (
 )
 
 from certkeeper.crypto import cert_info, key_matches_cert, split_pem_chain
+from testbench import cluster as bench
 from testbench.ari import AcmeFront
 
 if TYPE_CHECKING:
     from conftest import Kubectl
 
 pytestmark = pytest.mark.usefixtures("crds")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def apply(kubectl: Kubectl, *manifests: dict[str, Any]) -> None:
@@ -391,3 +394,43 @@ def test_restart_trusts_good_status_and_repairs_a_secret_edited_meanwhile(
         kept_after = get_secret(kube_client, namespace, "kept")
         assert kept_after is not None and kept_after.data == kept_before.data
         assert run.stop() == 0
+
+
+def test_the_shipped_rbac_is_enough_for_a_cluster_issuer_certificate(
+    cluster: bench.Cluster, kube_client: Client, namespace: str, kubectl: Kubectl, ari: AcmeFront, tmp_path: Path
+) -> None:
+    deploy = ROOT / "deploy" / "controller"
+    kubectl("apply", "-f", str(deploy / "namespace.yaml"))
+    kubectl(
+        "apply", "--namespace=certkeeper", "-f", str(deploy / "serviceaccount.yaml"), "-f", str(deploy / "rbac.yaml")
+    )
+
+    def token() -> str | None:
+        found = kubectl("get", "secrets", "--namespace=certkeeper", "-o", "json").stdout
+        for item in json.loads(found)["items"]:
+            annotations = item["metadata"].get("annotations") or {}
+            if annotations.get("kubernetes.io/service-account.name") == "certkeeper-controller":
+                return base64.b64decode(item["data"]["token"]).decode()
+        return None
+
+    sa_config = tmp_path / "sa-kubeconfig"
+    bench.write_kubeconfig(sa_config, cluster.server, cluster.ca_file, "certkeeper-controller",
+                           wait_for("the ServiceAccount's token", token))  # fmt: skip
+    issuer_name = f"pebble-{namespace}"
+    apply(kubectl, issuer_manifest(issuer_name, ari.directory_url, ari.ca_bundle, kind="ClusterIssuer"))
+    cert = certificate_manifest("rbac", ["rbac.example.com"], issuer=issuer_name)
+    cert["spec"]["issuerRef"]["kind"] = "ClusterIssuer"
+    apply(kubectl, cert)
+    args = [f"--watch-namespace={namespace}", "--namespace=certkeeper", f"--http-bind=127.0.0.1:{ari.http_port}"]
+    try:
+        with certkeeper_controller(sa_config, tmp_path / "controller.log", *args) as run:
+            wait_for("Ready as the ServiceAccount", lambda: ready(kubectl, "rbac"), timeout=60, run=run)
+            secret = get_secret(kube_client, namespace, "rbac")
+            assert secret is not None
+            verify_secret(secret, {"rbac.example.com"}, ari.pebble.root_pem(), tmp_path)
+            # The ClusterIssuer's account lives in the controller's namespace.
+            assert get_secret(kube_client, "certkeeper", f"{issuer_name}-account") is not None
+            assert "403" not in run.log and "Forbidden" not in run.log, run.log
+            assert run.stop() == 0
+    finally:
+        kubectl("delete", "clusterissuer.certkeeper.io", issuer_name, check=False)
