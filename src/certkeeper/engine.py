@@ -173,6 +173,11 @@ class Engine:
 
         return list(await asyncio.gather(*(one(s) for s in specs)))
 
+    @property
+    def account(self) -> Account | None:
+        """The account in use, once loaded or registered."""
+        return self._account
+
     async def ensure_account(self) -> Account:
         """The account this engine orders with: loaded or registered once, however many runs overlap."""
         async with self._account_lock:

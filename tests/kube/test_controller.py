@@ -7,6 +7,7 @@ import base64
 import json
 import subprocess
 import tempfile
+import urllib.request
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,8 +105,14 @@ def test_certificate_ready_then_names_changed(
     apply(kubectl, issuer_manifest("pebble", ari.directory_url, ari.ca_bundle))
     apply(kubectl, certificate_manifest("web", ["web.example.com", "www.example.com"]))
     run: Run
-    with start(kubeconfig, tmp_path, namespace, ari) as run:
+    with start(kubeconfig, tmp_path, namespace, ari, "--log-format=json") as run:
         cert = wait_for("the Certificate Ready", lambda: ready(kubectl, "web"), timeout=60, run=run)
+        for path in ("/healthz", "/readyz"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{ari.http_port}{path}", timeout=5) as answer:
+                assert answer.status == 200
+        issuer = get(kubectl, "issuer.certkeeper.io", "pebble")
+        assert condition(issuer)["status"] == "True"
+        assert issuer["status"]["acme"]["uri"].startswith("https://")
         secret = get_secret(kube_client, namespace, "web")
         assert secret is not None and secret.type == "kubernetes.io/tls"
         serial = verify_secret(secret, {"web.example.com", "www.example.com"}, ari.pebble.root_pem(), tmp_path)
@@ -140,6 +147,8 @@ def test_certificate_ready_then_names_changed(
         assert len(ari.recorded_orders()) == 2
         assert run.stop() == 0
     assert "PRIVATE KEY" not in run.log
+    lines = [json.loads(line) for line in run.log.splitlines()]
+    assert any("issued a certificate" in line["message"] for line in lines)
 
 
 def test_valid_secret_adopted_without_an_order_and_recreated_when_deleted(

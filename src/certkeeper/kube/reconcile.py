@@ -340,6 +340,35 @@ class Reconciler:
             ),
         )
 
+    async def _issuer_status(self, obj: IssuerObj, ok: bool, reason: str, message: str, url: str = "") -> None:
+        """The issuer's Ready condition (with the account URL once registered), written when it changes."""
+        old: dict[str, Any] = json.loads(obj.status_json)
+        conditions = list(old.get("conditions") or [])
+        ready = condition(conditions, "Ready", ok, reason, message, obj.generation)
+        previous = next((c for c in conditions if c.get("type") == "Ready"), None)
+        acme = {"uri": url} if url else old.get("acme")
+        if previous is not None and (
+            {k: previous.get(k) for k in ("status", "reason", "message", "observedGeneration")}
+            == {k: ready[k] for k in ("status", "reason", "message", "observedGeneration")}
+            and acme == old.get("acme")
+        ):
+            return
+        status = {"conditions": [ready], "acme": acme}
+        body = {"status": status}
+
+        def patch() -> None:
+            if obj.kind == "Issuer":
+                self.client.patch(
+                    IssuerResource.Status, obj.name, body, namespace=obj.namespace, patch_type=PatchType.MERGE
+                )
+            else:
+                self.client.patch(ClusterIssuerResource.Status, obj.name, body, patch_type=PatchType.MERGE)
+
+        try:
+            await asyncio.to_thread(call_api, f"update the status of {obj.kind} {obj.name}", patch)
+        except CertkeeperError as error:
+            log.warning("%s", error)
+
     async def _write_status(self, cert: CertificateObj, status: dict[str, Any]) -> bool:
         old = cert.status
         merged = {k: v for k, v in {**old, **status}.items() if v is not None}
@@ -421,6 +450,7 @@ class Reconciler:
         assert issuer_obj is not None
         config = issuer_config(issuer_obj, self.cluster_namespace, self._bundles)
         if isinstance(config, Refusal):
+            await self._issuer_status(issuer_obj, False, config.reason, config.message)
             await self.refuse(cert, Refusal("IssuerNotReady", config.message))
             return None
         if config.profile or config.preferred_chain:
@@ -470,6 +500,9 @@ class Reconciler:
         finally:
             routed.detach(lineage)
             self._ordering_names.pop(lineage, None)
+        if engine.account is not None:
+            url = engine.account.url
+            await self._issuer_status(issuer_obj, True, "ACMEAccountRegistered", f"ACME account {url}", url)
         rolled: list[RolloutResult] = []
         if target.rollout and (outcome.changed or (outcome.ok and store.rollout_pending)):
             rolled = await asyncio.to_thread(self._roll, target)
