@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import os
 import signal
@@ -151,6 +152,8 @@ class Manager:
         self.reconciler: Reconciler | None = None
         self.leader: LeaderElector | None = None
         self._stop = asyncio.Event()
+        self._first_pass: set[str] = set()
+        self._first_pass_started = 0.0
 
     # -- health ------------------------------------------------------------------------------------
 
@@ -163,6 +166,8 @@ class Manager:
                 return 200, "OK\n"
             if path == "/readyz":
                 return (200, "OK\n") if self.ready() else (503, "caches not synced yet\n")
+            if path == "/statusz":
+                return 200, json.dumps(self.counters(), sort_keys=True) + "\n"
             return None
 
         def challenge(path: str) -> tuple[int, str] | None:
@@ -179,6 +184,20 @@ class Manager:
             return (200, value) if value else (404, "no such challenge\n")
 
         return [health, challenge]
+
+    def counters(self) -> dict[str, Any]:
+        """What this replica holds and has done: cache sizes, API requests of the caches, work done."""
+        return {
+            "leader": bool(self.leader is not None and self.leader.is_leader) or not self.config.leader_elect,
+            "cached": {i.what.split()[0]: len(i.cache) for i in self.informers},
+            "watch_requests": sum(i.requests for i in self.informers),
+            "relists": sum(i.relists for i in self.informers),
+            "processed": self.queue.processed if self.queue is not None else 0,
+            "queued": len(self.queue) if self.queue is not None else 0,
+            "timers": self.queue.timers if self.queue is not None else 0,
+            "full_checks": self.reconciler.full_checks if self.reconciler is not None else 0,
+            "orders": self.reconciler.orders if self.reconciler is not None else 0,
+        }
 
     def _shared_token(self, token: str) -> str | None:
         if self.secrets is None:
@@ -229,7 +248,18 @@ class Manager:
         cert = self.certificates.cache.get(key)
         if cert is None:
             return
-        wake = await self.reconciler.reconcile(cert)
+        try:
+            wake = await self.reconciler.reconcile(cert)
+        finally:
+            if key in self._first_pass:
+                self._first_pass.discard(key)
+                if not self._first_pass:
+                    log.info(
+                        "every Certificate looked at once since leading, in %.1f s (%d full checks, %d orders)",
+                        time.monotonic() - self._first_pass_started,
+                        self.reconciler.full_checks,
+                        self.reconciler.orders,
+                    )
         self.queue.forget(key)
         if wake is not None:
             self.queue.add_after(key, wake)
@@ -404,6 +434,8 @@ class Manager:
     async def _reconcile_all(self) -> None:
         """Queue everything, then work until the Lease is lost (or for ever without leader election)."""
         assert self.queue is not None and self.certificates is not None
+        self._first_pass = set(self.certificates.cache)
+        self._first_pass_started = time.monotonic()
         for key in list(self.certificates.cache):
             self.queue.add(key)
         if self.ingresses is not None:

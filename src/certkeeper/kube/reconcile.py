@@ -246,6 +246,7 @@ class Reconciler:
         self._bundles = Path(tempfile.mkdtemp(prefix="certkeeper-ca-"))
         self._ordering_names: dict[str, str] = {}  # lineage -> Certificate name, while its run lasts
         self.orders = 0
+        self.full_checks = 0
 
     async def close(self) -> None:
         for _, engine, _ in self._engines.values():
@@ -491,6 +492,7 @@ class Reconciler:
             return None
         if secret is not None:
             await asyncio.to_thread(self._claim, store, secret)
+        self.full_checks += 1
         engine, routed = await self.engine_for(issuer_obj, config)
         lineage = target.spec.lineage
         routed.attach(lineage, store)
