@@ -99,11 +99,19 @@ def start(
     )
 
 
+def restarted_at(kubectl: Kubectl, name: str) -> str | None:
+    template = get(kubectl, "deployment", name)["spec"]["template"]
+    annotations = (template.get("metadata") or {}).get("annotations") or {}
+    found = annotations.get("kubectl.kubernetes.io/restartedAt")
+    return str(found) if found else None
+
+
 def test_certificate_ready_then_names_changed(
     kube_client: Client, namespace: str, kubeconfig: Path, kubectl: Kubectl, ari: AcmeFront, tmp_path: Path
 ) -> None:
     apply(kubectl, issuer_manifest("pebble", ari.directory_url, ari.ca_bundle))
-    apply(kubectl, certificate_manifest("web", ["web.example.com", "www.example.com"]))
+    kubectl("create", "deployment", "web", "--image=nginx")
+    apply(kubectl, certificate_manifest("web", ["web.example.com", "www.example.com"], rollout=["deployment/web"]))
     run: Run
     with start(kubeconfig, tmp_path, namespace, ari, "--log-format=json") as run:
         cert = wait_for("the Certificate Ready", lambda: ready(kubectl, "web"), timeout=60, run=run)
@@ -128,6 +136,7 @@ def test_certificate_ready_then_names_changed(
         wait_for(
             "an Issued Event", lambda: any(e.reason == "Issued" for e in events_for(kube_client, namespace, "web"))
         )
+        restarted = wait_for("the Deployment restarted", lambda: restarted_at(kubectl, "web"), run=run)
         printed = kubectl("get", "certificate.certkeeper.io", "web").stdout
         assert "READY" in printed and "SECRET" in printed and "NOTAFTER" in printed and "True" in printed
 
@@ -145,6 +154,9 @@ def test_certificate_ready_then_names_changed(
         )
         assert new_serial != serial and cert["status"]["revision"] == 2
         assert len(ari.recorded_orders()) == 2
+        rolled = lambda: [e for e in events_for(kube_client, namespace, "web") if e.reason == "Rolled"]  # noqa: E731
+        wait_for("a Rolled Event per new certificate", lambda: len(rolled()) == 2, timeout=30, run=run)
+        assert (restarted_at(kubectl, "web") or "") >= restarted
         assert run.stop() == 0
     assert "PRIVATE KEY" not in run.log
     lines = [json.loads(line) for line in run.log.splitlines()]
