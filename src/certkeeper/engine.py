@@ -231,8 +231,11 @@ class Engine:
                 key_pem = await self._in_thread(generate_key, spec.key_type)
             resume_url = pending.url if pending is not None and pending.key_pem == key_pem else None
 
+            recorded = [pending is not None]
+
             def placed(url: str) -> None:
                 if self.journal is not None:
+                    recorded[0] = True
                     self.journal.save_pending(lineage, PendingOrder(url, spec.names, key_pem))
 
             has_ari = window is not None
@@ -247,7 +250,8 @@ class Engine:
             )
             check_replacement(issued, spec.names, None if self.force else usable)
             changed = await self._in_thread(self.store.save, lineage, issued, self._meta(spec, issued, replaces))
-            await self._in_thread(self._clear_pending, lineage)
+            if recorded[0]:
+                await self._in_thread(self._clear_pending, lineage)
             # check_replacement already matched key and certificate: plan from the parsed facts.
             after = plan(spec, StoredCert(issued.key_pem, issued.cert_pem, issued.chain_pem, issued.info), _now())
             state = {

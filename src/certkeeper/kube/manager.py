@@ -54,8 +54,8 @@ log = logging.getLogger("certkeeper.controller")
 CHALLENGE_SECRET = "certkeeper-http01"
 INGRESS_PREFIX = "ingress:"
 API_TIMEOUT_S = 10.0
-# Followers learn a new token through their Secret watch: give it this long before the CA may ask.
-PUBLISH_GRACE_S = 0.3
+# A replica asked for a token it has not seen reads the shared Secret: at most this many times a second.
+FETCHES_PER_S = 20
 
 
 @dataclass(frozen=True)
@@ -117,8 +117,8 @@ class SharedChallenges(ChallengeStore):
         super().put(token, key_authorization)
         if self.publish:
             try:
+                # Written before the CA is told to validate: any replica it reaches can read it.
                 self._patch({token: base64.b64encode(key_authorization.encode()).decode()})
-                time.sleep(PUBLISH_GRACE_S)
             except CertkeeperError as error:
                 log.warning("%s; only this replica can answer the challenge", error)
 
@@ -152,6 +152,10 @@ class Manager:
         self.reconciler: Reconciler | None = None
         self.leader: LeaderElector | None = None
         self._stop = asyncio.Event()
+        self._fetch_lock = asyncio.Lock()
+        self._fetched_at = 0.0
+        self._fetch_times: list[float] = []
+        self._fetched: SecretObj | None = None
         self._first_pass: set[str] = set()
         self._first_pass_started = 0.0
 
@@ -176,11 +180,7 @@ class Manager:
             token = path[len(CHALLENGE_PREFIX) :]
             if not TOKEN_RE.fullmatch(token):
                 return 404, "no such challenge\n"
-            value = self.challenges.get(token)
-            if value is None:
-                value = self._shared_token(token)
-                if value is not None:
-                    log.info("answered HTTP-01 token %s... published by the leader", token[:8])
+            value = self.challenges.get(token) or self._shared_token(token)
             return (200, value) if value else (404, "no such challenge\n")
 
         return [health, challenge]
@@ -198,6 +198,37 @@ class Manager:
             "full_checks": self.reconciler.full_checks if self.reconciler is not None else 0,
             "orders": self.reconciler.orders if self.reconciler is not None else 0,
         }
+
+    async def _fetch_token(self, path: str) -> tuple[int, str] | None:
+        """A token not (yet) in this replica's cache: the leader may have published it a moment ago.
+
+        Read the shared Secret from the API once more unless a read started after this request came
+        in (requests at once share one read); at most ``FETCHES_PER_S`` reads a second, so a scanner
+        asking for made-up tokens costs the API server little.
+        """
+        if not path.startswith(CHALLENGE_PREFIX) or self.http is None:
+            return None
+        token = path[len(CHALLENGE_PREFIX) :]
+        if not TOKEN_RE.fullmatch(token):
+            return None
+        asked = time.monotonic()
+        async with self._fetch_lock:
+            recent = [t for t in self._fetch_times if asked - t < 1.0]
+            if self._fetched_at < asked and len(recent) < FETCHES_PER_S:
+                self._fetched_at = time.monotonic()
+                self._fetch_times = [*recent, self._fetched_at]
+                url = f"/api/v1/namespaces/{self.config.namespace}/secrets/{CHALLENGE_SECRET}"
+                try:
+                    response = await self.http.get(url)
+                    if response.is_success:
+                        self._fetched = project_secret(response.json())
+                except (httpx2.HTTPError, OSError, ValueError) as error:
+                    log.debug("cannot read the shared HTTP-01 tokens: %s", error)
+        value = dict(self._fetched.tokens).get(token) if self._fetched is not None else None
+        if value is None:
+            return None
+        log.info("answered HTTP-01 token %s... published by the leader", token[:8])
+        return 200, value
 
     def _shared_token(self, token: str) -> str | None:
         if self.secrets is None:
@@ -381,7 +412,9 @@ class Manager:
             concurrency=self.config.concurrency,
             rollout_timeout=self.config.rollout_timeout,
         )
-        responder: Responder = await start_responder(self._routes(), self.config.http_bind, reuse_port=True)
+        responder: Responder = await start_responder(
+            self._routes(), self.config.http_bind, reuse_port=True, fallback=self._fetch_token
+        )
         log.info(
             "certkeeper controller %s: HTTP-01 and /healthz, /readyz on %s; API %s",
             self.identity,

@@ -138,8 +138,14 @@ def issuer_config(obj: IssuerObj, cluster_namespace: str, bundles: Path) -> Issu
 class RoutedStore:
     """The engine's ``CertStore`` for many Certificates: each lineage goes to its own Secret."""
 
-    def __init__(self, account: SecretStore, on_pending: Callable[[str, PendingOrder | None], None]) -> None:
+    def __init__(
+        self,
+        account: SecretStore,
+        on_pending: Callable[[str, PendingOrder | None], None],
+        may_have_pending: Callable[[str], bool] = lambda lineage: True,
+    ) -> None:
         self.account = account
+        self.may_have_pending = may_have_pending  # False: the Secret cache shows no order Secret
         self.stores: dict[str, SecretStore] = {}
         self._lock = threading.Lock()
         self.on_pending = on_pending  # mirrors the order in flight into the Certificate's status
@@ -172,6 +178,8 @@ class RoutedStore:
         return self._store(lineage).location(lineage)
 
     def load_pending(self, lineage: str) -> PendingOrder | None:
+        if not self.may_have_pending(lineage):
+            return None
         return self._store(lineage).load_pending(lineage)
 
     def save_pending(self, lineage: str, pending: PendingOrder) -> None:
@@ -227,7 +235,7 @@ class Reconciler:
         client: Client,
         *,
         issuers: Callable[[str], IssuerObj | None],
-        secrets: Callable[[str], SecretObj | None] = lambda key: None,
+        secrets: Callable[[str], SecretObj | None] | None = None,
         challenges: ChallengeStore,
         cluster_namespace: str,
         concurrency: int = 8,
@@ -244,7 +252,8 @@ class Reconciler:
         self._engines: dict[str, tuple[int, Engine, RoutedStore]] = {}
         self._engine_lock = asyncio.Lock()
         self._bundles = Path(tempfile.mkdtemp(prefix="certkeeper-ca-"))
-        self._ordering_names: dict[str, str] = {}  # lineage -> Certificate name, while its run lasts
+        self._in_flight: dict[str, CertificateObj] = {}  # lineage -> its Certificate, while its run lasts
+        self._written: dict[str, dict[str, Any]] = {}  # lineage -> status written during its run
         self.orders = 0
         self.full_checks = 0
 
@@ -279,7 +288,7 @@ class Reconciler:
             account = SecretStore(
                 self.client, config.namespace, config.account_secret, account_secret_name=config.account_secret
             )
-            routed = RoutedStore(account, self._pending)
+            routed = RoutedStore(account, self._pending, self._may_have_pending)
             engine = Engine(
                 issuer,
                 routed,
@@ -293,43 +302,32 @@ class Reconciler:
             self._engines[config.ref] = (obj.generation, engine, routed)
             return engine, routed
 
+    def _may_have_pending(self, lineage: str) -> bool:
+        # lineage is namespace/secretName; the order Secret is labelled, so the cache knows it (a new
+        # leader starts only after its caches synced and the old leader's Lease expired).
+        return self.secrets is None or self.secrets(f"{lineage}-order") is not None
+
     def _ordering(self, spec: CertSpec) -> None:
         self.orders += 1
-        namespace, _, _ = (spec.store_key or "").partition("/")
-        name = self._ordering_names.get(spec.store_key or "")
-        if name:
-            self._patch_status(
-                namespace,
-                name,
-                {"conditions": [condition([], "Issuing", True, "Ordering", "ordering from the CA", 0)]},
-                merge_conditions=True,
-            )
 
     def _pending(self, lineage: str, pending: PendingOrder | None) -> None:
-        namespace, _, _ = lineage.partition("/")
-        name = self._ordering_names.get(lineage)
-        if not name:
+        """Mirror the order in flight into the status (with Issuing=True); its end is in the final status."""
+        cert = self._in_flight.get(lineage)
+        if cert is None or pending is None:
             return
-        order = {"url": pending.url, "names": list(pending.names), "startedAt": _stamp(_now())} if pending else None
+        old = list(cert.status.get("conditions") or [])
+        issuing = condition(old, "Issuing", True, "Ordering", f"order {pending.url} in flight", cert.generation)
+        conditions = [c for c in old if c.get("type") != "Issuing"] + [issuing]
+        order = {"url": pending.url, "names": list(pending.names), "startedAt": _stamp(_now())}
+        self._written[lineage] = {**cert.status, "order": order, "conditions": conditions}
         try:
-            self._patch_status(namespace, name, {"order": order})
+            self._patch_status(cert.namespace, cert.name, {"order": order, "conditions": conditions})
         except CertkeeperError as error:  # the companion Secret holds it: resuming still works
             log.warning("%s", error)
 
     # -- status ------------------------------------------------------------------------------------
 
-    def _patch_status(
-        self, namespace: str, name: str, status: dict[str, Any], *, merge_conditions: bool = False
-    ) -> None:
-        if merge_conditions:
-            current = call_api(
-                f"read Certificate {namespace}/{name}",
-                lambda: self.client.get(CertificateResource, name, namespace=namespace),
-            )
-            found: Any = current.status
-            old = list((found if isinstance(found, dict) else {}).get("conditions") or [])
-            new = {c["type"]: c for c in status["conditions"]}
-            status = {**status, "conditions": [new.pop(c.get("type"), c) for c in old] + list(new.values())}
+    def _patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         call_api(
             f"update the status of Certificate {namespace}/{name}",
             lambda: self.client.patch(
@@ -370,8 +368,11 @@ class Reconciler:
         except CertkeeperError as error:
             log.warning("%s", error)
 
-    async def _write_status(self, cert: CertificateObj, status: dict[str, Any]) -> bool:
-        old = cert.status
+    async def _write_status(
+        self, cert: CertificateObj, status: dict[str, Any], written: dict[str, Any] | None = None
+    ) -> bool:
+        """Patch what differs from the status as known (the cache's, or ``written`` during this run)."""
+        old = written if written is not None else cert.status
         merged = {k: v for k, v in {**old, **status}.items() if v is not None}
         if merged == old:
             return False
@@ -418,6 +419,8 @@ class Reconciler:
         if ready.get("status") != "True" or ready.get("observedGeneration") != cert.generation:
             return None
         if status.get("order") or not status.get("renewalTime"):
+            return None
+        if self.secrets is None:
             return None
         secret = self.secrets(f"{cert.namespace}/{cert.spec.get('secretName')}")
         if secret is None or not secret.digest or secret.digest != secret.written or secret.certificate != cert.name:
@@ -477,6 +480,7 @@ class Reconciler:
             keys=target.keys,
             labels=dict(target.labels),
             annotations=dict(target.annotations),
+            read_once=True,
         )
         secret = await asyncio.to_thread(store.get)
         owner = foreign_owner(secret, cert)
@@ -496,12 +500,12 @@ class Reconciler:
         engine, routed = await self.engine_for(issuer_obj, config)
         lineage = target.spec.lineage
         routed.attach(lineage, store)
-        self._ordering_names[lineage] = cert.name
+        self._in_flight[lineage] = cert
         try:
             outcome = (await engine.run([target.spec]))[0]
         finally:
             routed.detach(lineage)
-            self._ordering_names.pop(lineage, None)
+            self._in_flight.pop(lineage, None)
         if engine.account is not None:
             url = engine.account.url
             await self._issuer_status(issuer_obj, True, "ACMEAccountRegistered", f"ACME account {url}", url)
@@ -513,7 +517,7 @@ class Reconciler:
                     await asyncio.to_thread(store.mark_rolled)
                 except CertkeeperError as error:
                     log.warning("%s", error)
-        await self._report(cert, target, store, outcome, rolled)
+        await self._report(cert, target, store, outcome, rolled, self._written.pop(lineage, None))
         return self._next_wake(outcome)
 
     def _claim(self, store: SecretStore, secret: Any) -> None:
@@ -557,9 +561,15 @@ class Reconciler:
         return FAILURE_RETRY_S[0]
 
     async def _report(
-        self, cert: CertificateObj, target: Target, store: SecretStore, outcome: Outcome, rolled: list[RolloutResult]
+        self,
+        cert: CertificateObj,
+        target: Target,
+        store: SecretStore,
+        outcome: Outcome,
+        rolled: list[RolloutResult],
+        written: dict[str, Any] | None,
     ) -> None:
-        old_status = cert.status
+        old_status = written if written is not None else cert.status
         old = list(old_status.get("conditions") or [])
         state = store.state
         info = outcome.info
@@ -603,7 +613,9 @@ class Reconciler:
             status.pop("notBefore", None)
             status.pop("notAfter", None)
         status["conditions"] = [ready, issuing]
-        changed = await self._write_status(cert, status)
+        if outcome.ok:
+            status["order"] = None  # stored: nothing in flight any more
+        changed = await self._write_status(cert, status, written)
         if outcome.changed and info is not None:
             verb = "Renewed" if outcome.status == "renewed" else "Issued"
             text = (

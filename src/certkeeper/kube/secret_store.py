@@ -87,11 +87,15 @@ class SecretStore:
         secret_type: str | None = None,
         account_secret_name: str | None = None,
         keys: str = "seed",
+        read_once: bool = False,
         labels: dict[str, str] | None = None,
         annotations: dict[str, str] | None = None,
     ) -> None:
         self.client = client
         self.keys = KEY_SETS[keys]
+        # The controller makes a store per reconcile: it reads each Secret once, until it writes it.
+        self.read_once = read_once
+        self._read: dict[str, Secret | None] = {}
         self.labels = dict(labels or {})  # added to the Secret on every write (a Certificate's secretTemplate)
         self.annotations = dict(annotations or {})
         self.namespace = namespace
@@ -105,6 +109,9 @@ class SecretStore:
     # -- plumbing --------------------------------------------------------------------------------
 
     def _get(self, name: str) -> Secret | None:
+        if name in self._read:
+            return self._read[name]
+
         def get() -> Secret | None:
             try:
                 return self.client.get(Secret, name, namespace=self.namespace)
@@ -113,7 +120,10 @@ class SecretStore:
                     return None
                 raise
 
-        return call_api(f"read Secret {self.namespace}/{name}", get)
+        found = call_api(f"read Secret {self.namespace}/{name}", get)
+        if self.read_once:
+            self._read[name] = found
+        return found
 
     def get(self) -> Secret | None:
         """The Secret as it is now (None: it does not exist)."""
@@ -211,6 +221,7 @@ class SecretStore:
                     return False
             body = self._body(issued, meta, existing)
             try:
+                self._read.pop(self.secret_name, None)
                 written = self.client.create(body) if existing is None else self.client.replace(body)
             except ApiError as error:
                 # 409: someone else wrote it (or created it) meanwhile; read again and retry.
@@ -252,6 +263,7 @@ class SecretStore:
 
         def write() -> None:
             try:
+                self._read.pop(self.secret_name, None)
                 self.client.patch(Secret, self.secret_name, patch, namespace=self.namespace, patch_type=PatchType.MERGE)
             except ApiError as error:
                 if not is_not_found(error):  # no Secret yet: the state stays in memory
@@ -264,6 +276,7 @@ class SecretStore:
         patch = {"metadata": {"annotations": {PREFIX + "rollout": "done"}}}
 
         def write() -> None:
+            self._read.pop(self.secret_name, None)
             self.client.patch(Secret, self.secret_name, patch, namespace=self.namespace, patch_type=PatchType.MERGE)
 
         call_api(f"record the rollout on Secret {self.namespace}/{self.secret_name}", write)
@@ -298,6 +311,7 @@ class SecretStore:
             )
             body = Secret(metadata=metadata, type="Opaque", data={"key.pem": _b64(pending.key_pem)})
             try:
+                self._read.pop(self.order_secret_name, None)
                 self.client.create(body) if existing is None else self.client.replace(body)
                 return
             except ApiError as error:
@@ -310,6 +324,7 @@ class SecretStore:
     def clear_pending(self, lineage: str) -> None:
         def delete() -> None:
             try:
+                self._read.pop(self.order_secret_name, None)
                 self.client.delete(Secret, self.order_secret_name, namespace=self.namespace)
             except ApiError as error:
                 if not is_not_found(error):
