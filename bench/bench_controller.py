@@ -52,9 +52,13 @@ def kubectl(cluster: bench.Cluster, *args: str, stdin: str | None = None) -> Non
     subprocess.run([str(cluster.kubectl), *args], env=env, input=stdin, text=True, check=True, capture_output=True)
 
 
+CONCURRENCY = 16
+
+
 def start_controller(cluster: bench.Cluster, namespace: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CERTKEEPER_")}
     env["KUBECONFIG"] = str(cluster.kubeconfig)
+    env["CERTKEEPER_CONCURRENCY"] = str(CONCURRENCY)
     args = [f"--namespace={namespace}", f"--watch-namespace={namespace}", f"--http-bind=127.0.0.1:{port}"]
     with log.open("ab") as out:
         return subprocess.Popen([CERTKEEPER, "controller", *args], env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -144,6 +148,7 @@ def one_size(
             raise RuntimeError(f"the controller exited; see {log}")
         time.sleep(0.5)
     ready_s = time.monotonic() - started
+    cpu = psutil.Process(proc.pid).cpu_times()
     orders = len(front.recorded_orders()) - orders_before
     stop(proc)
 
@@ -163,6 +168,8 @@ def one_size(
         "certificates": size,
         "create_s": round(created_s, 2),
         "all_ready_s": round(ready_s, 2),
+        "controller_cpu_s": round(cpu.user + cpu.system, 1),
+        "concurrency": CONCURRENCY,
         "orders": orders,
         "restart_pass_s": float(done.group(1)),
         "restart_process_start_to_pass_s": round(restart_wall_s, 2),
@@ -197,13 +204,17 @@ def main() -> int:
     parser.add_argument("--sizes", default="10,100,1000", help="comma-separated numbers of Certificates")
     parser.add_argument("--idle-s", type=float, default=60.0, help="idle window for counting API requests")
     parser.add_argument("--unrelated", type=int, default=1000, help="unrelated 256 KiB Secrets (0: skip)")
+    parser.add_argument("--concurrency", type=int, default=16, help="the controller's --concurrency")
     args = parser.parse_args()
+    global CONCURRENCY
+    CONCURRENCY = args.concurrency
     sizes = [int(s) for s in args.sizes.split(",") if s]
     OUT.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.platform()}",
         "load_at_start": os.getloadavg(),
+        "concurrency": args.concurrency,
         "sizes": [],
     }
     with tempfile.TemporaryDirectory(prefix="bench-controller-") as scratch:

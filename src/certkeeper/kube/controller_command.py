@@ -20,7 +20,7 @@ from certkeeper.kube.command import setup_logging
     "--watch-namespace", default="", help="Only this namespace's Certificates, Issuers and Ingresses (default all)."
 )
 @option("--http-bind", default="0.0.0.0:8080", show_default=True, help="HOST:PORT for HTTP-01, /healthz and /readyz.")
-@option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True,
+@option("--concurrency", type=click.IntRange(1, 64), default=16, show_default=True,
         help="Certificates worked on at once (and so ACME orders at most in flight).")  # fmt: skip
 @option("--default-issuer", default="", metavar="KIND/NAME",
         help="Issuer for Ingresses annotated kubernetes.io/tls-acme (e.g. ClusterIssuer/letsencrypt).")  # fmt: skip

@@ -62,7 +62,7 @@ FETCHES_PER_S = 20
 class ControllerConfig:
     namespace: str  # the controller's own: Lease, shared tokens, ClusterIssuer accounts
     http_bind: str = "0.0.0.0:8080"
-    concurrency: int = 8
+    concurrency: int = 16
     default_issuer: str = ""  # for kubernetes.io/tls-acme Ingresses: "ClusterIssuer/name" or "Issuer/name"
     ingress: bool = True
     leader_elect: bool = True

@@ -22,7 +22,7 @@ from certkeeper.kube.api import KubeApiError, api_error_text, check_response
 
 log = logging.getLogger(__name__)
 V = TypeVar("V")
-PAGE_SIZE = 500
+PAGE_SIZE = 100
 WATCH_TIMEOUT_S = 300
 BACKOFF_S = (0.5, 1, 2, 4, 8, 15, 30)
 
