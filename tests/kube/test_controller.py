@@ -281,6 +281,7 @@ def ingress(name: str, annotations: dict[str, str], tls: list[dict[str, Any]]) -
 def test_annotated_ingresses_get_certificates_that_go_with_them(
     kube_client: Client, namespace: str, kubeconfig: Path, kubectl: Kubectl, ari: AcmeFront, tmp_path: Path
 ) -> None:
+    cluster_issuer = f"pebble-{namespace}"
     apply(kubectl, issuer_manifest("pebble", ari.directory_url, ari.ca_bundle))
     apply(
         kubectl,
@@ -293,16 +294,27 @@ def test_annotated_ingresses_get_certificates_that_go_with_them(
             [{"hosts": ["cm.example.com", "www.cm.example.com"], "secretName": "cm-tls"}],
         ),
         ingress("plain", {}, [{"hosts": ["plain.example.com"], "secretName": "plain-tls"}]),
+        issuer_manifest(cluster_issuer, ari.directory_url, ari.ca_bundle, kind="ClusterIssuer"),
+        ingress(
+            "cluster",
+            {"cert-manager.io/cluster-issuer": cluster_issuer},
+            [{"hosts": ["cluster.example.com"], "secretName": "cluster-tls"}],
+        ),
     )
     with start(kubeconfig, tmp_path, namespace, ari, "--default-issuer=Issuer/pebble") as run:
-        for name, names in (("lego-tls", {"lego.example.com"}), ("cm-tls", {"cm.example.com", "www.cm.example.com"})):
+        wanted = (
+            ("lego-tls", {"lego.example.com"}),
+            ("cm-tls", {"cm.example.com", "www.cm.example.com"}),
+            ("cluster-tls", {"cluster.example.com"}),
+        )
+        for name, names in wanted:
             cert = wait_for(f"Certificate {name} Ready", lambda n=name: ready(kubectl, n), timeout=60, run=run)
             assert cert["metadata"]["ownerReferences"][0]["kind"] == "Ingress"
             secret = get_secret(kube_client, namespace, name)
             assert secret is not None
             verify_secret(secret, names, ari.pebble.root_pem(), tmp_path)
         assert not get(kubectl, "certificate.certkeeper.io", "plain-tls"), "an Ingress without annotation got one"
-        assert len(ari.recorded_orders()) == 2
+        assert len(ari.recorded_orders()) == 3
 
         # The Ingress goes: the controller-manager's garbage collector removes its Certificate.
         kubectl("delete", "ingress", "lego")
@@ -310,6 +322,7 @@ def test_annotated_ingresses_get_certificates_that_go_with_them(
                  "lego-tls"), timeout=90, run=run)  # fmt: skip
         assert get(kubectl, "certificate.certkeeper.io", "cm-tls")
         assert run.stop() == 0
+    kubectl("delete", "clusterissuer.certkeeper.io", cluster_issuer)
 
 
 def lease_holder(kubectl: Kubectl) -> str:
