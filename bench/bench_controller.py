@@ -217,31 +217,32 @@ def main() -> int:
         "concurrency": args.concurrency,
         "sizes": [],
     }
-    with tempfile.TemporaryDirectory(prefix="bench-controller-") as scratch:
-        work = Path(scratch)
-        pebble = start_pebble(work / "pebble", env={"PEBBLE_WFE_NONCEREJECT": "0"})
-        front = start_front(pebble)
-        try:
-            with bench.running(work / "kube") as cluster:
-                kubectl(cluster, "apply", "-k", str(ROOT / "deploy" / "crds"))
-                for name in ("certificates", "issuers", "clusterissuers"):
-                    kubectl(cluster, "wait", "--for=condition=Established", f"crd/{name}.certkeeper.io")
-                client = Client(KubeConfig.from_file(cluster.kubeconfig), field_manager="bench")
-                proc: subprocess.Popen[bytes] | None = None
-                namespace = ""
-                for size in sizes:
-                    if proc is not None:
-                        stop(proc)
-                    result, proc, namespace = one_size(cluster, client, front, size, args.idle_s, work)
-                    results["sizes"].append(result)
-                if args.unrelated and proc is not None:
-                    results["unrelated"] = unrelated_secrets(client, namespace, args.unrelated, proc)
-                    print(json.dumps(results["unrelated"]), flush=True)
+    # Kept afterwards: the controller logs are the first thing to read when a figure looks wrong.
+    work = Path(tempfile.mkdtemp(prefix="bench-controller-"))
+    print(f"work directory (controller logs): {work}", flush=True)
+    pebble = start_pebble(work / "pebble", env={"PEBBLE_WFE_NONCEREJECT": "0"})
+    front = start_front(pebble)
+    try:
+        with bench.running(work / "kube") as cluster:
+            kubectl(cluster, "apply", "-k", str(ROOT / "deploy" / "crds"))
+            for name in ("certificates", "issuers", "clusterissuers"):
+                kubectl(cluster, "wait", "--for=condition=Established", f"crd/{name}.certkeeper.io")
+            client = Client(KubeConfig.from_file(cluster.kubeconfig), field_manager="bench")
+            proc: subprocess.Popen[bytes] | None = None
+            namespace = ""
+            for size in sizes:
                 if proc is not None:
                     stop(proc)
-        finally:
-            front.stop()
-            pebble.stop()
+                result, proc, namespace = one_size(cluster, client, front, size, args.idle_s, work)
+                results["sizes"].append(result)
+            if args.unrelated and proc is not None:
+                results["unrelated"] = unrelated_secrets(client, namespace, args.unrelated, proc)
+                print(json.dumps(results["unrelated"]), flush=True)
+            if proc is not None:
+                stop(proc)
+    finally:
+        front.stop()
+        pebble.stop()
     results["load_at_end"] = os.getloadavg()
     (OUT / "controller.json").write_text(json.dumps(results, indent=1) + "\n")
     print(f"{'N':>6} {'all Ready':>10} {'orders':>7} {'restart pass':>13} {'restart orders':>15} {'RSS MB':>7} "

@@ -89,14 +89,18 @@ class LeaderElector:
 
     async def acquire(self) -> None:
         """Return once this replica leads."""
+        said = ""
         while True:
             try:
                 if await self._try():
                     self.is_leader = True
                     log.info("this replica (%s) leads: it places the orders", self.identity)
                     return
-            except (KubeApiError, httpx2.HTTPError, OSError) as error:
-                log.warning("cannot take the Lease %s/%s: %s", self.namespace, self.name, error)
+            except (KubeApiError, httpx2.HTTPError, OSError, ValueError) as error:
+                line = f"cannot take the Lease {self.namespace}/{self.name}: {error}"
+                # Once per kind of failure, not once a second through an outage.
+                log.log(logging.WARNING if line != said else logging.DEBUG, "%s", line)
+                said = line
             await asyncio.sleep(self.retry_every_s)
 
     async def hold(self) -> None:
@@ -110,7 +114,7 @@ class LeaderElector:
                     continue
                 log.error("another replica holds the Lease %s/%s now", self.namespace, self.name)
                 break
-            except (KubeApiError, httpx2.HTTPError, OSError) as error:
+            except (KubeApiError, httpx2.HTTPError, OSError, ValueError) as error:
                 log.warning("cannot renew the Lease %s/%s: %s", self.namespace, self.name, error)
             if time.monotonic() - last_renewed > self.duration_s * 2 / 3:
                 break
@@ -126,6 +130,6 @@ class LeaderElector:
             if (lease.get("spec") or {}).get("holderIdentity") == self.identity:
                 lease["spec"]["holderIdentity"] = ""
                 await self.http.put(self._path, json=lease)
-        except (KubeApiError, httpx2.HTTPError, OSError) as error:
+        except (KubeApiError, httpx2.HTTPError, OSError, ValueError) as error:
             log.warning("cannot release the Lease: %s", error)
         self.is_leader = False

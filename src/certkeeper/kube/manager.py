@@ -457,7 +457,11 @@ class Manager:
         while True:
             await self.leader.acquire()
             self.challenges.publish = True
-            await self._reconcile_all()
+            try:
+                await self._reconcile_all()
+            except Exception as error:  # a bug: stop working, keep serving, compete again
+                log.exception("the leader's loop failed unexpectedly (%s)", error)
+                await asyncio.sleep(1.0)
             # Lost (e.g. the API was unreachable for longer than the renew deadline): the workers are
             # stopped; an order a worker thread still finishes is journaled, so whoever leads next
             # resumes it rather than ordering again.

@@ -93,6 +93,11 @@ class Informer(Generic[V]):
                 delay = BACKOFF_S[min(failures, len(BACKOFF_S)) - 1]
                 log.warning("watching %s failed (%s); listing again in %.1f s", self.what, api_error_text(error), delay)
                 await asyncio.sleep(delay)
+            except Exception as error:  # a bug: the cache must outlive it
+                failures += 1
+                delay = BACKOFF_S[min(failures, len(BACKOFF_S)) - 1]
+                log.exception("watching %s: unexpected %s; listing again in %.1f s", self.what, error, delay)
+                await asyncio.sleep(delay)
 
     async def _list(self) -> None:
         self.relists += 1
