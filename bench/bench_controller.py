@@ -42,6 +42,7 @@ from certkeeper.kube.reconcile import CertificateResource
 from testbench import cluster as bench
 from testbench.ari import start_front
 from testbench.pebble import start_pebble
+from testbench.pki import TestCA
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -132,19 +133,7 @@ def one_size(
     namespace = f"bench-{size}"
     client.create(Namespace(metadata=ObjectMeta(name=namespace)))
     time.sleep(1.0)  # the namespace's ServiceAccount controller settles
-    issuer = {
-        "apiVersion": "certkeeper.io/v1",
-        "kind": "Issuer",
-        "metadata": {"name": "pebble", "namespace": namespace},
-        "spec": {
-            "acme": {
-                "server": front.directory_url,
-                "privateKeySecretRef": {"name": "pebble-account"},
-                "caBundle": base64.b64encode(front.ca_bundle.read_bytes()).decode(),
-            }
-        },
-    }
-    kubectl(cluster, "apply", "-f", "-", stdin=json.dumps(issuer))
+    kubectl(cluster, "apply", "-f", "-", stdin=json.dumps(issuer_body(namespace, front)))
     log = work / f"controller-{size}.log"
     watch = ReadyWatch(client, namespace)
     proc = start_controller(cluster, namespace, front.http_port, log)
@@ -208,6 +197,87 @@ def one_size(
     return result, proc, namespace
 
 
+def adopt(cluster: bench.Cluster, client: Client, front: Any, size: int, work: Path) -> dict[str, Any]:
+    """N Certificates whose Secrets already hold valid certificates (from a throw-away CA, as if issued
+    before certkeeper): the first pass adopts them, a restart trusts them; neither may order."""
+    namespace = f"adopt-{size}"
+    client.create(Namespace(metadata=ObjectMeta(name=namespace)))
+    time.sleep(1.0)
+    kubectl(cluster, "apply", "-f", "-", stdin=json.dumps(issuer_body(namespace, front)))
+    ca = TestCA("bench CA", days=90)
+
+    def create(number: int) -> None:
+        name = f"a{number:05d}"
+        issued = ca.issue([f"{name}.{namespace}.example.com"])
+        data = {
+            "tls.crt": base64.b64encode(issued.cert_pem + ca.cert_pem).decode(),
+            "tls.key": base64.b64encode(issued.key_pem).decode(),
+        }
+        client.create(Secret(metadata=ObjectMeta(name=name, namespace=namespace), type="kubernetes.io/tls", data=data))
+        client.create(
+            CertificateResource(
+                metadata=ObjectMeta(name=name, namespace=namespace),
+                spec={
+                    "secretName": name,
+                    "dnsNames": [f"{name}.{namespace}.example.com"],
+                    "issuerRef": {"name": "pebble", "kind": "Issuer"},
+                },
+            )
+        )
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, range(size)))
+    created_s = time.monotonic() - started
+    orders_before = len(front.recorded_orders())
+    watch = ReadyWatch(client, namespace)
+    log = work / f"adopt-{size}.log"
+    started = time.monotonic()
+    proc = start_controller(cluster, namespace, front.http_port, log)
+    while watch.count() < size:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the controller exited; see {log}")
+        time.sleep(1.0)
+    adopted_s = time.monotonic() - started
+    first_rss = rss_mb(proc)
+    stop(proc)
+    restart_log = work / f"adopt-{size}-restart.log"
+    started = time.monotonic()
+    proc = start_controller(cluster, namespace, front.http_port, restart_log)
+    pattern = r"looked at once since leading, in ([\d.]+) s \((\d+) full checks, (\d+) orders\)"
+    done = wait_log(restart_log, pattern, 300)
+    restart_s = time.monotonic() - started
+    time.sleep(3.0)
+    result = {
+        "adopted_certificates": size,
+        "create_s": round(created_s, 1),
+        "first_pass_all_ready_s": round(adopted_s, 1),
+        "first_pass_rss_mb": round(first_rss, 1),
+        "restart_process_start_to_pass_s": round(restart_s, 1),
+        "restart_full_checks": int(done.group(2)),
+        "rss_mb": round(rss_mb(proc), 1),
+        "orders": len(front.recorded_orders()) - orders_before,
+    }
+    stop(proc)
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def issuer_body(namespace: str, front: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "certkeeper.io/v1",
+        "kind": "Issuer",
+        "metadata": {"name": "pebble", "namespace": namespace},
+        "spec": {
+            "acme": {
+                "server": front.directory_url,
+                "privateKeySecretRef": {"name": "pebble-account"},
+                "caBundle": base64.b64encode(front.ca_bundle.read_bytes()).decode(),
+            }
+        },
+    }
+
+
 def unrelated_secrets(client: Client, namespace: str, count: int, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
     before = rss_mb(proc)
     blob = base64.b64encode(os.urandom(256 * 1024)).decode()
@@ -229,6 +299,7 @@ def main() -> int:
     parser.add_argument("--idle-s", type=float, default=60.0, help="idle window for counting API requests")
     parser.add_argument("--unrelated", type=int, default=1000, help="unrelated 256 KiB Secrets (0: skip)")
     parser.add_argument("--concurrency", type=int, default=16, help="the controller's --concurrency")
+    parser.add_argument("--adopt", type=int, default=0, help="also: N Certificates with valid Secrets made beforehand")
     args = parser.parse_args()
     global CONCURRENCY
     CONCURRENCY = args.concurrency
@@ -264,6 +335,8 @@ def main() -> int:
                 print(json.dumps(results["unrelated"]), flush=True)
             if proc is not None:
                 stop(proc)
+            if args.adopt:
+                results["adopt"] = adopt(cluster, client, front, args.adopt, work)
     finally:
         front.stop()
         pebble.stop()

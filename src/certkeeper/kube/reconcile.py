@@ -33,7 +33,7 @@ from certkeeper.kube.api import call_api
 from certkeeper.kube.config import Workload
 from certkeeper.kube.events import Recorder
 from certkeeper.kube.rollout import RolloutResult, restart_rc, restart_workload
-from certkeeper.kube.secret_store import MANAGED_BY, SecretStore
+from certkeeper.kube.secret_store import MANAGED_BY, SecretStore, data_digest
 from certkeeper.kube.sources import (
     API_VERSION,
     CERTIFICATE_REF,
@@ -527,10 +527,14 @@ class Reconciler:
         annotations = meta.annotations or {}
         if labels.get("app.kubernetes.io/managed-by") == "certkeeper" and annotations.get(CERTIFICATE_REF):
             return
+        data = secret.data or {}
+        held = data_digest(data.get("tls.crt") or data.get("proxycert") or "")
         patch = {
             "metadata": {
                 "labels": {**dict(store.labels), **MANAGED_BY},
-                "annotations": {**dict(store.annotations)},
+                # The digest of what was adopted: after a restart it is trusted while it still matches
+                # (and the status, written after the full check below, says Ready).
+                "annotations": {**dict(store.annotations), "certkeeper.io/data-digest": held},
             }
         }
         from lightkube.resources.core_v1 import Secret
