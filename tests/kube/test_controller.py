@@ -468,3 +468,38 @@ def test_the_shipped_rbac_is_enough_for_a_cluster_issuer_certificate(
             assert run.stop() == 0
     finally:
         kubectl("delete", "clusterissuer.certkeeper.io", issuer_name, check=False)
+
+
+def test_a_failing_certificate_backs_off_across_changes_without_a_secret(
+    kube_client: Client, namespace: str, kubeconfig: Path, kubectl: Kubectl, ari: AcmeFront, tmp_path: Path
+) -> None:
+    """Before its Secret exists, a Certificate's failures live in its status; a later reconcile (here
+    caused by an edit) still honours the backoff instead of asking the CA again at once."""
+    apply(kubectl, issuer_manifest("pebble", ari.directory_url, ari.ca_bundle))
+    ari.rate_limit_retry_after = 3600
+    apply(kubectl, certificate_manifest("limited", ["limited.example.com"]))
+
+    def new_orders() -> int:
+        return sum(1 for method, path in ari.recorded_requests() if method == "POST" and "order-plz" in path)
+
+    def failed() -> dict[str, Any] | None:
+        cert = get(kubectl, "certificate.certkeeper.io", "limited")
+        status = cert.get("status") or {}
+        return cert if status.get("failedIssuanceAttempts") == 1 and status.get("lastFailureTime") else None
+
+    with start(kubeconfig, tmp_path, namespace, ari) as run:
+        cert = wait_for("the failure recorded in the status", failed, timeout=60, run=run)
+        assert condition(cert)["status"] == "False" and "rate" in condition(cert)["message"].lower()
+        assert new_orders() == 1
+        names = ["limited.example.com", "www.limited.example.com"]
+        kubectl("patch", "certificate.certkeeper.io", "limited", "--type=merge",
+                "-p", json.dumps({"spec": {"dnsNames": names}}))  # fmt: skip
+
+        def looked_again() -> dict[str, Any] | None:
+            found = get(kubectl, "certificate.certkeeper.io", "limited")
+            return found if condition(found).get("observedGeneration") == 2 else None
+
+        cert = wait_for("the edit looked at", looked_again, timeout=30, run=run)
+        assert new_orders() == 1, "the CA was asked again inside the backoff"
+        assert condition(cert)["status"] == "False" and get_secret(kube_client, namespace, "limited") is None
+        assert run.stop() == 0

@@ -496,6 +496,12 @@ class Reconciler:
             return None
         if secret is not None:
             await asyncio.to_thread(self._claim, store, secret)
+        # Failures before the Secret exists live in the status only: the backoff must still grow
+        # (1 min, 10 min, 100 min, daily) instead of starting again at each attempt.
+        failures = int(cert.status.get("failedIssuanceAttempts") or 0)
+        if failures and cert.status.get("lastFailureTime"):
+            last = datetime.datetime.fromisoformat(str(cert.status["lastFailureTime"]).replace("Z", "+00:00"))
+            store.seed_state({"failures": failures, "last_failure": last.isoformat()})
         self.full_checks += 1
         engine, routed = await self.engine_for(issuer_obj, config)
         lineage = target.spec.lineage

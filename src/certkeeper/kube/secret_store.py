@@ -247,6 +247,10 @@ class SecretStore:
             return {}
         return state if isinstance(state, dict) else {}
 
+    def seed_state(self, state: dict[str, Any]) -> None:
+        """The state to use while the Secret holds none (the controller's is in the Certificate's status)."""
+        self._state = dict(state)
+
     def load_state(self, lineage: str) -> dict[str, Any]:
         secret = self._get(self.secret_name)
         if secret is not None:
