@@ -31,6 +31,9 @@ from certkeeper.web import Responder, default_routes, start_responder
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# A certificate issued (and its order journaled) that the store refused: the write is retried this soon.
+STORE_RETRY_S = (10, 30, 60, 300)
+
 # "deferred": due, but held back by backoff after failures (or the CA's Retry-After).
 Status = Literal["issued", "renewed", "unchanged", "deferred", "failed"]
 
@@ -249,7 +252,12 @@ class Engine:
                 )
             )
             check_replacement(issued, spec.names, None if self.force else usable)
-            changed = await self._in_thread(self.store.save, lineage, issued, self._meta(spec, issued, replaces))
+            try:
+                changed = await self._in_thread(self.store.save, lineage, issued, self._meta(spec, issued, replaces))
+            except CertkeeperError as error:
+                if not recorded[0]:
+                    raise
+                return await self._not_stored(spec, state, error, started)
             if recorded[0]:
                 await self._in_thread(self._clear_pending, lineage)
             # check_replacement already matched key and certificate: plan from the parsed facts.
@@ -269,6 +277,22 @@ class Engine:
                            time.monotonic() - started, changed=changed, next_check=after.next_check)  # fmt: skip
         except CertkeeperError as error:
             return await self._failed(spec, state, error, started)
+
+    async def _not_stored(
+        self, spec: CertSpec, state: dict[str, Any], error: CertkeeperError, started: float
+    ) -> Outcome:
+        """Issued and journaled, but the store refused it: the order still holds the certificate, so the
+        next attempt fetches it again (no new order). Retry the write soon; it is no failure at the CA."""
+        attempts = int(state.get("store_failures", 0)) + 1
+        wait = STORE_RETRY_S[min(attempts, len(STORE_RETRY_S)) - 1]
+        next_try = _now() + datetime.timedelta(seconds=wait)
+        state.update(store_failures=attempts, last_error=str(error), next_check=next_try.isoformat())
+        try:
+            await self._in_thread(self.store.save_state, spec.lineage, state)
+        except (OSError, CertkeeperError) as save_error:
+            log.warning("cannot record the failure for %s: %s", spec.lineage, save_error)
+        detail = f"issued, but not stored: {error}; the write is retried in {wait} s without a new order"
+        return Outcome(spec, "failed", detail, None, time.monotonic() - started, next_check=next_try)
 
     def _clear_pending(self, lineage: str) -> None:
         if self.journal is None:

@@ -503,3 +503,31 @@ def test_a_failing_certificate_backs_off_across_changes_without_a_secret(
         assert new_orders() == 1, "the CA was asked again inside the backoff"
         assert condition(cert)["status"] == "False" and get_secret(kube_client, namespace, "limited") is None
         assert run.stop() == 0
+
+
+def test_a_certificate_the_secret_write_refused_is_stored_later_without_a_second_order(
+    kube_client: Client, namespace: str, kubeconfig: Path, kubectl: Kubectl, ari: AcmeFront, tmp_path: Path
+) -> None:
+    apply(kubectl, issuer_manifest("pebble", ari.directory_url, ari.ca_bundle))
+    existing = len(json.loads(kubectl("get", "secrets", "-o", "json").stdout)["items"])
+    # Room for the ACME account and the order record, not for the certificate's Secret.
+    kubectl("create", "quota", "secrets", f"--hard=count/secrets={existing + 2}")
+    wait_for("the quota counted", lambda: (get(kubectl, "resourcequota", "secrets").get("status") or {}).get("used"))
+    apply(kubectl, certificate_manifest("quota", ["quota.example.com"]))
+    with start(kubeconfig, tmp_path, namespace, ari) as run:
+
+        def refused() -> dict[str, Any] | None:
+            found = condition(get(kubectl, "certificate.certkeeper.io", "quota"))
+            return found if "issued, but not stored" in found.get("message", "") else None
+
+        found = wait_for("the refused write reported", refused, timeout=60, run=run)
+        assert "without a new order" in found["message"] and found["status"] == "False"
+        assert len(ari.recorded_orders()) == 1
+        kubectl("delete", "quota", "secrets")
+        wait_for("Ready once the write succeeds", lambda: ready(kubectl, "quota"), timeout=60, run=run)
+        secret = get_secret(kube_client, namespace, "quota")
+        assert secret is not None
+        verify_secret(secret, {"quota.example.com"}, ari.pebble.root_pem(), tmp_path)
+        assert len(ari.recorded_orders()) == 1, "the certificate was ordered again"
+        assert "resuming the order" in run.log
+        assert run.stop() == 0
