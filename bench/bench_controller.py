@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,6 +56,7 @@ def kubectl(cluster: bench.Cluster, *args: str, stdin: str | None = None) -> Non
 
 
 CONCURRENCY = 16
+LATENCY_ROUNDS = 9  # new Certificates created one at a time, each waited for
 
 
 def start_controller(cluster: bench.Cluster, namespace: str, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -75,6 +77,18 @@ def statusz(port: int) -> dict[str, Any]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/statusz", timeout=5) as answer:
         found: dict[str, Any] = json.loads(answer.read())
         return found
+
+
+def certificate_body(name: str, namespace: str) -> Any:
+    """A Certificate for one name of its own, from the namespace's Issuer ``pebble``."""
+    return CertificateResource(
+        metadata=ObjectMeta(name=name, namespace=namespace),
+        spec={
+            "secretName": name,
+            "dnsNames": [f"{name}.{namespace}.example.com"],
+            "issuerRef": {"name": "pebble", "kind": "Issuer"},
+        },
+    )
 
 
 def is_ready(cert: Any) -> bool:
@@ -142,15 +156,7 @@ def one_size(
 
     def create(number: int) -> None:
         name = f"c{number:05d}"
-        body = CertificateResource(
-            metadata=ObjectMeta(name=name, namespace=namespace),
-            spec={
-                "secretName": name,
-                "dnsNames": [f"{name}.{namespace}.example.com"],
-                "issuerRef": {"name": "pebble", "kind": "Issuer"},
-            },
-        )
-        client.create(body)
+        client.create(certificate_body(name, namespace))
 
     started = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
@@ -163,6 +169,14 @@ def one_size(
     ready_s = time.monotonic() - started
     cpu = psutil.Process(proc.pid).cpu_times()
     orders = len(front.recorded_orders()) - orders_before
+    latencies = []
+    for number in range(LATENCY_ROUNDS):
+        name = f"one{number:02d}"
+        started = time.monotonic()
+        client.create(certificate_body(name, namespace))
+        while not watch.ready.get(name):
+            time.sleep(0.01)
+        latencies.append(time.monotonic() - started)
     stop(proc)
 
     restart_log = work / f"controller-{size}-restart.log"
@@ -184,6 +198,8 @@ def one_size(
         "controller_cpu_s": round(cpu.user + cpu.system, 1),
         "concurrency": CONCURRENCY,
         "orders": orders,
+        "one_at_a_time_ready_median_s": round(statistics.median(latencies), 3) if latencies else None,
+        "one_at_a_time_ready_max_s": round(max(latencies), 3) if latencies else None,
         "restart_pass_s": float(done.group(1)),
         "restart_process_start_to_pass_s": round(restart_wall_s, 2),
         "restart_full_checks": int(done.group(2)),
@@ -214,16 +230,7 @@ def adopt(cluster: bench.Cluster, client: Client, front: Any, size: int, work: P
             "tls.key": base64.b64encode(issued.key_pem).decode(),
         }
         client.create(Secret(metadata=ObjectMeta(name=name, namespace=namespace), type="kubernetes.io/tls", data=data))
-        client.create(
-            CertificateResource(
-                metadata=ObjectMeta(name=name, namespace=namespace),
-                spec={
-                    "secretName": name,
-                    "dnsNames": [f"{name}.{namespace}.example.com"],
-                    "issuerRef": {"name": "pebble", "kind": "Issuer"},
-                },
-            )
-        )
+        client.create(certificate_body(name, namespace))
 
     started = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
