@@ -100,6 +100,9 @@ class AcmeFront:
     # Called with (method, path) before each request is passed on: a test's way to act at an exact
     # moment of an order (e.g. fill the disk when the certificate is downloaded). Runs on the front's loop.
     before_request: Callable[[str, str], None] | None = None
+    # When set, each finalize request waits this long before it reaches the CA: a client can be
+    # killed mid-order at a known moment.
+    hold_finalize_s: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
@@ -152,6 +155,7 @@ class AcmeFront:
             self.delay_s = 0.0
             self.post_delay_s = 0.0
             self.new_order_html_status = None
+            self.hold_finalize_s = 0.0
             self.requests.clear()
             self.orders.clear()
             self.accounts_created.clear()
@@ -254,6 +258,8 @@ class AcmeFront:
             }
             limited = {"Retry-After": str(self.rate_limit_retry_after), "Content-Type": "application/problem+json"}
             return web.Response(status=429, text=json.dumps(problem), headers=limited)
+        if request.method == "POST" and "/finalize-order/" in request.path and self.hold_finalize_s:
+            await asyncio.sleep(self.hold_finalize_s)
         if request.method == "POST" and request.path == self._new_order_path:
             try:
                 order = json.loads(_b64url_decode(json.loads(body)["payload"]))

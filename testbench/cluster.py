@@ -197,6 +197,39 @@ class Cluster:
     def log(self, name: str) -> Path:
         return self.workdir / "logs" / f"{name}.log"
 
+    def restart(self, name: str, *, down_s: float = 0.0, timeout: float = 60.0) -> None:
+        """Kill one component (e.g. ``kube-apiserver``) and start it again with the same arguments.
+
+        ``down_s``: how long it stays down. For kube-apiserver, returns once ``/readyz`` answers again.
+        """
+        record = next(r for r in self.processes if r.name == name)
+        proc = Path(f"/proc/{record.pid}")
+        argv = proc.joinpath("cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        environ = dict(
+            item.split(b"=", 1) for item in proc.joinpath("environ").read_bytes().split(b"\0") if b"=" in item
+        )
+        cwd = os.readlink(proc / "cwd")
+        _stop_records([record], self._children)
+        time.sleep(down_s)
+        with open(self.log(name), "ab") as log:
+            child = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=cwd, env=environ,
+            )  # fmt: skip
+        ticks = _start_ticks(child.pid)
+        if ticks is None:
+            raise ClusterError(f"{name} exited at once after a restart:\n{_tail(self.log(name))}")
+        self.processes[self.processes.index(record)] = ProcessRecord(name, child.pid, ticks)
+        self._children[child.pid] = child
+        data = [{"name": r.name, "pid": r.pid, "start_ticks": r.start_ticks} for r in self.processes]
+        (self.workdir / "processes.json").write_text(json.dumps(data, indent=1) + "\n")
+        if name == "kube-apiserver":
+            deadline = time.monotonic() + timeout
+            while not _ready_quietly(f"{self.server}/readyz", self.admin_token, self.ca_file):
+                if time.monotonic() > deadline or child.poll() is not None:
+                    raise ClusterError(f"kube-apiserver not ready after a restart:\n{_tail(self.log(name))}")
+                time.sleep(0.2)
+
     def stop(self) -> None:
         _stop_records(self.processes, self._children)
         self.processes.clear()
@@ -386,6 +419,13 @@ def _get_ok(url: str, token: str, ca_file: Path) -> bool:
             return False
         raise
     return True
+
+
+def _ready_quietly(url: str, token: str, ca_file: Path) -> bool:
+    try:
+        return _get_ok(url, token, ca_file)
+    except (OSError, urllib.error.URLError):
+        return False
 
 
 def start(

@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "certkeeper.kube.command:run",
         "Keep a Kubernetes Secret issued and renewed (the seed's container).",
     ),
+    "controller": (
+        "certkeeper.kube.controller_command:controller",
+        "Keep every Certificate (and annotated Ingress) in a cluster issued and renewed.",
+    ),
     "proxy": (
         "certkeeper.proxy.command:proxy",
         "Run nginx as a TLS-terminating proxy that hot-reloads certificates.",

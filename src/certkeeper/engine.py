@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from certkeeper.acme import Account, AccountStore, AcmeClient, ensure_account
 from certkeeper.crypto import generate_key, key_type_of
 from certkeeper.errors import CAError, CertkeeperError, ConfigError
-from certkeeper.model import CertInfo, IssuedCert, RenewalState, RenewalWindow
+from certkeeper.model import CertInfo, IssuedCert, PendingOrder, RenewalState, RenewalWindow
 from certkeeper.planner import plan, retry_at
 from certkeeper.solvers.base import HTTP01
 from certkeeper.solvers.config import SolverSetup
@@ -34,6 +34,9 @@ from certkeeper.web import Responder, default_routes, start_responder
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# A certificate issued (and its order journaled) that the store refused: the write is retried this soon.
+STORE_RETRY_S = (10, 30, 60, 300)
 
 # "deferred": due, but held back by backoff after failures (or the CA's Retry-After).
 Status = Literal["issued", "renewed", "unchanged", "deferred", "failed"]
@@ -66,6 +69,17 @@ class CertStore(AccountStore, Protocol):
     def drop_pending(self, lineage: str) -> None: ...
 
     def rewrite_meta(self, lineage: str, meta: dict[str, Any]) -> None: ...
+
+
+class OrderJournal(Protocol):
+    """Where orders in flight are recorded (the controller: a Secret per certificate), so that a
+    process killed mid-order is followed by a resumed order, not a second one."""
+
+    def load_order(self, lineage: str) -> PendingOrder | None: ...
+
+    def save_order(self, lineage: str, pending: PendingOrder) -> None: ...
+
+    def clear_order(self, lineage: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -110,6 +124,8 @@ class Engine:
         force: bool = False,
         challenges: ChallengeStore | None = None,
         solvers: SolverSetup | None = None,
+        before_order: Callable[[CertSpec], None] | None = None,
+        journal: OrderJournal | None = None,
     ) -> None:
         self.issuer = issuer
         self.store = store
@@ -129,6 +145,10 @@ class Engine:
         self._directory_lock = threading.Lock()
         self._directory: Any = None
         self._account: Account | None = None
+        # Concurrent runs (the controller's workers) must not register one account each.
+        self._account_lock = asyncio.Lock()
+        self.before_order = before_order  # called in the worker thread (e.g. to report Issuing)
+        self.journal = journal
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="acme")
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -165,8 +185,7 @@ class Engine:
     async def run(self, specs: list[CertSpec], on_done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
         """Bring every spec up to date; failures are reported per certificate, never raised."""
         try:
-            if self._account is None:
-                self._account = await self._in_thread(ensure_account, self.issuer, self.store)
+            await self.ensure_account()
         except (CertkeeperError, OSError) as failure:
             error = (
                 failure
@@ -208,6 +227,18 @@ class Engine:
         if problems:
             log.info("%s: the renewal state is damaged (%s); it is rewritten", spec.lineage, "; ".join(problems))
         return state
+
+    @property
+    def account(self) -> Account | None:
+        """The account in use, once loaded or registered."""
+        return self._account
+
+    async def ensure_account(self) -> Account:
+        """The account this engine orders with: loaded or registered once, however many runs overlap."""
+        async with self._account_lock:
+            if self._account is None:
+                self._account = await self._in_thread(ensure_account, self.issuer, self.store)
+            return self._account
 
     def _renewal_window(self, stored: StoredCert | None) -> RenewalWindow | None:
         if stored is None or stored.info is None or stored.problem:
@@ -265,6 +296,11 @@ class Engine:
             return await self._store(spec, state, pending, usable, None, "issued at an earlier run", started)
         window = await self._in_thread(self._renewal_window, stored)
         decision = plan(spec, stored, _now(), window, state)
+        in_flight = await self._in_thread(self.journal.load_order, lineage) if self.journal else None
+        if in_flight is not None and (in_flight.names != spec.names or not decision.due):
+            # Stored after all (killed before clearing), or asked for other names since.
+            await self._in_thread(self._clear_order, lineage)
+            in_flight = None
         if not decision.due and not self.force:
             damage = meta_problem(stored.meta, stored.meta_problem) if stored is not None and stored.usable else None
             if stored is not None and stored.info and damage:
@@ -288,15 +324,30 @@ class Engine:
         await self._in_thread(self.store.check_writable, lineage)
         if self.solvers.uses(spec.names, HTTP01):
             await self._ensure_responder()
-        key_pem = (
-            usable.key_pem
-            if spec.reuse_key and usable is not None and key_type_of(usable.key_pem) == spec.key_type
-            else await self._in_thread(generate_key, spec.key_type)
-        )
+        if in_flight is not None and key_type_of(in_flight.key_pem) == spec.key_type:
+            key_pem = in_flight.key_pem
+        elif spec.reuse_key and usable is not None and key_type_of(usable.key_pem) == spec.key_type:
+            key_pem = usable.key_pem
+        else:
+            key_pem = await self._in_thread(generate_key, spec.key_type)
+        resume_url = in_flight.url if in_flight is not None and in_flight.key_pem == key_pem else None
+        recorded = [in_flight is not None]
+
+        def placed(url: str) -> None:
+            if self.journal is not None:
+                recorded[0] = True
+                self.journal.save_order(lineage, PendingOrder(url, spec.names, key_pem))
+
         replaces = usable.info.ari_id if usable is not None and usable.info and window is not None else None
         log.info("ordering %s (%s)", " ".join(spec.names), decision.reason if decision.due else "forced")
+        if self.before_order is not None:
+            await self._in_thread(self.before_order, spec)
         try:
-            issued = await self._in_thread(lambda: self._client().order(spec, key_pem, self.solvers, replaces=replaces))
+            issued = await self._in_thread(
+                lambda: self._client().order(
+                    spec, key_pem, self.solvers, replaces=replaces, resume_url=resume_url, on_placed=placed
+                )
+            )
             check_replacement(issued, spec.names, None if self.force else usable)
         except CertkeeperError:
             await self._in_thread(self.store.drop_pending, lineage)  # the room set aside is not needed
@@ -306,7 +357,15 @@ class Engine:
         except OSError as error:
             kept = f"nowhere: keeping it failed too ({error.strerror})"
         reason = decision.reason if decision.due else "forced"
-        return await self._store(spec, state, issued, usable, replaces, reason, started, kept)
+        try:
+            outcome = await self._store(spec, state, issued, usable, replaces, reason, started, kept)
+        except CertkeeperError as error:
+            if not recorded[0]:
+                raise
+            return await self._not_stored(spec, error, started)
+        if recorded[0]:
+            await self._in_thread(self._clear_order, lineage)
+        return outcome
 
     async def _store(
         self,
@@ -364,6 +423,29 @@ class Engine:
         await self._in_thread(run_deploy_hook, self.deploy_hook, self.store.location(spec.lineage), spec.names)
         await self._in_thread(self.store.save_state, spec.lineage,
                               dataclasses.replace(state, hook_pending=None).to_dict())  # fmt: skip
+
+    async def _not_stored(self, spec: CertSpec, error: CertkeeperError, started: float) -> Outcome:
+        """Issued and journaled, but the store refused it: the order still holds the certificate, so the
+        next attempt fetches it again (no new order). Retry the write soon; it is no failure at the CA."""
+        state = await self._state(spec)
+        attempts = state.store_failures + 1
+        wait = STORE_RETRY_S[min(attempts, len(STORE_RETRY_S)) - 1]
+        next_try = _now() + datetime.timedelta(seconds=wait)
+        state = dataclasses.replace(state, store_failures=attempts, last_error=str(error), next_check=next_try)
+        try:
+            await self._in_thread(self.store.save_state, spec.lineage, state.to_dict())
+        except (OSError, CertkeeperError) as save_error:
+            log.warning("cannot record the failure for %s: %s", spec.lineage, save_error)
+        detail = f"issued, but not stored: {error}; the write is retried in {wait} s without a new order"
+        return Outcome(spec, "failed", detail, None, time.monotonic() - started, next_check=next_try)
+
+    def _clear_order(self, lineage: str) -> None:
+        if self.journal is None:
+            return
+        try:
+            self.journal.clear_order(lineage)
+        except CertkeeperError as error:  # a stale record is dropped at the next check instead
+            log.warning("%s", error)
 
     async def _failed(self, spec: CertSpec, error: CertkeeperError, started: float) -> Outcome:
         state = await self._state(spec)  # as last recorded (a hook still owed, say), plus this failure

@@ -83,6 +83,8 @@ class RenewalState:
     """
 
     failures: int = 0
+    # Writes of an issued certificate the store refused (the order journaled: retried without a new order).
+    store_failures: int = 0
     last_failure: datetime.datetime | None = None
     last_error: str | None = None
     retry_after: datetime.datetime | None = None  # the CA's Retry-After after a rate limit
@@ -110,12 +112,17 @@ class RenewalState:
         if isinstance(failures, bool) or not isinstance(failures, int) or failures < 0:
             problems.append(f"'failures' is not a count ({str(failures)[:20]!r})")
             failures = 0
+        store_failures = raw.get("store_failures", 0)
+        if isinstance(store_failures, bool) or not isinstance(store_failures, int) or store_failures < 0:
+            problems.append(f"'store_failures' is not a count ({str(store_failures)[:20]!r})")
+            store_failures = 0
         names = raw.get("names") or []
         if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
             problems.append("'names' is not a list of names")
             names = []
         state = cls(
             failures=failures,
+            store_failures=store_failures,
             last_failure=_when(raw.get("last_failure"), "last_failure", problems),
             last_error=_text(raw.get("last_error"), "last_error", problems),
             retry_after=_when(raw.get("retry_after"), "retry_after", problems),
@@ -139,6 +146,18 @@ class RenewalState:
                 value = value.isoformat()
             elif isinstance(value, tuple):
                 value = list(value)
-            if value not in (None, [], "") or item.name == "failures":
+            if value not in (None, [], "", 0) or item.name == "failures":
                 out[item.name] = value
         return out
+
+
+@dataclass(frozen=True)
+class PendingOrder:
+    """An order placed and not yet stored: enough to resume it instead of ordering again."""
+
+    url: str
+    names: tuple[str, ...]
+    key_pem: bytes
+
+    def __repr__(self) -> str:  # never show the key
+        return f"PendingOrder(url={self.url!r}, names={self.names!r})"

@@ -79,6 +79,11 @@ def plan(
         return due(f"key type is not {spec.key_type.value}")
     if now >= info.not_after:
         return due("expired")
+    if spec.renew_before is not None:
+        renew_at = info.not_after - spec.renew_before
+        if now >= renew_at:
+            return due("renewBefore reached")
+        return Plan(False, "before renewBefore", renew_at, min(renew_at, now + MAX_CHECK_INTERVAL))
     if window is not None:
         # A fixed point in the window per certificate (RFC 9773 §4.2 suggests a random one).
         renew_at = window.start + (window.end - window.start) * _fraction(info.fingerprint)

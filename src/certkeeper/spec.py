@@ -6,6 +6,7 @@ that says what is wrong and how to fix it, before any network traffic.
 
 from __future__ import annotations
 
+import datetime
 import enum
 import ipaddress
 import re
@@ -182,8 +183,12 @@ class CertSpec:
     reuse_key: bool = False
     profile: str | None = None
     preferred_chain: str | None = None
+    # Renew this long before expiry, whatever ARI or the lifetime rule say (a Certificate's renewBefore).
+    renew_before: datetime.timedelta | None = None
+    # Where a store with many certificates files it (the controller: namespace/Secret); default the first name.
+    store_key: str | None = None
 
     @property
     def lineage(self) -> str:
-        """The name the store files it under: the first name (``*.`` shown as ``_.``, an IPv6 ``:`` as ``_``)."""
-        return self.names[0].replace("*", "_").replace(":", "_")
+        """Where the store files it: ``store_key``, else the first name (``*.`` as ``_.``, IPv6 ``:`` as ``_``)."""
+        return self.store_key or self.names[0].replace("*", "_").replace(":", "_")

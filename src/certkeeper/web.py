@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from certkeeper.errors import ConfigError
@@ -30,6 +30,8 @@ REASONS = {
 
 # A route answers (status, body) for a path, or None to let the next route try.
 Route = Callable[[str], "tuple[int, str] | None"]
+# Asked, when no route answered, before the 404 (e.g. a controller replica looking a token up in the API).
+Fallback = Callable[[str], Awaitable["tuple[int, str] | None"]]
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
@@ -54,23 +56,32 @@ class Responder:
     server: asyncio.base_events.Server
     port: int
     routes: list[Route] = field(default_factory=list)
+    fallback: Fallback | None = None
 
     async def stop(self) -> None:
         self.server.close()
         await self.server.wait_closed()
 
 
-def _answer(routes: list[Route], method: str, path: str) -> tuple[int, str]:
+async def _answer(routes: list[Route], fallback: Fallback | None, method: str, path: str) -> tuple[int, str]:
     if method not in ("GET", "HEAD"):
         return 405, "only GET\n"
+    missed: tuple[int, str] | None = None
     for route in routes:
         found = route(path)
-        if found is not None:
+        if found is not None and (fallback is None or found[0] != 404):
             return found
-    return 404, "not found\n"
+        missed = missed or found
+    if fallback is not None:
+        late = await fallback(path)
+        if late is not None:
+            return late
+    return missed or (404, "not found\n")
 
 
-async def _serve(routes: list[Route], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _serve(
+    routes: list[Route], fallback: Fallback | None, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
         parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
@@ -79,7 +90,7 @@ async def _serve(routes: list[Route], reader: asyncio.StreamReader, writer: asyn
         else:
             # Routes see the path without its query string.
             method, path = parts[0], parts[1].split("?", 1)[0]
-            status, body = _answer(routes, method, path)
+            status, body = await _answer(routes, fallback, method, path)
         data = body.encode()
         writer.write(
             f"HTTP/1.1 {status} {REASONS.get(status, '')}\r\nServer: {SERVER}\r\nContent-Type: text/plain\r\n"
@@ -93,16 +104,25 @@ async def _serve(routes: list[Route], reader: asyncio.StreamReader, writer: asyn
         writer.close()
 
 
-async def start_responder(routes: list[Route], bind: str) -> Responder:
+async def start_responder(
+    routes: list[Route], bind: str, *, reuse_port: bool = False, fallback: Fallback | None = None
+) -> Responder:
+    """Serve ``routes`` on ``bind``. ``reuse_port``: several processes share the port (controller replicas
+    on one host), the kernel spreading connections among them as a Service would."""
     host, port = parse_bind(bind)
     try:
         server = await asyncio.start_server(
-            lambda r, w: _serve(routes, r, w), host, port, limit=MAX_HEAD, reuse_address=True
+            lambda r, w: _serve(routes, fallback, r, w),
+            host,
+            port,
+            limit=MAX_HEAD,
+            reuse_address=True,
+            reuse_port=reuse_port,
         )
     except OSError as error:
         failure = error
     else:
-        return Responder(server=server, port=server.sockets[0].getsockname()[1], routes=routes)
+        return Responder(server=server, port=server.sockets[0].getsockname()[1], routes=routes, fallback=fallback)
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if failure.errno == errno.EADDRINUSE:
         if await held_by_certkeeper(host, port):

@@ -7,6 +7,7 @@
 - ``kube_async_client``: an admin ``lightkube.AsyncClient`` for ``@pytest.mark.anyio`` tests.
 - ``namespace``: a fresh namespace name, ready for pods (its default ServiceAccount has a token); deleted
   after the test.
+- ``crds`` (session): certkeeper's CRDs from ``deploy/crds`` installed and established.
 - ``kubectl``: runs the cluster's kubectl as admin, in ``namespace``; returns the CompletedProcess.
 - ``wait_until(what, predicate, timeout=60)``: poll until ``predicate()`` is truthy, else fail
   naming ``what``.
@@ -103,6 +104,21 @@ def namespace(kube_client: Client) -> Iterator[str]:
     poll_until(f"default ServiceAccount token in {name}", default_account_has_token)
     yield name
     kube_client.delete(Namespace, name)
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: bench.Cluster) -> None:
+    """certkeeper's CRDs (deploy/crds) installed and established."""
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    crd_dir = Path(__file__).resolve().parents[2] / "deploy" / "crds"
+    subprocess.run([str(cluster.kubectl), "apply", "-k", str(crd_dir)], env=env, check=True, capture_output=True)
+    for name in ("certificates", "issuers", "clusterissuers"):
+        subprocess.run(
+            [str(cluster.kubectl), "wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}.certkeeper.io"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
 
 
 @pytest.fixture

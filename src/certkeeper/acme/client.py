@@ -163,6 +163,20 @@ class AcmeClient:
             except Exception as error:  # cleanup must not hide the order's own outcome
                 log.warning("could not clean up the %s challenge for %s: %s", challenge.type, identifier, error)
 
+    def _resume(self, url: str, spec: CertSpec) -> dict[str, Any] | None:
+        """The order at ``url`` if it can still give a certificate for ``spec``, else None."""
+        try:
+            order: dict[str, Any] = self._post(url, None).json()
+        except Exception as error:  # gone, expired, another account's: place a new order instead
+            log.info("cannot resume the order %s (%s); placing a new one", url, translate(error))
+            return None
+        names = sorted(i.get("value", "") for i in order.get("identifiers", []))
+        if order.get("status") in ("invalid", None) or names != sorted(spec.names):
+            log.info("the order %s is %s; placing a new one", url, order.get("status"))
+            return None
+        log.info("resuming the order %s (%s)", url, order.get("status"))
+        return order
+
     def order(
         self,
         spec: CertSpec,
@@ -171,35 +185,61 @@ class AcmeClient:
         *,
         replaces: str | None = None,
         timeout_s: float | None = None,
+        resume_url: str | None = None,
+        on_placed: Callable[[str], None] | None = None,
     ) -> IssuedCert:
         """Order, validate, finalize and download one certificate for ``spec`` with ``key_pem``.
 
         One deadline (``timeout_s``, by default the issuer's order timeout) covers every request of
         the order, not only the polls: a CA that answers each request slowly still ends it in time.
+        ``resume_url``: an order placed earlier with this key (by a process that died mid-order): it is
+        continued from where it stands, and a new one placed only if it cannot be. ``on_placed`` gets a
+        new order's URL before anything else happens to it, so that it can be recorded and resumed.
         """
         budget = timeout_s if timeout_s is not None else self.issuer.order_timeout_s
         with self.net.within(budget, "the order") as deadline:
-            return self._order(spec, key_pem, solvers, replaces, deadline)
+            return self._order(spec, key_pem, solvers, replaces, deadline, resume_url, on_placed)
 
     def _order(
-        self, spec: CertSpec, key_pem: bytes, solvers: Solvers, replaces: str | None, deadline: float
+        self,
+        spec: CertSpec,
+        key_pem: bytes,
+        solvers: Solvers,
+        replaces: str | None,
+        deadline: float,
+        resume_url: str | None,
+        on_placed: Callable[[str], None] | None,
     ) -> IssuedCert:
         presented: list[Presented] = []
         try:
             spec = self._profile_for_addresses(spec)
             self._check_profile(spec.profile)
             solvers.prepare(spec.names)
-            order_url, order = self._new_order(spec, replaces)
-            pending = [u for u in (self._authorize(a, solvers, presented) for a in order["authorizations"]) if u]
-            for authz_url in pending:
-                body = self._poll(authz_url, lambda b: b.get("status") != "pending", deadline, "validation")
-                if body["status"] != "valid":
-                    failed_name = body.get("identifier", {}).get("value", spec.names[0])
-                    raise _authz_error(body, failed_name)
-            log.info("finalizing %s", spec.names[0])
-            csr = load_csr(make_csr(key_pem, spec.names))
-            finalized = self._post(order["finalize"], messages.CertificateRequest(csr=csr))
-            order = finalized.json()
+            order = self._resume(resume_url, spec) if resume_url else None
+            if order is not None and resume_url is not None:
+                order_url = resume_url
+            else:
+                order_url, order = self._new_order(spec, replaces)
+                if on_placed is not None:
+                    on_placed(order_url)
+            if order.get("status") == "pending":
+                pending = [u for u in (self._authorize(a, solvers, presented) for a in order["authorizations"]) if u]
+                for authz_url in pending:
+                    body = self._poll(authz_url, lambda b: b.get("status") != "pending", deadline, "validation")
+                    if body["status"] != "valid":
+                        failed_name = body.get("identifier", {}).get("value", spec.names[0])
+                        raise _authz_error(body, failed_name)
+                order["status"] = "ready"
+            if order.get("status") == "ready":
+                log.info("finalizing %s", spec.names[0])
+                csr = load_csr(make_csr(key_pem, spec.names))
+                try:
+                    order = self._post(order["finalize"], messages.CertificateRequest(csr=csr)).json()
+                except messages.Error as error:
+                    # A resumed order the dead process finalized meanwhile: wait for its certificate.
+                    if error.code != "orderNotReady" or resume_url is None:
+                        raise
+                    order = {"status": "processing"}
             if order.get("status") != "valid":
                 order = self._poll(order_url, lambda b: b.get("status") in ("valid", "invalid"), deadline, "issuance")
             if order["status"] != "valid":

@@ -5,23 +5,22 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-import os
 import signal
 import threading
 from collections.abc import Awaitable
 from typing import TypeVar
 
 import httpx2
-from lightkube import Client, KubeConfig
-from lightkube.core.exceptions import ConfigError as KubeConfigError
+from lightkube import Client
 from lightkube.resources.core_v1 import Secret
 
 from certkeeper.engine import Engine, Outcome
-from certkeeper.errors import CertkeeperError, ConfigError
+from certkeeper.errors import CertkeeperError
+from certkeeper.kube.api import api_error_text, load_kubeconfig
 from certkeeper.kube.config import RunConfig
 from certkeeper.kube.events import Recorder
 from certkeeper.kube.rollout import RolloutResult, restart_rc, restart_workload
-from certkeeper.kube.secret_store import SecretStore, api_error_text, digest_of
+from certkeeper.kube.secret_store import SecretStore, digest_of
 from certkeeper.solvers.config import SolverSetup
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.web import Responder, default_routes, start_responder
@@ -33,21 +32,6 @@ API_BACKOFF_S = (1, 2, 4, 8, 15, 30)
 FAILURE_BACKOFF_S = (10, 30, 60, 300, 900)
 API_TIMEOUT_S = 10.0
 MAX_SLEEP = datetime.timedelta(hours=12)
-
-
-def load_kubeconfig() -> KubeConfig:
-    """KUBECONFIG when set, else the pod's ServiceAccount, else ~/.kube/config."""
-    path = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
-    try:
-        if path:
-            return KubeConfig.from_file(path)
-        return KubeConfig.from_env()
-    except (KubeConfigError, OSError, ValueError) as error:
-        where = f"KUBECONFIG {path}" if path else "the in-cluster ServiceAccount or ~/.kube/config"
-        raise ConfigError(
-            f"cannot load Kubernetes credentials from {where} ({error})",
-            "run in a pod with a ServiceAccount, or set KUBECONFIG",
-        ) from None
 
 
 def _now() -> datetime.datetime:

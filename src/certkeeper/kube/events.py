@@ -16,7 +16,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Event
 
 from certkeeper.errors import CertkeeperError
-from certkeeper.kube.secret_store import call_api
+from certkeeper.kube.api import call_api
 
 log = logging.getLogger(__name__)
 COMPONENT = "certkeeper"

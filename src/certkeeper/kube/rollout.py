@@ -23,8 +23,8 @@ from lightkube.resources.core_v1 import Pod, ReplicationController
 from lightkube.types import PatchType
 
 from certkeeper.errors import CertkeeperError
+from certkeeper.kube.api import api_error_text, call_api, is_not_found
 from certkeeper.kube.config import Workload
-from certkeeper.kube.secret_store import api_error_text, call_api, is_not_found
 
 log = logging.getLogger(__name__)
 POLL_S = 0.25

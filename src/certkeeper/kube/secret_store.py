@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx2
 from lightkube import Client
@@ -27,11 +27,11 @@ from lightkube.types import PatchType
 
 from certkeeper.acme.account import Account
 from certkeeper.errors import CertkeeperError
-from certkeeper.model import IssuedCert
+from certkeeper.kube.api import call_api, fail, is_not_found
+from certkeeper.model import IssuedCert, PendingOrder
 from certkeeper.stores.base import StoredCert, StoreDefaults
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # RFC 7919 ffdhe2048: a standard, well-audited group. Nothing is generated per save.
 FFDHE2048_PEM = b"""-----BEGIN DH PARAMETERS-----
@@ -48,33 +48,13 @@ PREFIX = "certkeeper.io/"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "certkeeper"}
 CONFLICT_RETRIES = 5
 CERT_KEYS = ("proxycert", "proxykey", "dhparam", "tls.crt", "tls.key", "tls.pem")
+# What a Certificate's ``keys`` writes: the seed's layout (``certkeeper run``), or what an Ingress reads.
+KEY_SETS = {"seed": CERT_KEYS, "tls": ("tls.crt", "tls.key")}
 
 
-def api_error_text(error: Exception) -> str:
-    """A short description of an API failure (status code and the server's message, or the transport error)."""
-    if isinstance(error, ApiError):
-        code = error.status.code
-        reason = error.status.reason or ""
-        message = (error.status.message or "").strip()
-        return f"{code} {reason}: {message}"[:300] if message else f"{code} {reason}"
-    return f"{type(error).__name__}: {error}"[:300]
-
-
-def call_api(what: str, fn: Callable[[], T]) -> T:
-    """Run one API call; any failure becomes a CertkeeperError naming ``what``."""
-    try:
-        return fn()
-    except ApiError as error:
-        fix = ""
-        if error.status.code == 403:
-            fix = "grant the ServiceAccount this permission (see deploy/certkeeper/rbac.yaml)"
-        raise CertkeeperError(f"cannot {what} ({api_error_text(error)})", fix) from None
-    except (httpx2.HTTPError, OSError) as error:
-        raise CertkeeperError(f"cannot {what}: the Kubernetes API is unreachable ({api_error_text(error)})") from None
-
-
-def is_not_found(error: Exception) -> bool:
-    return isinstance(error, ApiError) and error.status.code == 404
+def data_digest(b64_chain: str) -> str:
+    """A short digest of the certificate data as stored (base64 text): an edit by anyone changes it."""
+    return hashlib.sha256(b64_chain.encode()).hexdigest()[:16] if b64_chain else ""
 
 
 def _b64(data: bytes) -> str:
@@ -106,9 +86,19 @@ class SecretStore(StoreDefaults):
         *,
         secret_type: str | None = None,
         account_secret_name: str | None = None,
+        keys: str = "seed",
+        read_once: bool = False,
+        labels: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.client = client
+        self.keys = KEY_SETS[keys]
+        # The controller makes a store per reconcile: it reads each Secret once, until it writes it.
+        self.read_once = read_once
+        self._read: dict[str, Secret | None] = {}
+        self.labels = dict(labels or {})  # added to the Secret on every write (a Certificate's secretTemplate)
+        self.annotations = dict(annotations or {})
         self.namespace = namespace
         self.secret_name = secret_name
         self.secret_type = secret_type or "kubernetes.io/tls"
@@ -120,6 +110,9 @@ class SecretStore(StoreDefaults):
     # -- plumbing --------------------------------------------------------------------------------
 
     def _get(self, name: str) -> Secret | None:
+        if name in self._read:
+            return self._read[name]
+
         def get() -> Secret | None:
             try:
                 return self.client.get(Secret, name, namespace=self.namespace)
@@ -128,7 +121,19 @@ class SecretStore(StoreDefaults):
                     return None
                 raise
 
-        return call_api(f"read Secret {self.namespace}/{name}", get)
+        found = call_api(f"read Secret {self.namespace}/{name}", get)
+        if self.read_once:
+            self._read[name] = found
+        return found
+
+    def get(self) -> Secret | None:
+        """The Secret as it is now (None: it does not exist)."""
+        return self._get(self.secret_name)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The renewal state last loaded or saved (next check, renew_at, failures)."""
+        return dict(self._state)
 
     def location(self, lineage: str) -> str:
         return f"secret/{self.namespace}/{self.secret_name}"
@@ -160,23 +165,24 @@ class SecretStore(StoreDefaults):
         info = issued.info
         data = dict((existing.data or {}) if existing is not None else {})
         fullchain = issued.fullchain_pem
-        data.update(
-            {
-                "proxycert": _b64(fullchain),
-                "proxykey": _b64(issued.key_pem),
-                "dhparam": _b64(FFDHE2048_PEM),
-                "tls.crt": _b64(fullchain),
-                "tls.key": _b64(issued.key_pem),
-                "tls.pem": _b64(fullchain + issued.key_pem),
-            }
-        )
+        values = {
+            "proxycert": fullchain,
+            "proxykey": issued.key_pem,
+            "dhparam": FFDHE2048_PEM,
+            "tls.crt": fullchain,
+            "tls.key": issued.key_pem,
+            "tls.pem": fullchain + issued.key_pem,
+        }
+        data.update({key: _b64(values[key]) for key in self.keys})
         old_meta = existing.metadata if existing is not None and existing.metadata is not None else ObjectMeta()
         labels = dict(old_meta.labels or {})
+        labels.update(self.labels)
         labels.update(MANAGED_BY)
         domain = info.names[0].replace("*.", "wildcard.", 1)  # a label value starts with a letter or digit
         if len(domain) <= 63:
             labels[PREFIX + "domain"] = domain
         annotations = dict(old_meta.annotations or {})
+        annotations.update(self.annotations)
         annotations.update(
             {
                 PREFIX + "names": " ".join(info.names),
@@ -187,6 +193,8 @@ class SecretStore(StoreDefaults):
                 PREFIX + "fingerprint": info.fingerprint,
                 PREFIX + "meta": json.dumps(meta, sort_keys=True, default=str),
                 PREFIX + "rollout": "pending",
+                # What was written: the controller trusts a Secret at start-up only while this matches.
+                PREFIX + "data-digest": data_digest(data.get("tls.crt") or data.get("proxycert") or ""),
             }
         )
         metadata = ObjectMeta(
@@ -215,15 +223,16 @@ class SecretStore(StoreDefaults):
                     return False
             body = self._body(issued, meta, existing)
             try:
+                self._read.pop(self.secret_name, None)
                 written = self.client.create(body) if existing is None else self.client.replace(body)
             except ApiError as error:
                 # 409: someone else wrote it (or created it) meanwhile; read again and retry.
                 if error.status.code == 409 and attempt + 1 < CONFLICT_RETRIES:
                     time.sleep(0.1 * (attempt + 1))
                     continue
-                _fail(f"write Secret {self.namespace}/{self.secret_name}", error)
+                fail(f"write Secret {self.namespace}/{self.secret_name}", error)
             except (httpx2.HTTPError, OSError) as error:
-                _fail(f"write Secret {self.namespace}/{self.secret_name}", error)
+                fail(f"write Secret {self.namespace}/{self.secret_name}", error)
             else:
                 self.last_digest = digest_of(written)
                 self.rollout_pending = True
@@ -239,6 +248,10 @@ class SecretStore(StoreDefaults):
         except ValueError:
             return {}
         return state if isinstance(state, dict) else {}
+
+    def seed_state(self, state: dict[str, Any]) -> None:
+        """The state to use while the Secret holds none (the controller's is in the Certificate's status)."""
+        self._state = dict(state)
 
     def load_state(self, lineage: str) -> dict[str, Any]:
         secret = self._get(self.secret_name)
@@ -256,6 +269,7 @@ class SecretStore(StoreDefaults):
 
         def write() -> None:
             try:
+                self._read.pop(self.secret_name, None)
                 self.client.patch(Secret, self.secret_name, patch, namespace=self.namespace, patch_type=PatchType.MERGE)
             except ApiError as error:
                 if not is_not_found(error):  # no Secret yet: the state stays in memory
@@ -268,10 +282,61 @@ class SecretStore(StoreDefaults):
         patch = {"metadata": {"annotations": {PREFIX + "rollout": "done"}}}
 
         def write() -> None:
+            self._read.pop(self.secret_name, None)
             self.client.patch(Secret, self.secret_name, patch, namespace=self.namespace, patch_type=PatchType.MERGE)
 
         call_api(f"record the rollout on Secret {self.namespace}/{self.secret_name}", write)
         self.rollout_pending = False
+
+    # -- the order in flight: its URL and key in a companion Secret, so another process resumes it --
+
+    @property
+    def order_secret_name(self) -> str:
+        return f"{self.secret_name}-order"[:253]
+
+    def load_order(self, lineage: str) -> PendingOrder | None:
+        secret = self._get(self.order_secret_name)
+        if secret is None or not secret.data or secret.metadata is None:
+            return None
+        annotations = secret.metadata.annotations or {}
+        url = annotations.get(PREFIX + "order-url", "")
+        key_pem = _unb64(secret.data.get("key.pem"))
+        names = tuple(annotations.get(PREFIX + "names", "").split())
+        return PendingOrder(url, names, key_pem) if url and key_pem and names else None
+
+    def save_order(self, lineage: str, pending: PendingOrder) -> None:
+        what = f"record the order in flight in Secret {self.namespace}/{self.order_secret_name}"
+        for attempt in range(CONFLICT_RETRIES):
+            existing = self._get(self.order_secret_name)
+            metadata = ObjectMeta(
+                name=self.order_secret_name,
+                namespace=self.namespace,
+                labels=dict(MANAGED_BY),
+                annotations={PREFIX + "order-url": pending.url, PREFIX + "names": " ".join(pending.names)},
+                resourceVersion=existing.metadata.resourceVersion if existing and existing.metadata else None,
+            )
+            body = Secret(metadata=metadata, type="Opaque", data={"key.pem": _b64(pending.key_pem)})
+            try:
+                self._read.pop(self.order_secret_name, None)
+                self.client.create(body) if existing is None else self.client.replace(body)
+                return
+            except ApiError as error:
+                if error.status.code == 409 and attempt + 1 < CONFLICT_RETRIES:
+                    continue
+                fail(what, error)
+            except (httpx2.HTTPError, OSError) as error:
+                fail(what, error)
+
+    def clear_order(self, lineage: str) -> None:
+        def delete() -> None:
+            try:
+                self._read.pop(self.order_secret_name, None)
+                self.client.delete(Secret, self.order_secret_name, namespace=self.namespace)
+            except ApiError as error:
+                if not is_not_found(error):
+                    raise
+
+        call_api(f"delete Secret {self.namespace}/{self.order_secret_name}", delete)
 
     # -- ACME account ----------------------------------------------------------------------------
 
@@ -307,16 +372,7 @@ class SecretStore(StoreDefaults):
             except ApiError as error:
                 if error.status.code == 409 and attempt + 1 < CONFLICT_RETRIES:
                     continue
-                _fail(what, error)
+                fail(what, error)
             except (httpx2.HTTPError, OSError) as error:
-                _fail(what, error)
+                fail(what, error)
         raise CertkeeperError(f"cannot {what}: it kept changing (409)")
-
-
-def _fail(what: str, error: Exception) -> None:
-    """Raise ``error`` as the one-line CertkeeperError ``call_api`` would give."""
-
-    def again() -> None:
-        raise error
-
-    call_api(what, again)

@@ -1,0 +1,115 @@
+"""The Kubernetes API boundary: credentials, and every API failure turned into certkeeper's own error.
+
+As kopf's ``errors`` module does, callers never see lightkube's or httpx2's exceptions: a failed call
+is a ``KubeApiError`` (a one-line ``CertkeeperError``) that keeps the HTTP status code, or ``None``
+when the API could not be reached at all. Messages carry the server's text, never request bodies (a
+Secret's data must not reach a log line).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import httpx2
+from lightkube import KubeConfig
+from lightkube.core.exceptions import ApiError
+from lightkube.core.exceptions import ConfigError as KubeConfigError
+
+from certkeeper.errors import CertkeeperError, ConfigError
+
+T = TypeVar("T")
+RBAC_HINT = "grant the ServiceAccount this permission (see deploy/)"
+
+
+class KubeApiError(CertkeeperError):
+    """An API call failed; ``code`` is the HTTP status (None: the API was unreachable)."""
+
+    def __init__(self, problem: str, fix: str = "", code: int | None = None) -> None:
+        super().__init__(problem, fix)
+        self.code = code
+
+    @property
+    def not_found(self) -> bool:
+        return self.code == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.code == 409
+
+    @property
+    def gone(self) -> bool:
+        """410: a watch's resourceVersion is too old; list again."""
+        return self.code == 410
+
+
+def load_kubeconfig() -> KubeConfig:
+    """KUBECONFIG when set, else the pod's ServiceAccount, else ~/.kube/config."""
+    path = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+    try:
+        if path:
+            return KubeConfig.from_file(path)
+        return KubeConfig.from_env()
+    except (KubeConfigError, OSError, ValueError) as error:
+        where = f"KUBECONFIG {path}" if path else "the in-cluster ServiceAccount or ~/.kube/config"
+        raise ConfigError(
+            f"cannot load Kubernetes credentials from {where} ({error})",
+            "run in a pod with a ServiceAccount, or set KUBECONFIG",
+        ) from None
+
+
+def api_error_text(error: BaseException) -> str:
+    """A short description of an API failure (status code and the server's message, or the transport error)."""
+    if isinstance(error, ApiError):
+        code = error.status.code
+        reason = error.status.reason or ""
+        message = (error.status.message or "").strip()
+        return f"{code} {reason}: {message}"[:300] if message else f"{code} {reason}"
+    if isinstance(error, KubeApiError):
+        return error.problem
+    return f"{type(error).__name__}: {error}"[:300]
+
+
+def is_not_found(error: BaseException) -> bool:
+    if isinstance(error, KubeApiError):
+        return error.not_found
+    return isinstance(error, ApiError) and error.status.code == 404
+
+
+def translate(what: str, error: BaseException) -> KubeApiError:
+    """The KubeApiError for a failure while trying to ``what`` (e.g. "read Secret ns/name")."""
+    if isinstance(error, KubeApiError):
+        return error
+    if isinstance(error, ApiError):
+        code = error.status.code
+        return KubeApiError(f"cannot {what} ({api_error_text(error)})", RBAC_HINT if code == 403 else "", code)
+    return KubeApiError(f"cannot {what}: the Kubernetes API is unreachable ({api_error_text(error)})")
+
+
+def call_api(what: str, fn: Callable[[], T]) -> T:
+    """Run one lightkube call; any failure becomes a KubeApiError naming ``what``."""
+    try:
+        return fn()
+    except (ApiError, httpx2.HTTPError, OSError) as error:
+        raise translate(what, error) from None
+
+
+def fail(what: str, error: BaseException) -> None:
+    """Raise ``error`` as the one-line KubeApiError ``call_api`` would give."""
+    raise translate(what, error) from None
+
+
+def check_response(what: str, response: httpx2.Response) -> Any:
+    """The JSON body of a raw API response, or the KubeApiError for it."""
+    if response.is_success:
+        return response.json()
+    code = response.status_code
+    message = ""
+    try:
+        body = response.json()
+        message = str(body.get("message", "")) if isinstance(body, dict) else ""
+    except ValueError:
+        pass
+    text = f"{code} {response.reason_phrase}" + (f": {message.strip()}" if message else "")
+    raise KubeApiError(f"cannot {what} ({text[:300]})", RBAC_HINT if code == 403 else "", code)
