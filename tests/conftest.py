@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -139,3 +140,16 @@ def dns_env(dns_pebble: Pebble, bind: Bind, store: Path) -> Env:
     env = _make_env(dns_pebble.directory_url, dns_pebble.ca_bundle, dns_pebble.http_port, store)
     env.update(CERTKEEPER_DNS="rfc2136", CERTKEEPER_DNS_SERVER=bind.server, CERTKEEPER_TSIG_KEY_FILE=str(bind.key_file))
     return env
+
+
+@pytest.fixture
+def http_port_taken(pebble: Pebble) -> Iterator[None]:
+    """Something else holds the HTTP-01 port: an HTTP-01 responder could not start there."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", pebble.http_port))
+    sock.listen(1)
+    try:
+        yield
+    finally:
+        sock.close()

@@ -15,8 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from testbench.ari import AcmeFront
+from testbench.command import Env
 
-Env = dict[str, str]
 LINKS = ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem", "meta.json")
 ROOT = Path(__file__).resolve().parent.parent
 

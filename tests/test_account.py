@@ -6,21 +6,14 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from storecheck import consistency_problems, orders_for
 
 from testbench.ari import AcmeFront
-from testbench.command import CERTKEEPER
+from testbench.command import CERTKEEPER, Env, Run
 from testbench.pebble import free_port
 from testbench.pki import key_pem
-
-Env = dict[str, str]
-
-
-class Run(Protocol):  # conftest's ``certkeeper`` fixture
-    def __call__(self, env: Env, *args: str, timeout: float = ...) -> subprocess.CompletedProcess[str]: ...
 
 
 def account_dir(store: Path) -> Path:

@@ -8,20 +8,14 @@ from __future__ import annotations
 
 import datetime
 import json
-import subprocess
 from pathlib import Path
-from typing import Protocol
 
 import pytest
 
 from testbench.ari import CERTIFICATE_FAULTS, AcmeFront
+from testbench.command import Env, Run
 
-Env = dict[str, str]
 STORED = ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem", "meta.json")
-
-
-class Run(Protocol):  # conftest's ``certkeeper`` fixture
-    def __call__(self, env: Env, *args: str, timeout: float = ...) -> subprocess.CompletedProcess[str]: ...
 
 
 def stored_files(lineage: Path) -> dict[str, bytes]:

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import datetime
 import json
-import subprocess
 from pathlib import Path
-from typing import Protocol
 
 from testbench.ari import AcmeFront
-
-Env = dict[str, str]
-
-
-class Run(Protocol):  # conftest's ``certkeeper`` fixture
-    def __call__(self, env: Env, *args: str, timeout: float = ...) -> subprocess.CompletedProcess[str]: ...
+from testbench.command import Env, Run
 
 
 def new_orders_sent(ari: AcmeFront) -> int:

@@ -6,22 +6,17 @@ import base64
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
 
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from testbench.command import Env, Run, one_error_line
 from testbench.pebble import Pebble, start_pebble
 
-Env = dict[str, str]
 MakeEnv = Callable[[str, "str | Path", int, Path], Env]
 EAB_KID = "kid-1"
 EAB_KEY = base64.urlsafe_b64encode(bytes(range(32))).decode().rstrip("=")
-
-
-class Run(Protocol):  # conftest's ``certkeeper`` fixture
-    def __call__(self, env: Env, *args: str, timeout: float = ...) -> subprocess.CompletedProcess[str]: ...
 
 
 def common_name(name: x509.Name) -> str:
@@ -37,13 +32,6 @@ def openssl_verify(root_pem: bytes, lineage: Path, workdir: Path) -> subprocess.
     root.write_bytes(root_pem)
     command = ["openssl", "verify", "-CAfile", str(root), "-untrusted", str(lineage / "chain.pem")]
     return subprocess.run([*command, str(lineage / "cert.pem")], capture_output=True, text=True)
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("certkeeper: error: ")
-    return lines[0]
 
 
 def special_pebble(tmp_path_factory: pytest.TempPathFactory, **kwargs: object) -> Iterator[Pebble]:

@@ -14,27 +14,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
 import pytest
 
 from testbench.ari import AcmeFront
-from testbench.command import CERTKEEPER
+from testbench.command import CERTKEEPER, Env, Run, one_error_line
 from testbench.pebble import Pebble
-
-Env = dict[str, str]
-
-
-class Run(Protocol):  # conftest's ``certkeeper`` fixture
-    def __call__(self, env: Env, *args: str, timeout: float = ...) -> subprocess.CompletedProcess[str]: ...
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("certkeeper: error: ")
-    return lines[0]
-
 
 # -- a --file that is not UTF-8 ------------------------------------------------------------------
 

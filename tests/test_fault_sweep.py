@@ -11,20 +11,14 @@ that was already issued and kept. ``make test`` runs every STRIDE-th point (and 
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
-from typing import Protocol
 
 from storecheck import consistency_problems, count_points, killed_run, orders_for, serial_of
 
 from testbench.ari import AcmeFront
+from testbench.command import Env, Run
 
-Env = dict[str, str]
 STRIDE = 7
-
-
-class Run(Protocol):  # conftest's ``certkeeper`` fixture
-    def __call__(self, env: Env, *args: str, timeout: float = ...) -> subprocess.CompletedProcess[str]: ...
 
 
 def points(total: int) -> list[int]:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from cryptography import x509
 
 from testbench.ari import AcmeFront
@@ -35,18 +32,6 @@ def test_ipv6_certificate_over_http01(pebble: Pebble, env: Env, store: Path, cer
     result = certkeeper(env, "issue", "--http-bind", f"[::1]:{pebble.http_port}", "[::1]")
     assert result.returncode == 0, result.stderr
     assert ip_sans(store / "__1" / "cert.pem") == {"::1"}
-
-
-@pytest.fixture
-def http_port_taken(pebble: Pebble) -> Iterator[None]:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", pebble.http_port))
-    sock.listen(1)
-    try:
-        yield
-    finally:
-        sock.close()
 
 
 def test_ipv4_certificate_over_tls_alpn_with_port_80_closed(

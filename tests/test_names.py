@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
-from typing import Protocol
 
 import pytest
 from cryptography import x509
@@ -16,20 +14,8 @@ from certkeeper.crypto import generate_key, make_csr
 from certkeeper.errors import ConfigError
 from certkeeper.spec import KeyType, normalize_names
 from testbench.ari import AcmeFront
+from testbench.command import Env, Run, one_error_line
 from testbench.pebble import Pebble
-
-Env = dict[str, str]
-
-
-class Run(Protocol):  # conftest's ``certkeeper`` fixture
-    def __call__(self, env: Env, *args: str, timeout: float = ...) -> subprocess.CompletedProcess[str]: ...
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("certkeeper: error: ")
-    return lines[0]
 
 
 def dns_names(cert: x509.Certificate) -> list[str]:

@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
-from typing import Protocol
 
 import pytest
 
 from testbench.ari import AcmeFront
+from testbench.command import Env, Run, one_error_line
 from testbench.pebble import Pebble, free_port
-
-Env = dict[str, str]
-
-
-class Run(Protocol):  # conftest's ``certkeeper`` fixture
-    def __call__(self, env: Env, *args: str, timeout: float = ...) -> subprocess.CompletedProcess[str]: ...
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("certkeeper: error: ")
-    return lines[0]
 
 
 def assert_only_failure_recorded(store: Path, lineage: str) -> None:

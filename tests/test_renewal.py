@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 from pathlib import Path
-from typing import Protocol
 
 from cryptography import x509
 
 from testbench.ari import AcmeFront
-
-Env = dict[str, str]
-
-
-class Run(Protocol):  # conftest's ``certkeeper`` fixture
-    def __call__(self, env: Env, *args: str, timeout: float = ...) -> subprocess.CompletedProcess[str]: ...
+from testbench.command import Env, Run
 
 
 def load_cert(path: Path) -> x509.Certificate:

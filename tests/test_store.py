@@ -6,10 +6,8 @@ import datetime
 import json
 import os
 import stat
-import subprocess
 import threading
 from pathlib import Path
-from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -17,14 +15,10 @@ from cryptography.hazmat.primitives import serialization
 from certkeeper.crypto import cert_info
 from certkeeper.model import IssuedCert
 from certkeeper.stores.files import FileStore
+from testbench.command import Env, Run
 from testbench.pki import TestCA
 
-Env = dict[str, str]
 PEM_FILES = ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem")
-
-
-class Run(Protocol):  # conftest's ``certkeeper`` fixture
-    def __call__(self, env: Env, *args: str, timeout: float = ...) -> subprocess.CompletedProcess[str]: ...
 
 
 def spki_of_key(path: Path) -> bytes:

@@ -16,7 +16,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -25,14 +25,8 @@ from storecheck import consistency_problems, count_points, killed_run, orders_fo
 
 from certkeeper.acme.account import account_id
 from testbench.ari import AcmeFront
-from testbench.command import CERTKEEPER
+from testbench.command import CERTKEEPER, Env, Run
 from testbench.pebble import Pebble, free_port
-
-Env = dict[str, str]
-
-
-class Run(Protocol):  # conftest's ``certkeeper`` fixture
-    def __call__(self, env: Env, *args: str, timeout: float = ...) -> subprocess.CompletedProcess[str]: ...
 
 
 def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:

@@ -16,9 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from testbench.command import CERTKEEPER
-
-Env = dict[str, str]
+from testbench.command import CERTKEEPER, Env
 
 # One traced call per line (``-f`` prefixes the thread id). A call interrupted by another thread is
 # printed as "<unfinished ...>" and resumed later, but its arguments are all on the first line.

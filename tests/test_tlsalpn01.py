@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import socket
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,19 +12,6 @@ from cryptography import x509
 
 from testbench.pebble import Pebble
 from tests.test_issue_cli import Env, Run, dns_names, load_cert, openssl_verify
-
-
-@pytest.fixture
-def http_port_taken(pebble: Pebble) -> Iterator[None]:
-    """Something else holds the HTTP-01 port: an HTTP-01 responder could not start there."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", pebble.http_port))
-    sock.listen(1)
-    try:
-        yield
-    finally:
-        sock.close()
 
 
 def test_issue_over_tls_alpn_with_port_80_closed(
