@@ -24,6 +24,8 @@ GROUP = "certkeeper.io"
 VERSION = "v1"
 API_VERSION = f"{GROUP}/{VERSION}"
 CERTIFICATE_REF = "certkeeper.io/certificate"  # annotation on a Secret: the Certificate that writes it
+# On a Certificate a source (a Gateway) made although it could give it no name: why, and what to fix.
+SOURCE_PROBLEM = "certkeeper.io/listener-problem"
 
 # Fields of a Certificate's spec certkeeper reads. Any other field (a cert-manager field we do not
 # support, or a typo) is refused by name rather than ignored.
@@ -76,6 +78,7 @@ class CertificateObj:
     spec_json: str  # canonical JSON: compact, comparable, parsed only when reconciling
     status_json: str
     owner_uids: tuple[str, ...]  # controller owners (an Ingress)
+    problem: str = ""  # SOURCE_PROBLEM: refused with this message
 
     @property
     def key(self) -> str:
@@ -148,6 +151,7 @@ def project_certificate(obj: dict[str, Any]) -> CertificateObj:
         spec_json=_canonical(obj.get("spec")),
         status_json=_canonical(obj.get("status")),
         owner_uids=owners,
+        problem=str((meta.get("annotations") or {}).get(SOURCE_PROBLEM) or ""),
     )
 
 
@@ -292,6 +296,8 @@ def certificate_target(cert: CertificateObj, issuer_solvers_dns: bool = False) -
         return Refusal(
             "UnsupportedField", "spec.ipAddresses: IP address certificates are not supported yet; use dnsNames"
         )
+    if cert.problem:
+        return Refusal("ListenerNotServed", cert.problem)
     raw_names = [str(n) for n in spec.get("dnsNames") or ()]
     if not raw_names:
         return Refusal("InvalidSpec", "spec.dnsNames is empty: list at least one DNS name")
