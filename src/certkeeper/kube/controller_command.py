@@ -25,6 +25,10 @@ from certkeeper.kube.command import setup_logging
 @option("--default-issuer", default="", metavar="KIND/NAME",
         help="Issuer for Ingresses annotated kubernetes.io/tls-acme (e.g. ClusterIssuer/letsencrypt).")  # fmt: skip
 @option("--ingress/--no-ingress", default=True, show_default=True, help="Make Certificates for annotated Ingresses.")
+@option("--gateway/--no-gateway", default=True, show_default=True,
+        help="Make Certificates for annotated Gateways (when the cluster serves the Gateway API).")  # fmt: skip
+@option("--service", default="certkeeper-controller:80", show_default=True, metavar="NAME:PORT",
+        help="The controller's Service in its namespace, where HTTPRoutes for HTTP-01 send the CA.")  # fmt: skip
 @option("--leader-elect/--no-leader-elect", default=True, show_default=True,
         help="Take a Lease before ordering (run 2+ replicas for HA).")  # fmt: skip
 @option("--lease-duration", type=click.IntRange(2, 300), default=15, show_default=True,
@@ -41,6 +45,8 @@ def controller(
     concurrency: int,
     default_issuer: str,
     ingress: bool,
+    gateway: bool,
+    service: str,
     leader_elect: bool,
     lease_duration: int,
     rollout_timeout: float,
@@ -66,6 +72,9 @@ def controller(
     kind, _, name = default_issuer.partition("/")
     if default_issuer and (kind not in ("Issuer", "ClusterIssuer") or not name):
         problems.append(f"--default-issuer {default_issuer!r} is not KIND/NAME: e.g. ClusterIssuer/letsencrypt")
+    service_name, _, service_port = service.partition(":")
+    if not service_name or not service_port.isdigit() or not 0 < int(service_port) < 65536:
+        problems.append(f"--service {service!r} is not NAME:PORT: e.g. certkeeper-controller:80")
     for line in problems:
         click.echo(f"certkeeper: error: {line}", err=True)
     if problems:
@@ -79,6 +88,9 @@ def controller(
         concurrency=concurrency,
         default_issuer=default_issuer,
         ingress=ingress,
+        gateway=gateway,
+        service=service_name,
+        service_port=int(service_port),
         leader_elect=leader_elect,
         lease_duration=lease_duration,
         rollout_timeout=rollout_timeout,

@@ -29,6 +29,7 @@ from lightkube.types import PatchType
 
 from certkeeper.errors import CertkeeperError
 from certkeeper.kube.api import KubeApiError, call_api, check_response, load_kubeconfig
+from certkeeper.kube.gateway_sync import GATEWAY_PREFIX, GatewaySource, gateway_api_served
 from certkeeper.kube.leader import LeaderElector
 from certkeeper.kube.reconcile import Reconciler
 from certkeeper.kube.secret_store import MANAGED_BY
@@ -48,6 +49,7 @@ from certkeeper.kube.sources import (
 from certkeeper.kube.watch import Informer
 from certkeeper.kube.workqueue import WorkQueue
 from certkeeper.solvers.http01 import CHALLENGE_PREFIX, TOKEN_RE, ChallengeStore
+from certkeeper.solvers.httproute import RouteKeeper
 from certkeeper.web import Responder, start_responder
 
 log = logging.getLogger("certkeeper.controller")
@@ -71,6 +73,9 @@ class ControllerConfig:
     identity: str = ""
     rollout_timeout: float = 300.0
     watch_namespace: str = ""  # only this namespace's Certificates, Issuers, Secrets, Ingresses ("": all)
+    gateway: bool = True  # Certificates for annotated Gateways, when the cluster serves the Gateway API
+    service: str = "certkeeper-controller"  # the Service in front of the replicas: HTTPRoutes send HTTP-01 here
+    service_port: int = 80
 
 
 class SharedChallenges(ChallengeStore):
@@ -149,6 +154,9 @@ class Manager:
         self.issuers: dict[str, Informer[IssuerObj]] = {}
         self.secrets: Informer[SecretObj] | None = None
         self.ingresses: Informer[IngressObj] | None = None
+        self.gateways: GatewaySource | None = None
+        self.routes = RouteKeeper(self.client, config.namespace, config.service, config.service_port)
+        self.gateway_api = False
         self.reconciler: Reconciler | None = None
         self.leader: LeaderElector | None = None
         self._stop = asyncio.Event()
@@ -276,6 +284,11 @@ class Manager:
             await self._sync_ingress(key[len(INGRESS_PREFIX) :])
             self.queue.forget(key)
             return
+        if key.startswith(GATEWAY_PREFIX):
+            if self.gateways is not None:
+                await self.gateways.sync(key[len(GATEWAY_PREFIX) :])
+            self.queue.forget(key)
+            return
         cert = self.certificates.cache.get(key)
         if cert is None:
             return
@@ -386,6 +399,40 @@ class Manager:
             )
             self.informers.append(self.ingresses)
 
+    async def _add_gateways(self, http: httpx2.AsyncClient) -> None:
+        if not self.config.gateway:
+            return
+        self.gateway_api = await gateway_api_served(http)
+        if not self.gateway_api:
+            log.info("the cluster does not serve the Gateway API: Gateways are not watched (restart once installed)")
+            return
+        scope = f"/namespaces/{self.config.watch_namespace}" if self.config.watch_namespace else ""
+        queue = self.queue
+        assert queue is not None
+        self.gateways = GatewaySource(
+            http,
+            self.client,
+            lambda: self.certificates.cache if self.certificates is not None else {},
+            queue.add,
+            scope,
+        )
+        self.informers.append(self.gateways.informer)
+
+    async def _delete_routes(self, leftovers: bool = False) -> None:
+        """HTTPRoutes for HTTP-01: at stop, the ones this process made; when leading starts, a lost leader's too."""
+        try:
+            if not leftovers:
+                deleted = await asyncio.to_thread(self.routes.delete_all)
+            elif self.gateway_api:
+                deleted = await asyncio.to_thread(self.routes.delete_leftovers)
+            else:
+                return
+        except CertkeeperError as error:
+            log.warning("%s", error)
+            return
+        if deleted and not leftovers:
+            log.info("deleted %d HTTPRoute(s) of challenges still in flight", deleted)
+
     def _issuer(self, ref: str) -> IssuerObj | None:
         kind, namespace, name = ref.split("/")
         informer = self.issuers.get(kind)
@@ -403,6 +450,7 @@ class Manager:
         self.http = http = http_client(current, params)
         self.queue = WorkQueue()
         self._make_informers(http)
+        await self._add_gateways(http)
         self.reconciler = Reconciler(
             self.client,
             issuers=self._issuer,
@@ -411,6 +459,7 @@ class Manager:
             cluster_namespace=self.config.namespace,
             concurrency=self.config.concurrency,
             rollout_timeout=self.config.rollout_timeout,
+            routes=self.routes,
         )
         responder: Responder = await start_responder(
             self._routes(), self.config.http_bind, reuse_port=True, fallback=self._fetch_token
@@ -435,6 +484,7 @@ class Manager:
             for task in [stop, *tasks]:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self._delete_routes()
             if self.leader is not None:
                 await self.leader.release()
             await self.reconciler.close()
@@ -471,6 +521,7 @@ class Manager:
     async def _reconcile_all(self) -> None:
         """Queue everything, then work until the Lease is lost (or for ever without leader election)."""
         assert self.queue is not None and self.certificates is not None
+        await self._delete_routes(leftovers=True)
         self._first_pass = set(self.certificates.cache)
         self._first_pass_started = time.monotonic()
         for key in list(self.certificates.cache):
@@ -479,6 +530,8 @@ class Manager:
             for key, ingress in list(self.ingresses.cache.items()):
                 if ingress.issuer:
                     self.queue.add(INGRESS_PREFIX + key)
+        for key in self.gateways.keys() if self.gateways is not None else ():
+            self.queue.add(key)
         workers = [asyncio.create_task(self._worker()) for _ in range(self.config.concurrency)]
         try:
             if self.leader is not None:

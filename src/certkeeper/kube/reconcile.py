@@ -50,6 +50,7 @@ from certkeeper.kube.sources import (
 )
 from certkeeper.model import IssuedCert, PendingOrder
 from certkeeper.solvers.http01 import ChallengeStore
+from certkeeper.solvers.httproute import RouteChallenges, RouteKeeper, route_parents
 from certkeeper.spec import CertSpec, IssuerSpec, resolve_server
 from certkeeper.stores.base import StoredCert, StoreDefaults
 
@@ -79,6 +80,7 @@ class IssuerConfig:
     profile: str | None
     preferred_chain: str | None
     dns_solvers: bool
+    route_parents: str = ""  # http01.gatewayHTTPRoute: HTTP-01 through temporary HTTPRoutes (route_parents())
 
 
 def issuer_config(obj: IssuerObj, cluster_namespace: str, bundles: Path) -> IssuerConfig | Refusal:
@@ -89,6 +91,7 @@ def issuer_config(obj: IssuerObj, cluster_namespace: str, bundles: Path) -> Issu
         return Refusal("UnsupportedField", f"{obj.kind} {obj.name}: {', '.join(extra)} not supported; remove it")
     acme = spec.get("acme") or {}
     solvers = acme.get("solvers") or [{"http01": {}}]
+    routes = ""
     for solver in solvers:
         others = sorted(set(solver) - {"http01"})
         if others:
@@ -97,11 +100,10 @@ def issuer_config(obj: IssuerObj, cluster_namespace: str, bundles: Path) -> Issu
                 f"{obj.kind} {obj.name}: solver {others[0]} is not supported yet; use http01: {{}}",
             )
         if solver.get("http01"):
-            return Refusal(
-                "UnsupportedSolver",
-                f"{obj.kind} {obj.name}: http01 solver options are not supported; certkeeper answers HTTP-01 "
-                "itself (route /.well-known/acme-challenge/ to its Service): use http01: {}",
-            )
+            try:
+                routes = route_parents(solver["http01"], obj.namespace)
+            except ConfigError as error:
+                return Refusal("UnsupportedSolver", f"{obj.kind} {obj.name}: {error}")
     ca_bundle = None
     if acme.get("caBundle"):
         try:
@@ -132,6 +134,7 @@ def issuer_config(obj: IssuerObj, cluster_namespace: str, bundles: Path) -> Issu
         profile=acme.get("profile") or None,
         preferred_chain=acme.get("preferredChain") or None,
         dns_solvers=False,
+        route_parents=routes,
     )
 
 
@@ -245,8 +248,10 @@ class Reconciler:
         cluster_namespace: str,
         concurrency: int = 8,
         rollout_timeout: float = 300.0,
+        routes: RouteKeeper | None = None,
     ) -> None:
         self.client = client
+        self.routes = routes  # HTTP-01 through a Gateway, for issuers that ask for it
         self.issuers = issuers
         self.secrets = secrets
         self._glanced: set[str] = set()  # Certificates trusted from their status once since start
@@ -298,7 +303,7 @@ class Reconciler:
                 issuer,
                 routed,
                 concurrency=self.concurrency,
-                challenges=self.challenges,
+                challenges=self._challenges_for(config),
                 before_order=self._ordering,
                 journal=routed,
             )
@@ -306,6 +311,11 @@ class Reconciler:
                 await known[1].close()
             self._engines[config.ref] = (obj.generation, engine, routed)
             return engine, routed
+
+    def _challenges_for(self, config: IssuerConfig) -> ChallengeStore:
+        if not config.route_parents or self.routes is None:
+            return self.challenges
+        return RouteChallenges(self.challenges, self.routes, config.route_parents)
 
     def _may_have_pending(self, lineage: str) -> bool:
         # lineage is namespace/secretName; the order Secret is labelled, so the cache knows it (a new
