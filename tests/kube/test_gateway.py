@@ -45,7 +45,8 @@ def gateway_crds(cluster: bench.Cluster) -> None:
     """The bench's Gateway API CRDs installed and established."""
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
     crds = ROOT / "testbench" / "crds" / "gateway-api.yaml"
-    subprocess.run([str(cluster.kubectl), "apply", "-f", str(crds)], env=env, check=True, capture_output=True)
+    applied = subprocess.run([str(cluster.kubectl), "apply", "-f", str(crds)], env=env, capture_output=True, text=True)
+    assert applied.returncode == 0, applied.stderr
     for plural in ("gateways", "httproutes", "gatewayclasses", "referencegrants"):
         subprocess.run(
             [str(cluster.kubectl), "wait", "--for=condition=Established", "--timeout=60s",
@@ -234,6 +235,8 @@ def test_http01_through_a_temporary_httproute_under_the_shipped_rbac(
             assert len(held) == 1
             assert run.stop() == 0
             assert routes(kube_client, "certkeeper") == ["someone-elses"]
+            assert "deleted 1 HTTPRoute(s) of challenges still in flight" in run.log
+            assert "deleted 1 HTTPRoute(s) an earlier run left: certkeeper-http01-stale" in run.log
             assert "403" not in run.log and "Forbidden" not in run.log, run.log
             threading.Thread(target=fake.hold.set, daemon=True).start()
     finally:
