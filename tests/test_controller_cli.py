@@ -32,3 +32,10 @@ def test_no_credentials_is_one_line_that_says_what_to_set(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1, result.stderr
     assert "cannot load Kubernetes credentials from KUBECONFIG" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_bad_service_for_httproutes_is_one_line(tmp_path: Path) -> None:
+    result = run(tmp_path, "--service=certkeeper-controller", "--http-bind=127.0.0.1:0")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "--service 'certkeeper-controller' is not NAME:PORT" in result.stderr
