@@ -7,11 +7,14 @@ attaches to this listener the way the Gateway API says (a parentRef naming the G
 defaulting to the route's, and sectionName/port if given; the listener's ``allowedRoutes`` namespaces:
 Same by default, or All) and a rule's path match fits (Exact or PathPrefix). Backend Services are
 mapped to loopback addresses by the test (there is no kube-proxy). Anything else is a 404, as from a
-Gateway with no route for the path.
+Gateway with no route for the path. Like a real implementation it also reports on each route that
+names its Gateway: ``status.parents[].conditions`` Accepted True, or False with reason
+``NotAllowedByListeners`` / ``NoMatchingParent``, a few times a second.
 """
 
 from __future__ import annotations
 
+import datetime
 import http.server
 import threading
 import urllib.error
@@ -23,9 +26,11 @@ from typing import Any
 
 from lightkube import Client
 from lightkube.generic_resource import create_namespaced_resource
+from lightkube.types import PatchType
 
 GatewayResource = create_namespaced_resource("gateway.networking.k8s.io", "v1", "Gateway", "gateways")
 HTTPRouteResource = create_namespaced_resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
+CONTROLLER_NAME = "bench.example/fake-gateway"
 
 
 @dataclass
@@ -37,6 +42,7 @@ class FakeGateway:
     port: int  # the listener's port in the Gateway's spec
     backends: dict[tuple[str, str, int], str]  # (namespace, Service, port) -> "127.0.0.1:PORT"
     routed: list[str] = field(default_factory=list)  # paths forwarded through a route
+    asked: list[str] = field(default_factory=list)  # every challenge path asked for, routed or not
     hold: threading.Event = field(default_factory=threading.Event)  # cleared: challenge requests wait
 
     def __post_init__(self) -> None:
@@ -50,17 +56,65 @@ class FakeGateway:
                 return allowed == "All" or (allowed == "Same" and route_namespace == self.namespace)
         return False
 
-    def _attached(self, route: Any) -> bool:
+    def _verdict(self, route: Any) -> tuple[dict[str, Any], str] | None:
+        """(the parentRef naming this Gateway, "" if attached or the reason it is not), or None if none names it."""
         namespace = str(route["metadata"]["namespace"])
+        found = None
         for parent in route["spec"].get("parentRefs") or ():
             if (parent.get("kind") or "Gateway") != "Gateway" or parent.get("name") != self.name:
                 continue
             if (parent.get("namespace") or namespace) != self.namespace:
                 continue
             if parent.get("sectionName") not in (None, self.listener) or parent.get("port") not in (None, self.port):
+                found = found or (parent, "NoMatchingParent")
                 continue
-            return self._allowed(namespace)
-        return False
+            return (parent, "") if self._allowed(namespace) else (parent, "NotAllowedByListeners")
+        return found
+
+    def _attached(self, route: Any) -> bool:
+        verdict = self._verdict(route)
+        return verdict is not None and not verdict[1]
+
+    def report_status(self) -> None:
+        """Write Accepted on every route naming this Gateway whose status does not say it yet."""
+        for route in self.client.list(HTTPRouteResource, namespace="*"):
+            verdict = self._verdict(route)
+            if verdict is None:
+                continue
+            parent, reason = verdict
+            status = "False" if reason else "True"
+            current = [
+                c
+                for p in (route.get("status") or {}).get("parents") or ()
+                for c in p.get("conditions") or ()
+                if p.get("controllerName") == CONTROLLER_NAME and c.get("type") == "Accepted"
+            ]
+            if current and current[0].get("status") == status:
+                continue
+            now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            condition = {
+                "type": "Accepted",
+                "status": status,
+                "reason": reason or "Accepted",
+                "message": f"listener {self.listener} does not allow routes from namespace "
+                f"{route['metadata']['namespace']}"
+                if reason == "NotAllowedByListeners"
+                else "",
+                "lastTransitionTime": now,
+                "observedGeneration": route["metadata"].get("generation", 1),
+            }
+            body = {"status": {"parents": [{"parentRef": parent, "controllerName": CONTROLLER_NAME,
+                                            "conditions": [condition]}]}}  # fmt: skip
+            try:
+                self.client.patch(
+                    HTTPRouteResource.Status,
+                    route["metadata"]["name"],
+                    body,
+                    namespace=route["metadata"]["namespace"],
+                    patch_type=PatchType.MERGE,
+                )
+            except Exception:  # deleted meanwhile: the next pass sees the list as it is
+                continue
 
     def backend_for(self, host: str, path: str) -> str | None:
         for route in self.client.list(HTTPRouteResource, namespace="*"):
@@ -80,6 +134,7 @@ class FakeGateway:
 
     def handle(self, host: str, path: str) -> tuple[int, bytes]:
         if path.startswith("/.well-known/acme-challenge/"):
+            self.asked.append(path)
             self.hold.wait(60)
         backend = self.backend_for(host.split(":")[0], path)
         if backend is None:
@@ -111,9 +166,22 @@ def serving(gateway: FakeGateway, bind_port: int) -> Iterator[FakeGateway]:
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    stop = threading.Event()
+
+    def report() -> None:
+        while not stop.wait(0.1):
+            try:
+                gateway.report_status()
+            except Exception:  # the API server going away at the end of a test
+                continue
+
+    reporter = threading.Thread(target=report, daemon=True)
+    reporter.start()
     try:
         yield gateway
     finally:
+        stop.set()
+        reporter.join(10)
         gateway.hold.set()
         server.shutdown()
         server.server_close()

@@ -241,3 +241,34 @@ def test_http01_through_a_temporary_httproute_under_the_shipped_rbac(
             threading.Thread(target=fake.hold.set, daemon=True).start()
     finally:
         kubectl("delete", "httproute.gateway.networking.k8s.io", "--all", "--namespace=certkeeper", check=False)
+
+
+def test_a_route_the_gateway_refuses_fails_the_challenge_before_the_ca_is_asked(
+    kube_client: Client, namespace: str, kubeconfig: Path, kubectl: Kubectl, ari: AcmeFront, tmp_path: Path
+) -> None:
+    """The port-80 listener takes routes from its own namespace only; certkeeper's are in another."""
+    kubectl("apply", "-f", str(ROOT / "deploy" / "controller" / "namespace.yaml"))
+    issuer = issuer_manifest("pebble", ari.directory_url, ari.ca_bundle)
+    issuer["spec"]["acme"]["solvers"] = [{"http01": {"gatewayHTTPRoute": {"parentRefs": [{"name": "edge"}]}}}]
+    listener = https("shop", "shop.example.com", "shop-tls")
+    apply(kubectl, issuer, gateway_manifest({"certkeeper.io/issuer": "pebble"}, listener, routes_from="Same"))
+    controller_port = free_port()
+    fake = FakeGateway(
+        kube_client, namespace, "edge", "http", 80,
+        backends={("certkeeper", "certkeeper-controller", 80): f"127.0.0.1:{controller_port}"},
+    )  # fmt: skip
+    args = [f"--watch-namespace={namespace}", "--namespace=certkeeper", f"--http-bind=127.0.0.1:{controller_port}",
+            "--lease-duration=4"]  # fmt: skip
+    with serving(fake, ari.http_port), certkeeper_controller(kubeconfig, tmp_path / "controller.log", *args) as run:
+
+        def failed() -> dict[str, Any] | None:
+            found = condition(get(kubectl, "certificate.certkeeper.io", "shop-tls"))
+            return found if found.get("status") == "False" and found.get("reason") in ("Failed", "BackingOff") else None
+
+        found = wait_for("the Certificate failed", failed, timeout=60, run=run)
+        assert "did not accept HTTPRoute" in found["message"] and "NotAllowedByListeners" in found["message"]
+        assert "allowedRoutes.namespaces.from: All" in found["message"]
+        assert fake.asked == [], "the CA was sent to a route the Gateway refused"
+        assert routes(kube_client, "certkeeper") == []
+        assert get_secret(kube_client, namespace, "shop-tls") is None
+        assert run.stop() == 0

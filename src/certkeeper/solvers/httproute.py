@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,7 +27,7 @@ from lightkube import Client
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.meta_v1 import ObjectMeta
 
-from certkeeper.errors import ConfigError
+from certkeeper.errors import CertkeeperError, ConfigError
 from certkeeper.kube.api import KubeApiError, call_api
 from certkeeper.solvers.http01 import CHALLENGE_PREFIX, ChallengeStore
 
@@ -35,6 +36,9 @@ HTTPRoute = create_namespaced_resource("gateway.networking.k8s.io", "v1", "HTTPR
 ROUTE_LABELS = {"app.kubernetes.io/managed-by": "certkeeper", "certkeeper.io/role": "http01-route"}
 ROUTE_SELECTOR = ",".join(f"{k}={v}" for k, v in ROUTE_LABELS.items())
 PARENT_REF_FIELDS = {"group", "kind", "namespace", "name", "sectionName", "port"}
+# How long a route may stay without any word from the Gateway (an implementation that writes no status)
+# before the CA is sent to it anyway.
+ACCEPT_TIMEOUT_S = 10.0
 
 
 def route_parents(options: Mapping[str, Any], issuer_namespace: str) -> str:
@@ -85,8 +89,11 @@ def route_name(token: str) -> str:
 class RouteKeeper:
     """Creates and deletes certkeeper's HTTPRoutes in its namespace; knows which it made, to delete them at stop."""
 
-    def __init__(self, client: Client, namespace: str, service: str, port: int) -> None:
+    def __init__(
+        self, client: Client, namespace: str, service: str, port: int, accept_timeout: float = ACCEPT_TIMEOUT_S
+    ) -> None:
         self.client = client
+        self.accept_timeout = accept_timeout
         self.namespace = namespace
         self.service = service
         self.port = port
@@ -129,6 +136,50 @@ class RouteKeeper:
         with self._lock:
             self.created += 1
         log.info("HTTP-01 through the Gateway: created HTTPRoute %s/%s", self.namespace, name)
+        self._wait_accepted(name)
+
+    def _wait_accepted(self, name: str) -> None:
+        """Return once a Gateway accepts the route; raise if it refuses it.
+
+        The CA is told to validate only after this: a route the Gateway refuses (say its listener does
+        not allow routes from certkeeper's namespace) fails the challenge here, before the CA tries, so
+        no failed validation counts against the account. A route with no status at all after
+        ``accept_timeout`` (an implementation that writes none) is trusted.
+        """
+        deadline = time.monotonic() + self.accept_timeout
+        delay = 0.05
+        while True:
+            route = call_api(
+                f"read HTTPRoute {self.namespace}/{name}",
+                lambda: self.client.get(HTTPRoute, name, namespace=self.namespace),
+            )
+            refused = ""
+            for parent in (route.get("status") or {}).get("parents") or ():
+                for found in parent.get("conditions") or ():
+                    if found.get("type") != "Accepted":
+                        continue
+                    if found.get("status") == "True":
+                        return
+                    if found.get("status") == "False" and found.get("reason") != "Pending":
+                        gateway = (parent.get("parentRef") or {}).get("name", "?")
+                        refused = f"Gateway {gateway}: {found.get('reason')}: {found.get('message') or ''}".strip()
+            if refused:
+                self._delete(name)
+                raise CertkeeperError(
+                    f"the Gateway did not accept HTTPRoute {self.namespace}/{name} for HTTP-01 ({refused})",
+                    f"let the parentRefs' listener accept routes from namespace {self.namespace} "
+                    "(allowedRoutes.namespaces.from: All, or a Selector), or fix the Issuer's parentRefs",
+                )
+            if time.monotonic() > deadline:
+                log.warning(
+                    "HTTPRoute %s/%s: no Gateway reported on it within %.0f s; asking the CA to validate anyway",
+                    self.namespace,
+                    name,
+                    self.accept_timeout,
+                )
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     def _delete(self, name: str) -> None:
         try:
