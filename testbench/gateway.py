@@ -48,15 +48,19 @@ class FakeGateway:
     def __post_init__(self) -> None:
         self.hold.set()
 
-    def _allowed(self, route_namespace: str) -> bool:
+    def _listeners(self) -> list[dict[str, Any]]:
         gateway = self.client.get(GatewayResource, self.name, namespace=self.namespace)
-        for listener in gateway["spec"]["listeners"]:
+        listeners: list[dict[str, Any]] = gateway["spec"]["listeners"]
+        return listeners
+
+    def _allowed(self, route_namespace: str, listeners: list[dict[str, Any]]) -> bool:
+        for listener in listeners:
             if listener["name"] == self.listener:
                 allowed = ((listener.get("allowedRoutes") or {}).get("namespaces") or {}).get("from") or "Same"
                 return allowed == "All" or (allowed == "Same" and route_namespace == self.namespace)
         return False
 
-    def _verdict(self, route: Any) -> tuple[dict[str, Any], str] | None:
+    def _verdict(self, route: Any, listeners: list[dict[str, Any]]) -> tuple[dict[str, Any], str] | None:
         """(the parentRef naming this Gateway, "" if attached or the reason it is not), or None if none names it."""
         namespace = str(route["metadata"]["namespace"])
         found = None
@@ -68,17 +72,18 @@ class FakeGateway:
             if parent.get("sectionName") not in (None, self.listener) or parent.get("port") not in (None, self.port):
                 found = found or (parent, "NoMatchingParent")
                 continue
-            return (parent, "") if self._allowed(namespace) else (parent, "NotAllowedByListeners")
+            return (parent, "") if self._allowed(namespace, listeners) else (parent, "NotAllowedByListeners")
         return found
 
-    def _attached(self, route: Any) -> bool:
-        verdict = self._verdict(route)
+    def _attached(self, route: Any, listeners: list[dict[str, Any]]) -> bool:
+        verdict = self._verdict(route, listeners)
         return verdict is not None and not verdict[1]
 
     def report_status(self) -> None:
         """Write Accepted on every route naming this Gateway whose status does not say it yet."""
+        listeners = self._listeners()  # read once a pass, as a controller's cache would hold it
         for route in self.client.list(HTTPRouteResource, namespace="*"):
-            verdict = self._verdict(route)
+            verdict = self._verdict(route, listeners)
             if verdict is None:
                 continue
             parent, reason = verdict
@@ -117,9 +122,10 @@ class FakeGateway:
                 continue
 
     def backend_for(self, host: str, path: str) -> str | None:
+        listeners = self._listeners()
         for route in self.client.list(HTTPRouteResource, namespace="*"):
             hostnames = route["spec"].get("hostnames") or ()
-            if (hostnames and host not in hostnames) or not self._attached(route):
+            if (hostnames and host not in hostnames) or not self._attached(route, listeners):
                 continue
             for rule in route["spec"].get("rules") or ():
                 for match in rule.get("matches") or ({"path": {"type": "PathPrefix", "value": "/"}},):
