@@ -16,7 +16,7 @@ from lightkube import Client
 
 from certkeeper.kube.api import check_response
 from certkeeper.kube.events import Recorder
-from certkeeper.kube.gateway import GATEWAY_API_VERSION, GatewayObj, gateway_plan, project_gateway
+from certkeeper.kube.gateway import GATEWAY_API_VERSION, PROBLEM_ANNOTATION, GatewayObj, gateway_plan, project_gateway
 from certkeeper.kube.sources import API_VERSION, CertificateObj
 from certkeeper.kube.watch import Informer
 
@@ -91,9 +91,9 @@ class GatewaySource:
                     "name another Secret in the listener or delete that Certificate"
                 )
                 continue
-            problem = (body["metadata"].get("annotations") or {}).get("certkeeper.io/listener-problem", "")
+            problem = (body["metadata"].get("annotations") or {}).get(PROBLEM_ANNOTATION, "")
             if any(existing.spec.get(f) != body["spec"][f] for f in SYNCED_FIELDS) or existing.problem != problem:
-                patch = {"metadata": {"annotations": {"certkeeper.io/listener-problem": problem or None}}}
+                patch = {"metadata": {"annotations": {PROBLEM_ANNOTATION: problem or None}}}
                 response = await self.http.patch(
                     f"{base}/{name}",
                     json={**patch, "spec": body["spec"]},
