@@ -11,7 +11,11 @@ It can also play a CA gone wrong (``reset()`` puts everything right again):
 ``rate_limit_retry_after`` refuses new orders as at a rate limit; ``authorizations_stay_pending``
 reports every authorization as pending forever; ``certificate_fault`` spoils each certificate
 downloaded in one of the ways in ``CERTIFICATE_FAULTS``; ``delay_s`` / ``post_delay_s`` answer every
-request (or every POST) late; ``new_order_html_status`` answers new orders with an HTML error page.
+request (or every POST) late; ``new_order_html_status`` answers new orders with an HTML error page;
+``bad_nonce_rate`` rejects that share of POSTs as ``badNonce`` (as Pebble's ``PEBBLE_WFE_NONCEREJECT``
+does, but counted here);
+``unavailable_retry_after`` answers new orders 503 with a Retry-After; ``reset_rate`` drops that
+share of POST connections without an answer. ``new_order_times`` holds when each newOrder arrived.
 
 The front runs its own event loop on a background thread; the test drives a client (typically the
 ``certkeeper`` command in a subprocess) against ``front.directory_url`` with ``front.ca_bundle``.
@@ -23,8 +27,10 @@ import asyncio
 import base64
 import datetime
 import json
+import random
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +109,17 @@ class AcmeFront:
     # When set, each finalize request waits this long before it reaches the CA: a client can be
     # killed mid-order at a known moment.
     hold_finalize_s: float = 0.0
+    # Share (0..1) of POSTs rejected with badNonce before they reach Pebble; and how many were.
+    bad_nonce_rate: float = 0.0
+    bad_nonces_sent: int = 0
+    # When set, every newOrder gets a 503 problem with this Retry-After (a CA down for maintenance).
+    unavailable_retry_after: int | None = None
+    # Share (0..1) of POSTs whose connection is closed without an answer (after Pebble got them).
+    reset_rate: float = 0.0
+    resets_done: int = 0
+    # time.time() of every newOrder request received (answered or not): to count them against a Retry-After.
+    new_order_times: list[float] = field(default_factory=list)
+    _random: random.Random = field(default_factory=lambda: random.Random(11))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
@@ -156,6 +173,12 @@ class AcmeFront:
             self.post_delay_s = 0.0
             self.new_order_html_status = None
             self.hold_finalize_s = 0.0
+            self.bad_nonce_rate = 0.0
+            self.bad_nonces_sent = 0
+            self.unavailable_retry_after = None
+            self.reset_rate = 0.0
+            self.resets_done = 0
+            self.new_order_times.clear()
             self.requests.clear()
             self.orders.clear()
             self.accounts_created.clear()
@@ -171,6 +194,10 @@ class AcmeFront:
     def recorded_accounts(self) -> list[str]:
         with self._lock:
             return list(self.accounts_created)
+
+    def recorded_new_order_times(self) -> list[float]:
+        with self._lock:
+            return list(self.new_order_times)
 
     def recorded_requests(self) -> list[tuple[str, str]]:
         with self._lock:
@@ -240,13 +267,39 @@ class AcmeFront:
     async def _proxy(self, request: web.Request) -> web.Response:
         body = await request.read()
         order: dict[str, Any] | None = None
+        is_post, is_new_order = request.method == "POST", request.path == self._new_order_path
         with self._lock:
             self.requests.append((request.method, request.path_qs))
-            delay = self.delay_s + (self.post_delay_s if request.method == "POST" else 0.0)
+            delay = self.delay_s + (self.post_delay_s if is_post else 0.0)
             before = self.before_request
+            if is_post and is_new_order:
+                self.new_order_times.append(time.time())
+            bad_nonce = is_post and self._random.random() < self.bad_nonce_rate
+            self.bad_nonces_sent += bad_nonce
+            reset = is_post and not bad_nonce and self._random.random() < self.reset_rate
+            unavailable = self.unavailable_retry_after if is_post and is_new_order else None
         await asyncio.sleep(delay)
         if before is not None:
             before(request.method, request.path)
+        if bad_nonce:
+            problem = {
+                "type": "urn:ietf:params:acme:error:badNonce",
+                "detail": "JWS has an invalid anti-replay nonce (test front)",
+                "status": 400,
+            }
+            return web.Response(status=400, text=json.dumps(problem), content_type="application/problem+json")
+        if unavailable:
+            problem = {
+                "type": "urn:ietf:params:acme:error:serverInternal",
+                "detail": "down for maintenance (test front)",
+                "status": 503,
+            }
+            return web.Response(
+                status=503,
+                text=json.dumps(problem),
+                content_type="application/problem+json",
+                headers={"Retry-After": str(unavailable)},
+            )
         if request.method == "POST" and request.path == self._new_order_path and self.new_order_html_status:
             page = "<html><body><h1>Bad Gateway</h1></body></html>\n"
             return web.Response(status=self.new_order_html_status, text=page, content_type="text/html")
@@ -286,6 +339,15 @@ class AcmeFront:
                 and content_type.startswith("application/json")
             ):
                 payload = self._authorization_pending(payload)
+            if reset:
+                # The CA did the work; the client never hears of it (a load balancer dropping the connection).
+                with self._lock:
+                    self.resets_done += 1
+                    if order is not None and upstream.status == 201:
+                        self.orders.append(order)
+                assert request.transport is not None
+                request.transport.abort()
+                raise ConnectionResetError("connection reset (test front)")
             if request.path == self._new_account_path and upstream.status == 201:
                 with self._lock:
                     self.accounts_created.append(upstream.headers.get("Location", ""))

@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from certkeeper.acme import Account, AccountStore, AcmeClient, ensure_account
 from certkeeper.crypto import generate_key, key_type_of
 from certkeeper.errors import CAError, CertkeeperError, ConfigError
+from certkeeper.ledger import Ledger
 from certkeeper.model import CertInfo, IssuedCert, PendingOrder, RenewalState, RenewalWindow
 from certkeeper.planner import plan, retry_at
 from certkeeper.solvers.base import HTTP01
@@ -37,6 +38,9 @@ T = TypeVar("T")
 
 # A certificate issued (and its order journaled) that the store refused: the write is retried this soon.
 STORE_RETRY_S = (10, 30, 60, 300)
+
+# Problems that count as failed authorizations (Let's Encrypt's "failed validations" limit).
+VALIDATION_FAILURES = frozenset({"unauthorized", "connection", "dns", "incorrectResponse", "caa", "tls"})
 
 # "deferred": due, but held back by backoff after failures (or the CA's Retry-After).
 Status = Literal["issued", "renewed", "unchanged", "deferred", "failed"]
@@ -126,6 +130,7 @@ class Engine:
         solvers: SolverSetup | None = None,
         before_order: Callable[[CertSpec], None] | None = None,
         journal: OrderJournal | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.issuer = issuer
         self.store = store
@@ -149,6 +154,7 @@ class Engine:
         self._account_lock = asyncio.Lock()
         self.before_order = before_order  # called in the worker thread (e.g. to report Issuing)
         self.journal = journal
+        self.ledger = ledger  # the rate-limit ledger: refuses an order a CA's limit would refuse
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="acme")
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -237,8 +243,18 @@ class Engine:
         """The account this engine orders with: loaded or registered once, however many runs overlap."""
         async with self._account_lock:
             if self._account is None:
-                self._account = await self._in_thread(ensure_account, self.issuer, self.store)
+                self._account = await self._in_thread(self._load_or_register)
             return self._account
+
+    def _load_or_register(self) -> Account:
+        ledger = self.ledger
+        new = ledger is not None and self.store.load_account(self.issuer.directory_url) is None
+        if ledger is not None and new:
+            ledger.check_new_account()  # accounts per IP address
+        account = ensure_account(self.issuer, self.store)
+        if ledger is not None and new:
+            ledger.account_registered(account.url)
+        return account
 
     def _renewal_window(self, stored: StoredCert | None) -> RenewalWindow | None:
         if stored is None or stored.info is None or stored.problem:
@@ -342,16 +358,24 @@ class Engine:
         log.info("ordering %s (%s)", " ".join(spec.names), decision.reason if decision.due else "forced")
         if self.before_order is not None:
             await self._in_thread(self.before_order, spec)
+        gate = None
+        if self.ledger is not None and self._account is not None:
+            held = usable.info.names if usable is not None and usable.info else ()
+            gate = self.ledger.gate(self._account.url, spec.names, ari_renewal=replaces is not None,
+                                    same_names_renewal=sorted(held) == sorted(spec.names))  # fmt: skip
         try:
             issued = await self._in_thread(
                 lambda: self._client().order(
-                    spec, key_pem, self.solvers, replaces=replaces, resume_url=resume_url, on_placed=placed
+                    spec, key_pem, self.solvers, replaces=replaces, resume_url=resume_url, on_placed=placed, gate=gate
                 )
             )
             check_replacement(issued, spec.names, None if self.force else usable)
-        except CertkeeperError:
+        except CertkeeperError as error:
+            await self._in_thread(self._ledger_failure, spec, gate.token if gate else None, error)
             await self._in_thread(self.store.drop_pending, lineage)  # the room set aside is not needed
             raise
+        if self.ledger is not None and self._account is not None:
+            await self._in_thread(self.ledger.issued, self._account.url, spec.names, gate.token if gate else None)
         try:
             kept = await self._in_thread(self.store.save_pending, lineage, issued)
         except OSError as error:
@@ -439,6 +463,17 @@ class Engine:
         detail = f"issued, but not stored: {error}; the write is retried in {wait} s without a new order"
         return Outcome(spec, "failed", detail, None, time.monotonic() - started, next_check=next_try)
 
+    def _ledger_failure(self, spec: CertSpec, token: str | None, error: CertkeeperError) -> None:
+        if self.ledger is None or self._account is None:
+            return
+        try:
+            if token is not None:
+                self.ledger.closed(token)
+            if isinstance(error, CAError) and error.acme_type in VALIDATION_FAILURES:
+                self.ledger.failed_validation(self._account.url, spec.names)
+        except (OSError, CertkeeperError) as problem:  # the order's own error is what the user must see
+            log.warning("cannot record the failure in the rate-limit ledger: %s", problem)
+
     def _clear_order(self, lineage: str) -> None:
         if self.journal is None:
             return
@@ -458,6 +493,9 @@ class Engine:
             # Honour the CA's Retry-After; without one, an hour (Let's Encrypt's windows are hours long).
             wait = error.retry_after if error.retry_after is not None else 3600.0
             state = dataclasses.replace(state, retry_after=_now() + datetime.timedelta(seconds=wait))
+        elif isinstance(error, CAError) and error.retry_after is not None:
+            # The CA said when to come back (a 503 with Retry-After): not before then.
+            state = dataclasses.replace(state, retry_after=_now() + datetime.timedelta(seconds=error.retry_after))
         next_try = retry_at(state)
         if next_try:
             state = dataclasses.replace(state, next_check=next_try)

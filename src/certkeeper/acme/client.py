@@ -8,12 +8,13 @@ deadline, so a certificate from a fast CA takes a fraction of a second and a slo
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 from acme import challenges, messages
@@ -46,6 +47,12 @@ class NewOrder(messages.NewOrder):
 
 
 Presented = tuple[Solver, Identifier, Challenge]
+
+
+class OrderGate(Protocol):
+    """Wraps the newOrder request (``certkeeper.ledger``): may refuse it, records what the CA answered."""
+
+    def placing(self, retry_after: Callable[[], float | None]) -> contextlib.AbstractContextManager[None]: ...
 
 
 class AcmeClient:
@@ -110,20 +117,23 @@ class AcmeClient:
         log.warning("%s: an IP-address certificate; using the CA's %r profile", spec.names[0], SHORT_LIVED)
         return dataclasses.replace(spec, profile=SHORT_LIVED)
 
-    def _new_order(self, spec: CertSpec, replaces: str | None) -> tuple[str, dict[str, Any]]:
+    def _new_order(
+        self, spec: CertSpec, replaces: str | None, gate: OrderGate | None = None
+    ) -> tuple[str, dict[str, Any]]:
         identifiers = [
             messages.Identifier(typ=messages.IDENTIFIER_IP if ip_of(n) else messages.IDENTIFIER_FQDN, value=n)
             for n in spec.names
         ]
         order = NewOrder(identifiers=identifiers, profile=spec.profile or "", replaces=replaces)
         try:
-            response = self._post(self.directory["newOrder"], order)
+            with gate.placing(lambda: self.net.last_retry_after) if gate else contextlib.nullcontext():
+                response = self._post(self.directory["newOrder"], order)
         except messages.Error as error:
             # A CA may refuse ``replaces`` (already replaced, or unknown to it): order without it
             # rather than fail the renewal.
             if replaces and (error.code in ("alreadyReplaced", "conflict") or "replace" in (error.detail or "")):
                 log.warning("CA refused replaces=%s (%s); ordering without it", replaces, error.detail)
-                return self._new_order(spec, None)
+                return self._new_order(spec, None, gate)
             raise
         return response.headers["Location"], response.json()
 
@@ -187,6 +197,7 @@ class AcmeClient:
         timeout_s: float | None = None,
         resume_url: str | None = None,
         on_placed: Callable[[str], None] | None = None,
+        gate: OrderGate | None = None,
     ) -> IssuedCert:
         """Order, validate, finalize and download one certificate for ``spec`` with ``key_pem``.
 
@@ -195,10 +206,11 @@ class AcmeClient:
         ``resume_url``: an order placed earlier with this key (by a process that died mid-order): it is
         continued from where it stands, and a new one placed only if it cannot be. ``on_placed`` gets a
         new order's URL before anything else happens to it, so that it can be recorded and resumed.
+        ``gate`` wraps the newOrder request (the rate-limit ledger): it may refuse it before it is sent.
         """
         budget = timeout_s if timeout_s is not None else self.issuer.order_timeout_s
         with self.net.within(budget, "the order") as deadline:
-            return self._order(spec, key_pem, solvers, replaces, deadline, resume_url, on_placed)
+            return self._order(spec, key_pem, solvers, replaces, deadline, resume_url, on_placed, gate)
 
     def _order(
         self,
@@ -209,6 +221,7 @@ class AcmeClient:
         deadline: float,
         resume_url: str | None,
         on_placed: Callable[[str], None] | None,
+        gate: OrderGate | None = None,
     ) -> IssuedCert:
         presented: list[Presented] = []
         try:
@@ -219,7 +232,7 @@ class AcmeClient:
             if order is not None and resume_url is not None:
                 order_url = resume_url
             else:
-                order_url, order = self._new_order(spec, replaces)
+                order_url, order = self._new_order(spec, replaces, gate)
                 if on_placed is not None:
                     on_placed(order_url)
             if order.get("status") == "pending":
@@ -252,7 +265,8 @@ class AcmeClient:
             raise
         except Exception as error:
             problem = translate(error, spec.names)
-            if isinstance(problem, CAError) and problem.acme_type == "rateLimited":
+            if isinstance(problem, CAError) and problem.retry_after is None:
+                # rateLimited, or a CA that is down for a while (503): its Retry-After says when to come back.
                 problem.retry_after = self.net.last_retry_after
             raise problem from error
         finally:

@@ -75,9 +75,13 @@ class Network(acme_client.ClientNetwork):
             if left <= 0:
                 raise self.deadline_error()
             kwargs["timeout"] = min(kwargs.get("timeout") or self._default_timeout, left)
+        self.last_retry_after = None  # a reset connection has none: an earlier response's must not stand in
         try:
             response = super()._send_request(method, url, *args, **kwargs)
-            self.last_retry_after = retry_after_seconds(response)
+            # Only a refusal's (429, a problem) or a CA's down time's (503): a successful poll's
+            # Retry-After paces that poll alone and must not become a failure's back-off.
+            if response.status_code >= 400:
+                self.last_retry_after = retry_after_seconds(response)
             return response
         except requests.exceptions.SSLError as error:
             raise CAError(

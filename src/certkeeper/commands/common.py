@@ -20,6 +20,8 @@ from certkeeper.clikit import DNS_OPTIONS, fail, option
 from certkeeper.crypto import check_ca_bundle
 from certkeeper.engine import Engine, Outcome
 from certkeeper.errors import CertkeeperError, ConfigError
+from certkeeper.ledger import FileBackend, Ledger
+from certkeeper.ratelimits import parse_limits
 from certkeeper.solvers.base import Solvers
 from certkeeper.solvers.config import SolverConfig, SolverSetup, build_solvers, cli_config
 from certkeeper.solvers.http01 import ChallengeStore
@@ -65,6 +67,7 @@ class EngineOptions:
     dns_propagation_timeout: float | None = None
     dns_timeout: float | None = None
     tls_alpn_bind: str | None = None
+    rate_limits: str = "auto"
 
     def solver_config(self) -> list[dict[str, Any]]:
         return cli_config(self.dns, self.dns_server, self.tsig_key_file, self.dns_zone,
@@ -111,6 +114,9 @@ def engine_options(fn: F) -> F:
         option("--force", is_flag=True, help="Order even if the stored certificate is still good."),
         option("-v", "--verbose", count=True, help="More log output (-vv for debug)."),
         *DNS_OPTIONS,
+        option("--rate-limits", default="auto", show_default=True, metavar="LIMITS",
+               help="The CA's limits the ledger enforces before ordering: auto (Let's Encrypt's for it, none "
+                    "for others), letsencrypt, none, or e.g. new-orders=300/3h,per-domain=50/7d."),
     ]  # fmt: skip
     wrapped: Any = command
     for decorator in reversed(decorators):
@@ -128,6 +134,7 @@ def check_engine_options(engine: EngineOptions) -> None:
         )
     if engine.ca_bundle:
         check_ca_bundle(engine.ca_bundle)
+    parse_limits(engine.rate_limits, "")
 
 
 def setup_logging(verbose: int) -> None:
@@ -135,6 +142,11 @@ def setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="certkeeper: %(levelname)s: %(message)s", stream=sys.stderr)
     # The ACME library logs whole JWS bodies at debug level; keep it quiet unless asked for twice.
     logging.getLogger("acme").setLevel(logging.DEBUG if verbose > 2 else logging.WARNING)
+
+
+def host_ledger(store: FileStore, issuer: IssuerSpec, rate_limits: str) -> Ledger:
+    """The store's rate-limit ledger (``ratelimits.json``), shared by every run on this host."""
+    return Ledger(FileBackend(store.root), parse_limits(rate_limits, issuer.directory_url))
 
 
 def run_engine(
@@ -157,7 +169,7 @@ def run_engine(
     async def go() -> list[Outcome]:
         engine = Engine(issuer, store, http_bind=options.http_bind, concurrency=options.concurrency,
                         deploy_hook=options.deploy_hook, force=options.force,
-                        solvers=setup)  # fmt: skip
+                        solvers=setup, ledger=host_ledger(store, issuer, options.rate_limits))  # fmt: skip
         loop = asyncio.get_running_loop()
         main = asyncio.current_task()
         assert main is not None
