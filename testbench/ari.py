@@ -116,7 +116,7 @@ class AcmeFront:
     unavailable_retry_after: int | None = None
     # Share (0..1) of POSTs whose connection is closed without an answer (after Pebble got them).
     reset_rate: float = 0.0
-    resets_done: int = 0
+    reset_paths: list[str] = field(default_factory=list)  # the requests whose connection was dropped
     # time.time() of every newOrder request received (answered or not): to count them against a Retry-After.
     new_order_times: list[float] = field(default_factory=list)
     _random: random.Random = field(default_factory=lambda: random.Random(11))
@@ -127,10 +127,15 @@ class AcmeFront:
     _session: aiohttp.ClientSession | None = None
     _new_order_path: str = ""
     _new_account_path: str = ""
+    _new_nonce_path: str = ""
 
     @property
     def directory_url(self) -> str:
         return f"https://127.0.0.1:{self.port}{urlsplit(self.pebble.directory_url).path}"
+
+    @property
+    def new_order_path(self) -> str:
+        return self._new_order_path
 
     @property
     def ca_bundle(self) -> Path:
@@ -177,7 +182,7 @@ class AcmeFront:
             self.bad_nonces_sent = 0
             self.unavailable_retry_after = None
             self.reset_rate = 0.0
-            self.resets_done = 0
+            self.reset_paths.clear()
             self.new_order_times.clear()
             self.requests.clear()
             self.orders.clear()
@@ -287,7 +292,12 @@ class AcmeFront:
                 "detail": "JWS has an invalid anti-replay nonce (test front)",
                 "status": 400,
             }
-            return web.Response(status=400, text=json.dumps(problem), content_type="application/problem+json")
+            # Pebble's own fresh nonce rides along, as a CA sends one with every answer.
+            assert self._session is not None
+            async with self._session.head(self._upstream() + self._new_nonce_path) as fresh:
+                nonce = fresh.headers.get("Replay-Nonce", "")
+            return web.Response(status=400, text=json.dumps(problem), content_type="application/problem+json",
+                                headers={"Replay-Nonce": nonce})  # fmt: skip
         if unavailable:
             problem = {
                 "type": "urn:ietf:params:acme:error:serverInternal",
@@ -342,7 +352,7 @@ class AcmeFront:
             if reset:
                 # The CA did the work; the client never hears of it (a load balancer dropping the connection).
                 with self._lock:
-                    self.resets_done += 1
+                    self.reset_paths.append(request.path)
                     if order is not None and upstream.status == 201:
                         self.orders.append(order)
                 assert request.transport is not None
@@ -373,6 +383,7 @@ class AcmeFront:
             directory = await response.json()
         self._new_order_path = urlsplit(directory["newOrder"]).path
         self._new_account_path = urlsplit(directory["newAccount"]).path
+        self._new_nonce_path = urlsplit(directory["newNonce"]).path
         app = web.Application()
         app.router.add_get(RENEWAL_INFO_PATH + "/{cert_id}", self._renewal_info)
         app.router.add_route("*", "/{tail:.*}", self._proxy)

@@ -103,6 +103,7 @@ def _event(raw: dict[str, Any]) -> Event | None:
             domains=tuple(raw.get("domains", ())),
             until=float(raw.get("until", 0.0)),
             open=bool(raw.get("open", False)),
+            reason=str(raw.get("reason", "")),
         )
     except (KeyError, TypeError, ValueError):
         return None
@@ -186,7 +187,7 @@ class Ledger:
         return token
 
     def _settle(self, token: str, *, placed: bool, limited_for: float | None = None, keep: bool = True,
-                account: str = "") -> None:  # fmt: skip
+                account: str = "", reason: str = "") -> None:  # fmt: skip
         """After the newOrder request: the reservation becomes an order, or goes (the CA created none)."""
 
         def change(raw: list[dict[str, Any]]) -> None:
@@ -199,14 +200,15 @@ class Ledger:
                         entry["open"] = False
                     break
             if limited_for is not None:
-                raw.append(_record("limited", account, (), now, until=round(now + limited_for, 3)))
+                raw.append(_record("limited", account, (), now, until=round(now + limited_for, 3), reason=reason))
 
         self.backend.update(change)
 
-    def limited(self, account: str, seconds: float) -> None:
+    def limited(self, account: str, seconds: float, reason: str = "rateLimited") -> None:
         """The CA answered rateLimited (or busy) with this Retry-After: no order to it before then."""
         now = self.clock()
-        self.backend.update(lambda raw: raw.append(_record("limited", account, (), now, until=now + seconds)))
+        entry = _record("limited", account, (), now, until=now + seconds, reason=reason)
+        self.backend.update(lambda raw: raw.append(entry))
 
     # -- outcomes ------------------------------------------------------------------------------------
 
@@ -260,20 +262,22 @@ class OrderGate:
                 yield
             except CAError as error:
                 # Transport failure: the CA may have created the order; it stays counted, closed.
-                self.ledger._settle(token, placed=False, limited_for=self._hold(error, retry_after),
-                                    account=self.planned.account)  # fmt: skip
+                self.ledger._settle(token, placed=False, account=self.planned.account,
+                                    **self._hold(error, retry_after))  # fmt: skip
                 raise
             except Exception as error:
                 # The CA answered with a problem: it created no order.
-                self.ledger._settle(token, placed=False, limited_for=self._hold(error, retry_after), keep=False,
-                                    account=self.planned.account)  # fmt: skip
+                self.ledger._settle(token, placed=False, keep=False, account=self.planned.account,
+                                    **self._hold(error, retry_after))  # fmt: skip
                 raise
             self.token = token
 
     @staticmethod
-    def _hold(error: Exception, retry_after: Callable[[], float | None]) -> float | None:
+    def _hold(error: Exception, retry_after: Callable[[], float | None]) -> dict[str, Any]:
+        """How long the CA's answer holds further orders, and what it was (for the refusal's message)."""
         code = getattr(error, "code", None) or getattr(error, "acme_type", None)
         hinted = retry_after()
         if code == "rateLimited":
-            return hinted if hinted is not None else 3600.0
-        return hinted  # a 503 with Retry-After holds the CA's order endpoint as long
+            return {"limited_for": hinted if hinted is not None else 3600.0, "reason": "rateLimited"}
+        # A CA down for a while (503) with a Retry-After: its order endpoint is held as long.
+        return {"limited_for": hinted, "reason": f"{code or 'an error'} with a Retry-After"}

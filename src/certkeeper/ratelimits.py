@@ -106,6 +106,7 @@ class Event:
     domains: tuple[str, ...] = ()
     until: float = 0.0
     open: bool = False  # an order still in flight: it may yet become a certificate
+    reason: str = ""  # for "limited": what the CA answered (rateLimited, or busy with a 503)
 
 
 @dataclass(frozen=True)
@@ -171,8 +172,9 @@ def check(limits: Sequence[Limit], events: Iterable[Event], planned: Planned, no
     recent = list(events)
     for event in recent:
         if event.kind == "limited" and event.account == planned.account and event.until > now:
-            return Refusal("the CA's rate limit (it answered rateLimited)", 1, 0, "its Retry-After",
-                           _dt(event.until), "this account", "certkeeper waits as the CA asked")  # fmt: skip
+            return Refusal(f"the CA's Retry-After (it answered {event.reason or 'rateLimited'})", 1, 1,
+                           "its Retry-After", _dt(event.until), "this account",
+                           "certkeeper waits as the CA asked")  # fmt: skip
     if planned.ari_renewal:
         return None
     for limit in limits:

@@ -25,6 +25,11 @@ BAD_NONCE_RETRIES = 30
 USER_AGENT = f"certkeeper/{__version__}"
 
 
+class Unreachable(CAError):
+    """No answer from the CA (refused, reset, timed out before the task's deadline): the request may or may
+    not have reached it."""
+
+
 class Network(acme_client.ClientNetwork):
     """One per worker thread: ``acme`` and its requests session are not thread-safe."""
 
@@ -91,7 +96,7 @@ class Network(acme_client.ClientNetwork):
         except requests.exceptions.RequestException as error:
             if isinstance(error, requests.exceptions.Timeout) and self._past_deadline():
                 raise self.deadline_error() from error
-            raise CAError(
+            raise Unreachable(
                 f"cannot reach the CA at {url} ({type(error).__name__})",
                 "check --server and that this host can reach it",
             ) from error
