@@ -71,6 +71,7 @@ class ControllerConfig:
     identity: str = ""
     rollout_timeout: float = 300.0
     watch_namespace: str = ""  # only this namespace's Certificates, Issuers, Secrets, Ingresses ("": all)
+    rate_limits: str = "auto"  # the CA limits the rate-limit ledger enforces (ratelimits.parse_limits)
 
 
 class SharedChallenges(ChallengeStore):
@@ -411,6 +412,7 @@ class Manager:
             cluster_namespace=self.config.namespace,
             concurrency=self.config.concurrency,
             rollout_timeout=self.config.rollout_timeout,
+            rate_limits=self.config.rate_limits,
         )
         responder: Responder = await start_responder(
             self._routes(), self.config.http_bind, reuse_port=True, fallback=self._fetch_token
