@@ -14,9 +14,9 @@ for hosts; any ``Backend`` with a read-modify-write ``update`` serves the same r
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -59,11 +59,16 @@ class FileBackend:
     def key(self) -> str:
         return str(self.path.resolve())
 
-    def read(self) -> list[dict[str, Any]]:
-        from certkeeper.stores.files import read_file
+    def _read_bytes(self) -> bytes:
+        # Not the store's read_file: its cap is for certificates; a busy week's ledger is larger, and a
+        # ledger cut short would forget orders (and undercount).
+        fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read()
 
+    def read(self) -> list[dict[str, Any]]:
         try:
-            data = json.loads(read_file(self.path))
+            data = json.loads(self._read_bytes())
         except FileNotFoundError:
             return []
         except (OSError, ValueError) as error:
@@ -116,7 +121,7 @@ def _events(raw: list[dict[str, Any]], now: float) -> list[Event]:
         if event is None:
             continue
         if event.open and event.at < now - OPEN_ORDER_S:
-            event = dataclasses.replace(event, open=False)
+            event = event._replace(open=False)
         events.append(event)
     return events
 

@@ -23,7 +23,7 @@ import datetime
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from certkeeper.errors import ConfigError
 from certkeeper.spec import LETSENCRYPT
@@ -94,8 +94,7 @@ def parse_limits(text: str, directory_url: str) -> tuple[Limit, ...]:
     return tuple(limits)
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):  # a tuple, not a dataclass: a busy week's ledger holds tens of thousands
     """One thing the ledger recorded: an order placed, a certificate issued, a failed authorization,
     an account registered, or the CA refusing with rateLimited (``until`` from its Retry-After)."""
 
