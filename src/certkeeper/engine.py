@@ -131,6 +131,7 @@ class Engine:
         before_order: Callable[[CertSpec], None] | None = None,
         journal: OrderJournal | None = None,
         ledger: Ledger | None = None,
+        rehearsal: Callable[[CertSpec], None] | None = None,
     ) -> None:
         self.issuer = issuer
         self.store = store
@@ -155,6 +156,9 @@ class Engine:
         self.before_order = before_order  # called in the worker thread (e.g. to report Issuing)
         self.journal = journal
         self.ledger = ledger  # the rate-limit ledger: refuses an order a CA's limit would refuse
+        # Called (in a worker thread) before the first order for a name set held by no certificate yet:
+        # an order at a staging CA that must succeed first (certkeeper.rehearsal).
+        self.rehearsal = rehearsal
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="acme")
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -356,6 +360,8 @@ class Engine:
 
         replaces = usable.info.ari_id if usable is not None and usable.info and window is not None else None
         log.info("ordering %s (%s)", " ".join(spec.names), decision.reason if decision.due else "forced")
+        if self.rehearsal is not None and stored is None and resume_url is None:
+            await self._in_thread(self.rehearsal, spec)
         if self.before_order is not None:
             await self._in_thread(self.before_order, spec)
         gate = None

@@ -22,6 +22,7 @@ from certkeeper.engine import Engine, Outcome
 from certkeeper.errors import CertkeeperError, ConfigError
 from certkeeper.ledger import FileBackend, Ledger
 from certkeeper.ratelimits import parse_limits
+from certkeeper.rehearsal import Rehearsal, rehearsal_server
 from certkeeper.solvers.base import Solvers
 from certkeeper.solvers.config import SolverConfig, SolverSetup, build_solvers, cli_config
 from certkeeper.solvers.http01 import ChallengeStore
@@ -68,6 +69,7 @@ class EngineOptions:
     dns_timeout: float | None = None
     tls_alpn_bind: str | None = None
     rate_limits: str = "auto"
+    rehearsal: str = "auto"
 
     def solver_config(self) -> list[dict[str, Any]]:
         return cli_config(self.dns, self.dns_server, self.tsig_key_file, self.dns_zone,
@@ -117,6 +119,9 @@ def engine_options(fn: F) -> F:
         option("--rate-limits", default="auto", show_default=True, metavar="LIMITS",
                help="The CA's limits the ledger enforces before ordering: auto (Let's Encrypt's for it, none "
                     "for others), letsencrypt, none, or e.g. new-orders=300/3h,per-domain=50/7d."),
+        option("--rehearsal", default="auto", show_default=True, metavar="SERVER",
+               help="Order a new name set at this CA first, production only if it succeeds: auto (Let's "
+                    "Encrypt staging before Let's Encrypt), off, or a directory URL / letsencrypt-staging."),
     ]  # fmt: skip
     wrapped: Any = command
     for decorator in reversed(decorators):
@@ -135,6 +140,7 @@ def check_engine_options(engine: EngineOptions) -> None:
     if engine.ca_bundle:
         check_ca_bundle(engine.ca_bundle)
     parse_limits(engine.rate_limits, "")
+    rehearsal_server(engine.rehearsal, "")
 
 
 def setup_logging(verbose: int) -> None:
@@ -170,6 +176,11 @@ def run_engine(
         engine = Engine(issuer, store, http_bind=options.http_bind, concurrency=options.concurrency,
                         deploy_hook=options.deploy_hook, force=options.force,
                         solvers=setup, ledger=host_ledger(store, issuer, options.rate_limits))  # fmt: skip
+        server = rehearsal_server(options.rehearsal, issuer.directory_url)
+        if server is not None:
+            rehearsal_issuer = IssuerSpec(server, issuer.email, ca_bundle=issuer.ca_bundle,
+                                          order_timeout_s=issuer.order_timeout_s)  # fmt: skip
+            engine.rehearsal = Rehearsal(rehearsal_issuer, store, engine.solvers)
         loop = asyncio.get_running_loop()
         main = asyncio.current_task()
         assert main is not None
