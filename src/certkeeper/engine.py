@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from certkeeper.acme import Account, AccountStore, AcmeClient, ensure_account
 from certkeeper.crypto import generate_key, key_type_of
 from certkeeper.errors import CAError, CertkeeperError, ConfigError
+from certkeeper.fallback import Fallback, falls_back
 from certkeeper.ledger import Ledger
 from certkeeper.model import CertInfo, IssuedCert, PendingOrder, RenewalState, RenewalWindow
 from certkeeper.planner import plan, retry_at
@@ -132,6 +133,7 @@ class Engine:
         journal: OrderJournal | None = None,
         ledger: Ledger | None = None,
         rehearsal: Callable[[CertSpec], None] | None = None,
+        fallback: Fallback | None = None,
     ) -> None:
         self.issuer = issuer
         self.store = store
@@ -159,6 +161,7 @@ class Engine:
         # Called (in a worker thread) before the first order for a name set held by no certificate yet:
         # an order at a staging CA that must succeed first (certkeeper.rehearsal).
         self.rehearsal = rehearsal
+        self.fallback = fallback  # other CAs to order from when this one refuses (certkeeper.fallback)
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="acme")
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -369,18 +372,28 @@ class Engine:
             held = usable.info.names if usable is not None and usable.info else ()
             gate = self.ledger.gate(self._account.url, spec.names, ari_renewal=replaces is not None,
                                     same_names_renewal=sorted(held) == sorted(spec.names))  # fmt: skip
+        issued_by: IssuerSpec | None = None
         try:
-            issued = await self._in_thread(
-                lambda: self._client().order(
-                    spec, key_pem, self.solvers, replaces=replaces, resume_url=resume_url, on_placed=placed, gate=gate
-                )
-            )
+            try:
+                issued = await self._in_thread(
+                    lambda: self._client().order(
+                        spec, key_pem, self.solvers, replaces=replaces, resume_url=resume_url, on_placed=placed,
+                        gate=gate,
+                    )
+                )  # fmt: skip
+            except CertkeeperError as refused:
+                if self.fallback is None or not falls_back(refused):
+                    raise
+                await self._in_thread(self._ledger_failure, spec, gate.token if gate else None, refused)
+                gate = None
+                issued, issued_by = await self._in_thread(self.fallback.order, spec, key_pem, self.solvers, refused)
+                replaces = None  # the ARI id was the first CA's
             check_replacement(issued, spec.names, None if self.force else usable)
         except CertkeeperError as error:
             await self._in_thread(self._ledger_failure, spec, gate.token if gate else None, error)
             await self._in_thread(self.store.drop_pending, lineage)  # the room set aside is not needed
             raise
-        if self.ledger is not None and self._account is not None:
+        if self.ledger is not None and self._account is not None and issued_by is None:
             await self._in_thread(self.ledger.issued, self._account.url, spec.names, gate.token if gate else None)
         try:
             kept = await self._in_thread(self.store.save_pending, lineage, issued)
@@ -388,7 +401,7 @@ class Engine:
             kept = f"nowhere: keeping it failed too ({error.strerror})"
         reason = decision.reason if decision.due else "forced"
         try:
-            outcome = await self._store(spec, state, issued, usable, replaces, reason, started, kept)
+            outcome = await self._store(spec, state, issued, usable, replaces, reason, started, kept, issued_by)
         except CertkeeperError as error:
             if not recorded[0]:
                 raise
@@ -407,6 +420,7 @@ class Engine:
         reason: str,
         started: float,
         kept: str | None = None,
+        issued_by: IssuerSpec | None = None,
     ) -> Outcome:
         lineage = spec.lineage
         owed = state.hook_pending  # a hook still owed from before this certificate
@@ -416,6 +430,8 @@ class Engine:
                 state = dataclasses.replace(state, hook_pending=issued.info.fingerprint)
                 await self._in_thread(self.store.save_state, lineage, state.to_dict())
             meta = to_meta(spec, self.issuer, issued.info, replaces, _now(), self.solver_setup.recorded())
+            if issued_by is not None:  # renewal still starts at the first CA (meta's directory_url)
+                meta["issued_by_directory_url"] = issued_by.directory_url
             changed = await self._in_thread(self.store.save, lineage, issued, meta)
         except (OSError, CertkeeperError) as error:
             why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)

@@ -20,13 +20,14 @@ from certkeeper.clikit import DNS_OPTIONS, fail, option
 from certkeeper.crypto import check_ca_bundle
 from certkeeper.engine import Engine, Outcome
 from certkeeper.errors import CertkeeperError, ConfigError
+from certkeeper.fallback import Fallback
 from certkeeper.ledger import FileBackend, Ledger
 from certkeeper.ratelimits import parse_limits
 from certkeeper.rehearsal import Rehearsal, rehearsal_server
 from certkeeper.solvers.base import Solvers
 from certkeeper.solvers.config import SolverConfig, SolverSetup, build_solvers, cli_config
 from certkeeper.solvers.http01 import ChallengeStore
-from certkeeper.spec import CertSpec, IssuerSpec, plain_http_off_loopback
+from certkeeper.spec import CertSpec, IssuerSpec, plain_http_off_loopback, resolve_server
 from certkeeper.stores.files import FileStore
 from certkeeper.web import parse_bind
 
@@ -70,6 +71,7 @@ class EngineOptions:
     tls_alpn_bind: str | None = None
     rate_limits: str = "auto"
     rehearsal: str = "auto"
+    fallback_server: tuple[str, ...] = ()
 
     def solver_config(self) -> list[dict[str, Any]]:
         return cli_config(self.dns, self.dns_server, self.tsig_key_file, self.dns_zone,
@@ -122,6 +124,9 @@ def engine_options(fn: F) -> F:
         option("--rehearsal", default="auto", show_default=True, metavar="SERVER",
                help="Order a new name set at this CA first, production only if it succeeds: auto (Let's "
                     "Encrypt staging before Let's Encrypt), off, or a directory URL / letsencrypt-staging."),
+        option("--fallback-server", multiple=True, metavar="URL",
+               help="Another CA to order from when the first refuses (rate limited, down, policy); repeatable, "
+                    "tried in order. Renewals start at the first CA again."),
     ]  # fmt: skip
     wrapped: Any = command
     for decorator in reversed(decorators):
@@ -141,6 +146,8 @@ def check_engine_options(engine: EngineOptions) -> None:
         check_ca_bundle(engine.ca_bundle)
     parse_limits(engine.rate_limits, "")
     rehearsal_server(engine.rehearsal, "")
+    for url in engine.fallback_server:
+        resolve_server(url)
 
 
 def setup_logging(verbose: int) -> None:
@@ -181,6 +188,17 @@ def run_engine(
             rehearsal_issuer = IssuerSpec(server, issuer.email, ca_bundle=issuer.ca_bundle,
                                           order_timeout_s=issuer.order_timeout_s)  # fmt: skip
             engine.rehearsal = Rehearsal(rehearsal_issuer, store, engine.solvers)
+        if options.fallback_server:
+            others = [
+                IssuerSpec(
+                    resolve_server(url),
+                    issuer.email,
+                    ca_bundle=issuer.ca_bundle,
+                    order_timeout_s=issuer.order_timeout_s,
+                )
+                for url in options.fallback_server
+            ]
+            engine.fallback = Fallback(others, store)
         loop = asyncio.get_running_loop()
         main = asyncio.current_task()
         assert main is not None
