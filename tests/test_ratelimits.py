@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from acme import messages
 
 from certkeeper.errors import ConfigError
 from certkeeper.ledger import FileBackend, Ledger, RateLimited
@@ -164,3 +165,27 @@ def test_four_processes_racing_for_fifty_slots_place_exactly_fifty_orders(tmp_pa
     for worker in workers:
         worker.join(timeout=10)
     assert sum(counts) == 50, counts
+
+
+def test_a_refusal_for_one_registered_domain_holds_only_that_domain(tmp_path: Path) -> None:
+    ledger, _ = ledger_at(tmp_path, "none")
+    gate = ledger.gate(ACCOUNT, ["www.busy.example"], ari_renewal=False, same_names_renewal=False)
+    problem = messages.Error(
+        typ="urn:ietf:params:acme:error:rateLimited",
+        detail='too many certificates (50) already issued for "busy.example" in the last 168h0m0s',
+    )
+    with pytest.raises(messages.Error), gate.placing(lambda: 86400.0):
+        raise problem
+    with pytest.raises(RateLimited) as refused:
+        issue(ledger, "api.busy.example")
+    assert "for busy.example" in str(refused.value)
+    issue(ledger, "www.quiet.example")  # another registered domain of the same account goes on
+    account_wide = messages.Error(
+        typ="urn:ietf:params:acme:error:rateLimited",
+        detail="too many new orders (300) from this account in the last 3h0m0s",
+    )
+    gate = ledger.gate(ACCOUNT, ["a.quiet.example"], ari_renewal=False, same_names_renewal=False)
+    with pytest.raises(messages.Error), gate.placing(lambda: 600.0):
+        raise account_wide
+    with pytest.raises(RateLimited):
+        issue(ledger, "www.elsewhere.example")

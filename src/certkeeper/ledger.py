@@ -192,7 +192,7 @@ class Ledger:
         return token
 
     def _settle(self, token: str, *, placed: bool, limited_for: float | None = None, keep: bool = True,
-                account: str = "", reason: str = "") -> None:  # fmt: skip
+                account: str = "", reason: str = "", domains: tuple[str, ...] = ()) -> None:  # fmt: skip
         """After the newOrder request: the reservation becomes an order, or goes (the CA created none)."""
 
         def change(raw: list[dict[str, Any]]) -> None:
@@ -205,7 +205,10 @@ class Ledger:
                         entry["open"] = False
                     break
             if limited_for is not None:
-                raw.append(_record("limited", account, (), now, until=round(now + limited_for, 3), reason=reason))
+                entry = _record("limited", account, (), now, until=round(now + limited_for, 3), reason=reason)
+                if domains:
+                    entry["domains"] = list(domains)
+                raw.append(entry)
 
         self.backend.update(change)
 
@@ -277,12 +280,15 @@ class OrderGate:
                 raise
             self.token = token
 
-    @staticmethod
-    def _hold(error: Exception, retry_after: Callable[[], float | None]) -> dict[str, Any]:
+    def _hold(self, error: Exception, retry_after: Callable[[], float | None]) -> dict[str, Any]:
         """How long the CA's answer holds further orders, and what it was (for the refusal's message)."""
         code = getattr(error, "code", None) or getattr(error, "acme_type", None)
         hinted = retry_after()
         if code == "rateLimited":
-            return {"limited_for": hinted if hinted is not None else 3600.0, "reason": "rateLimited"}
+            # Let's Encrypt says which limit: "... from this account ..." holds every order of the account;
+            # a limit per registered domain, name set or hostname holds only orders sharing its domains.
+            detail = str(getattr(error, "detail", None) or getattr(error, "problem", None) or "")
+            return {"limited_for": hinted if hinted is not None else 3600.0, "reason": "rateLimited",
+                    "domains": () if "account" in detail else self.planned.domains}  # fmt: skip
         # A CA down for a while (503) with a Retry-After: its order endpoint is held as long.
         return {"limited_for": hinted, "reason": f"{code or 'an error'} with a Retry-After"}

@@ -170,9 +170,11 @@ def check(limits: Sequence[Limit], events: Iterable[Event], planned: Planned, no
     """The first limit the planned order would exceed (or a CA refusal still in force), else None."""
     recent = list(events)
     for event in recent:
-        if event.kind == "limited" and event.account == planned.account and event.until > now:
+        # A refusal names its scope: the account (no domains), or the registered domains it was about.
+        held = not event.domains or set(event.domains) & set(planned.domains)
+        if event.kind == "limited" and event.account == planned.account and event.until > now and held:
             return Refusal(f"the CA's Retry-After (it answered {event.reason or 'rateLimited'})", 1, 1,
-                           "its Retry-After", _dt(event.until), "this account",
+                           "its Retry-After", _dt(event.until), " ".join(event.domains) or "this account",
                            "certkeeper waits as the CA asked")  # fmt: skip
     if planned.ari_renewal:
         return None
