@@ -393,12 +393,12 @@ class Engine:
             await self._in_thread(self._ledger_failure, spec, gate.token if gate else None, error)
             await self._in_thread(self.store.drop_pending, lineage)  # the room set aside is not needed
             raise
-        if self.ledger is not None and self._account is not None and issued_by is None:
-            await self._in_thread(self.ledger.issued, self._account.url, spec.names, gate.token if gate else None)
         try:
             kept = await self._in_thread(self.store.save_pending, lineage, issued)
         except OSError as error:
             kept = f"nowhere: keeping it failed too ({error.strerror})"
+        if issued_by is None:
+            await self._in_thread(self._ledger_issued, spec, gate.token if gate else None)
         reason = decision.reason if decision.due else "forced"
         try:
             outcome = await self._store(spec, state, issued, usable, replaces, reason, started, kept, issued_by)
@@ -484,6 +484,17 @@ class Engine:
             log.warning("cannot record the failure for %s: %s", spec.lineage, save_error)
         detail = f"issued, but not stored: {error}; the write is retried in {wait} s without a new order"
         return Outcome(spec, "failed", detail, None, time.monotonic() - started, next_check=next_try)
+
+    def _ledger_issued(self, spec: CertSpec, token: str | None) -> None:
+        """Count the certificate; a ledger that cannot be written (a full disk) must not cost the certificate."""
+        if self.ledger is None or self._account is None:
+            return
+        try:
+            self.ledger.issued(self._account.url, spec.names, token)
+        except (OSError, CertkeeperError) as problem:
+            # Info, not a warning: whatever kept the ledger from being written (a full disk) is what the
+            # run's one error line reports, if it stops the certificate too.
+            log.info("%s: cannot record the certificate in the rate-limit ledger: %s", spec.lineage, problem)
 
     def _ledger_failure(self, spec: CertSpec, token: str | None, error: CertkeeperError) -> None:
         if self.ledger is None or self._account is None:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from certkeeper.errors import CAError
+from certkeeper.errors import CAError, CertkeeperError
 from certkeeper.psl import registered_domain
 from certkeeper.ratelimits import DAY, Event, Limit, Planned, Refusal, check, check_account, headroom
 
@@ -270,15 +270,20 @@ class OrderGate:
                 yield
             except CAError as error:
                 # Transport failure: the CA may have created the order; it stays counted, closed.
-                self.ledger._settle(token, placed=False, account=self.planned.account,
-                                    **self._hold(error, retry_after))  # fmt: skip
+                self._settle(token, error, retry_after, keep=True)
                 raise
             except Exception as error:
                 # The CA answered with a problem: it created no order.
-                self.ledger._settle(token, placed=False, keep=False, account=self.planned.account,
-                                    **self._hold(error, retry_after))  # fmt: skip
+                self._settle(token, error, retry_after, keep=False)
                 raise
             self.token = token
+
+    def _settle(self, token: str, error: Exception, retry_after: Callable[[], float | None], keep: bool) -> None:
+        try:
+            self.ledger._settle(token, placed=False, keep=keep, account=self.planned.account,
+                                **self._hold(error, retry_after))  # fmt: skip
+        except (OSError, CertkeeperError) as problem:  # the CA's answer is what the user must see
+            log.warning("cannot record the CA's answer in the rate-limit ledger: %s", problem)
 
     def _hold(self, error: Exception, retry_after: Callable[[], float | None]) -> dict[str, Any]:
         """How long the CA's answer holds further orders, and what it was (for the refusal's message)."""
