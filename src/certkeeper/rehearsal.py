@@ -27,7 +27,12 @@ def rehearsal_server(choice: str, directory_url: str) -> str | None:
         return None
     if value == "auto":
         return LETSENCRYPT_STAGING if directory_url.rstrip("/") == LETSENCRYPT else None
-    server = resolve_server(choice)
+    try:
+        server = resolve_server(choice)
+    except ConfigError as error:
+        raise ConfigError(
+            f"--rehearsal: {error.problem}", "give off, auto, letsencrypt-staging or a directory URL"
+        ) from None
     if server.rstrip("/") == directory_url.rstrip("/"):
         raise ConfigError("--rehearsal names the server itself", "give a staging server, or off")
     return server

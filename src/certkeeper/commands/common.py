@@ -147,7 +147,10 @@ def check_engine_options(engine: EngineOptions) -> None:
     parse_limits(engine.rate_limits, "")
     rehearsal_server(engine.rehearsal, "")
     for url in engine.fallback_server:
-        resolve_server(url)
+        try:
+            resolve_server(url)
+        except ConfigError as error:
+            raise ConfigError(f"--fallback-server: {error.problem}", error.fix) from None
 
 
 def setup_logging(verbose: int) -> None:
