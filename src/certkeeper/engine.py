@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
-from certkeeper.acme import Account, AccountStore, AcmeClient, ensure_account
+from certkeeper.acme import Account, AccountStore, AcmeClient, ensure_account, register_again
 from certkeeper.crypto import generate_key, key_type_of
 from certkeeper.errors import CAError, CertkeeperError, ConfigError
 from certkeeper.fallback import Fallback, falls_back
@@ -253,6 +253,18 @@ class Engine:
                 self._account = await self._in_thread(self._load_or_register)
             return self._account
 
+    async def _register_again(self) -> bool:
+        """After the CA answered accountDoesNotExist (a CA that lost its database): register again with the
+        same key, once however many orders noticed it. False if that is not possible."""
+        forgotten = self._account
+        if forgotten is None:
+            return False
+        async with self._account_lock:
+            if self._account is forgotten:
+                self._account = await self._in_thread(register_again, self.issuer, self.store, forgotten)
+                self._local = threading.local()  # every worker thread's client signed as the forgotten account
+        return True
+
     def _load_or_register(self) -> Account:
         ledger = self.ledger
         new = ledger is not None and self.store.load_account(self.issuer.directory_url) is None
@@ -278,7 +290,12 @@ class Engine:
         try:
             lock = await self._lock(spec.lineage)
             state = await self._state(spec)
-            return await self._locked(spec, state, started)
+            try:
+                return await self._locked(spec, state, started)
+            except CAError as error:
+                if error.acme_type != "accountDoesNotExist" or not await self._register_again():
+                    raise
+                return await self._locked(spec, state, started)  # once, with the account registered again
         except CertkeeperError as error:
             return await self._failed(spec, error, started)
         except OSError as error:
