@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint unit bench faults mutate cluster-bin images clean
+.PHONY: install demo test lint unit bench faults faults-long mutate cluster-bin images clean
 
 install:
 	@scripts/install
@@ -36,6 +36,10 @@ mutate: install
 # Kill `certkeeper issue` before every one of its writes to the store (make test runs every 7th).
 faults: install
 	CERTKEEPER_FAULT_SWEEP=full $(VENV)/pytest tests/test_fault_sweep.py $(PYTEST_ARGS)
+
+# The controller SIGKILLed 10 times while it issues 100 certificates (make test: 3 kills, 20 certificates).
+faults-long: install cluster-bin
+	CERTKEEPER_FAULTS_LONG=1 $(VENV)/pytest -s tests/kube/test_controller_faults.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache demo-store bench/out mutants

@@ -11,7 +11,11 @@ It can also play a CA gone wrong (``reset()`` puts everything right again):
 ``rate_limit_retry_after`` refuses new orders as at a rate limit; ``authorizations_stay_pending``
 reports every authorization as pending forever; ``certificate_fault`` spoils each certificate
 downloaded in one of the ways in ``CERTIFICATE_FAULTS``; ``delay_s`` / ``post_delay_s`` answer every
-request (or every POST) late; ``new_order_html_status`` answers new orders with an HTML error page.
+request (or every POST) late; ``new_order_html_status`` answers new orders with an HTML error page;
+``bad_nonce_rate`` rejects that share of POSTs as ``badNonce`` (as Pebble's ``PEBBLE_WFE_NONCEREJECT``
+does, but counted here);
+``unavailable_retry_after`` answers new orders 503 with a Retry-After; ``reset_rate`` drops that
+share of POST connections without an answer. ``new_order_times`` holds when each newOrder arrived.
 
 The front runs its own event loop on a background thread; the test drives a client (typically the
 ``certkeeper`` command in a subprocess) against ``front.directory_url`` with ``front.ca_bundle``.
@@ -23,8 +27,10 @@ import asyncio
 import base64
 import datetime
 import json
+import random
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +109,17 @@ class AcmeFront:
     # When set, each finalize request waits this long before it reaches the CA: a client can be
     # killed mid-order at a known moment.
     hold_finalize_s: float = 0.0
+    # Share (0..1) of POSTs rejected with badNonce before they reach Pebble; and how many were.
+    bad_nonce_rate: float = 0.0
+    bad_nonces_sent: int = 0
+    # When set, every newOrder gets a 503 problem with this Retry-After (a CA down for maintenance).
+    unavailable_retry_after: int | None = None
+    # Share (0..1) of POSTs whose connection is closed without an answer (after Pebble got them).
+    reset_rate: float = 0.0
+    reset_paths: list[str] = field(default_factory=list)  # the requests whose connection was dropped
+    # time.time() of every newOrder request received (answered or not): to count them against a Retry-After.
+    new_order_times: list[float] = field(default_factory=list)
+    _random: random.Random = field(default_factory=lambda: random.Random(11))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
@@ -110,10 +127,15 @@ class AcmeFront:
     _session: aiohttp.ClientSession | None = None
     _new_order_path: str = ""
     _new_account_path: str = ""
+    _new_nonce_path: str = ""
 
     @property
     def directory_url(self) -> str:
         return f"https://127.0.0.1:{self.port}{urlsplit(self.pebble.directory_url).path}"
+
+    @property
+    def new_order_path(self) -> str:
+        return self._new_order_path
 
     @property
     def ca_bundle(self) -> Path:
@@ -156,6 +178,12 @@ class AcmeFront:
             self.post_delay_s = 0.0
             self.new_order_html_status = None
             self.hold_finalize_s = 0.0
+            self.bad_nonce_rate = 0.0
+            self.bad_nonces_sent = 0
+            self.unavailable_retry_after = None
+            self.reset_rate = 0.0
+            self.reset_paths.clear()
+            self.new_order_times.clear()
             self.requests.clear()
             self.orders.clear()
             self.accounts_created.clear()
@@ -171,6 +199,10 @@ class AcmeFront:
     def recorded_accounts(self) -> list[str]:
         with self._lock:
             return list(self.accounts_created)
+
+    def recorded_new_order_times(self) -> list[float]:
+        with self._lock:
+            return list(self.new_order_times)
 
     def recorded_requests(self) -> list[tuple[str, str]]:
         with self._lock:
@@ -240,13 +272,44 @@ class AcmeFront:
     async def _proxy(self, request: web.Request) -> web.Response:
         body = await request.read()
         order: dict[str, Any] | None = None
+        is_post, is_new_order = request.method == "POST", request.path == self._new_order_path
         with self._lock:
             self.requests.append((request.method, request.path_qs))
-            delay = self.delay_s + (self.post_delay_s if request.method == "POST" else 0.0)
+            delay = self.delay_s + (self.post_delay_s if is_post else 0.0)
             before = self.before_request
+            if is_post and is_new_order:
+                self.new_order_times.append(time.time())
+            bad_nonce = is_post and self._random.random() < self.bad_nonce_rate
+            self.bad_nonces_sent += bad_nonce
+            reset = is_post and not bad_nonce and self._random.random() < self.reset_rate
+            unavailable = self.unavailable_retry_after if is_post and is_new_order else None
         await asyncio.sleep(delay)
         if before is not None:
             before(request.method, request.path)
+        if bad_nonce:
+            problem = {
+                "type": "urn:ietf:params:acme:error:badNonce",
+                "detail": "JWS has an invalid anti-replay nonce (test front)",
+                "status": 400,
+            }
+            # Pebble's own fresh nonce rides along, as a CA sends one with every answer.
+            assert self._session is not None
+            async with self._session.head(self._upstream() + self._new_nonce_path) as fresh:
+                nonce = fresh.headers.get("Replay-Nonce", "")
+            return web.Response(status=400, text=json.dumps(problem), content_type="application/problem+json",
+                                headers={"Replay-Nonce": nonce})  # fmt: skip
+        if unavailable:
+            problem = {
+                "type": "urn:ietf:params:acme:error:serverInternal",
+                "detail": "down for maintenance (test front)",
+                "status": 503,
+            }
+            return web.Response(
+                status=503,
+                text=json.dumps(problem),
+                content_type="application/problem+json",
+                headers={"Retry-After": str(unavailable)},
+            )
         if request.method == "POST" and request.path == self._new_order_path and self.new_order_html_status:
             page = "<html><body><h1>Bad Gateway</h1></body></html>\n"
             return web.Response(status=self.new_order_html_status, text=page, content_type="text/html")
@@ -286,6 +349,15 @@ class AcmeFront:
                 and content_type.startswith("application/json")
             ):
                 payload = self._authorization_pending(payload)
+            if reset:
+                # The CA did the work; the client never hears of it (a load balancer dropping the connection).
+                with self._lock:
+                    self.reset_paths.append(request.path)
+                    if order is not None and upstream.status == 201:
+                        self.orders.append(order)
+                assert request.transport is not None
+                request.transport.abort()
+                raise ConnectionResetError("connection reset (test front)")
             if request.path == self._new_account_path and upstream.status == 201:
                 with self._lock:
                     self.accounts_created.append(upstream.headers.get("Location", ""))
@@ -311,6 +383,7 @@ class AcmeFront:
             directory = await response.json()
         self._new_order_path = urlsplit(directory["newOrder"]).path
         self._new_account_path = urlsplit(directory["newAccount"]).path
+        self._new_nonce_path = urlsplit(directory["newNonce"]).path
         app = web.Application()
         app.router.add_get(RENEWAL_INFO_PATH + "/{cert_id}", self._renewal_info)
         app.router.add_route("*", "/{tail:.*}", self._proxy)

@@ -90,6 +90,24 @@ class Pebble:
     def intermediate_pem(self, index: int = 0) -> bytes:
         return self._management_get(f"/intermediates/{index}")
 
+    def restart(self, down_s: float = 0.5) -> None:
+        """Kill Pebble (SIGKILL) and start it again on the same ports: it forgets every account, order and
+        authorization, as a CA that lost its database does. Its DNS helper keeps running."""
+        old = self.processes[-1]
+        argv = [str(a) for a in old.args]  # type: ignore[union-attr]
+        env = dict(os.environ, PEBBLE_VA_NOSLEEP="1")
+        env_file = self.workdir / "pebble-env.json"
+        if env_file.exists():
+            env.update(json.loads(env_file.read_text()))
+        old.kill()
+        old.wait(10)
+        time.sleep(down_s)
+        log = self.workdir / "pebble.log"
+        proc = subprocess.Popen(argv, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.processes[-1] = proc
+        _wait_for_port(self.listen_port, proc, log)
+        _wait_for_port(self.management_port, proc, log)
+
     def stop(self) -> None:
         for proc in self.processes:
             if proc.poll() is None:
@@ -184,6 +202,7 @@ def _start_pebble_once(
     if dns_server is None:
         _start_challtestsrv(pebble)
     run_env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", **(env or {})}
+    (workdir / "pebble-env.json").write_text(json.dumps(dict(env or {})))  # for restart()
     log = workdir / "pebble.log"
     proc = subprocess.Popen(
         ["pebble", "-config", str(config_path), "-dnsserver", dns_server or f"127.0.0.1:{pebble.dns_port}"],

@@ -26,7 +26,7 @@ from josepy.jwa import ES256, ES384, RS256
 from josepy.jwk import JWKEC, JWKRSA
 
 from certkeeper import __version__
-from certkeeper.acme.network import BAD_NONCE_RETRIES, make_network, retry_after_seconds
+from certkeeper.acme.network import BAD_NONCE_RETRIES, Network, make_network, retry_after_seconds
 from certkeeper.crypto import generate_key, load_key
 from certkeeper.errors import CAError
 from certkeeper.spec import KeyType
@@ -141,8 +141,8 @@ def jwk(kind: KeyType = KeyType.EC_P256) -> JWKEC | JWKRSA:
     return JWKRSA(key=key) if kind.value.startswith("rsa") else JWKEC(key=key)
 
 
-def post(server: EdgeServer) -> requests.Response:
-    net = make_network(jwk(), str(server.ca_file))
+def post(server: EdgeServer, net: Network | None = None) -> requests.Response:
+    net = net or make_network(jwk(), str(server.ca_file))
     return net.post(server.url + "/order", None, new_nonce_url=server.url + "/nonce")
 
 
@@ -171,12 +171,15 @@ def test_other_problems_are_not_retried(server: EdgeServer) -> None:
     assert server.edge.posts == 1
 
 
-def test_the_last_retry_after_is_kept_for_the_planner(server: EdgeServer) -> None:
+def test_the_last_refusals_retry_after_is_kept_for_the_planner(server: EdgeServer) -> None:
     net = make_network(jwk(), str(server.ca_file))
     server.edge.retry_after = "120"
-    net.get(server.url + "/directory")
+    server.edge.problem = "rateLimited"
+    with pytest.raises(messages.Error):
+        post(server, net)
     assert net.last_retry_after == 120.0
-    server.edge.retry_after = None
+    # A successful answer's Retry-After (a poll's pacing) is no refusal: it does not stand in for one.
+    server.edge.problem = None
     net.get(server.url + "/directory")
     assert net.last_retry_after is None
 

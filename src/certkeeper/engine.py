@@ -19,9 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
-from certkeeper.acme import Account, AccountStore, AcmeClient, ensure_account
+from certkeeper.acme import Account, AccountStore, AcmeClient, ensure_account, register_again
 from certkeeper.crypto import generate_key, key_type_of
 from certkeeper.errors import CAError, CertkeeperError, ConfigError
+from certkeeper.fallback import Fallback, falls_back
+from certkeeper.ledger import Ledger
 from certkeeper.model import CertInfo, IssuedCert, PendingOrder, RenewalState, RenewalWindow
 from certkeeper.planner import plan, retry_at
 from certkeeper.solvers.base import HTTP01
@@ -37,6 +39,9 @@ T = TypeVar("T")
 
 # A certificate issued (and its order journaled) that the store refused: the write is retried this soon.
 STORE_RETRY_S = (10, 30, 60, 300)
+
+# Problems that count as failed authorizations (Let's Encrypt's "failed validations" limit).
+VALIDATION_FAILURES = frozenset({"unauthorized", "connection", "dns", "incorrectResponse", "caa", "tls"})
 
 # "deferred": due, but held back by backoff after failures (or the CA's Retry-After).
 Status = Literal["issued", "renewed", "unchanged", "deferred", "failed"]
@@ -126,6 +131,9 @@ class Engine:
         solvers: SolverSetup | None = None,
         before_order: Callable[[CertSpec], None] | None = None,
         journal: OrderJournal | None = None,
+        ledger: Ledger | None = None,
+        rehearsal: Callable[[CertSpec], None] | None = None,
+        fallback: Fallback | None = None,
     ) -> None:
         self.issuer = issuer
         self.store = store
@@ -149,6 +157,11 @@ class Engine:
         self._account_lock = asyncio.Lock()
         self.before_order = before_order  # called in the worker thread (e.g. to report Issuing)
         self.journal = journal
+        self.ledger = ledger  # the rate-limit ledger: refuses an order a CA's limit would refuse
+        # Called (in a worker thread) before the first order for a name set held by no certificate yet:
+        # an order at a staging CA that must succeed first (certkeeper.rehearsal).
+        self.rehearsal = rehearsal
+        self.fallback = fallback  # other CAs to order from when this one refuses (certkeeper.fallback)
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="acme")
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -237,8 +250,30 @@ class Engine:
         """The account this engine orders with: loaded or registered once, however many runs overlap."""
         async with self._account_lock:
             if self._account is None:
-                self._account = await self._in_thread(ensure_account, self.issuer, self.store)
+                self._account = await self._in_thread(self._load_or_register)
             return self._account
+
+    async def _register_again(self) -> bool:
+        """After the CA answered accountDoesNotExist (a CA that lost its database): register again with the
+        same key, once however many orders noticed it. False if that is not possible."""
+        forgotten = self._account
+        if forgotten is None:
+            return False
+        async with self._account_lock:
+            if self._account is forgotten:
+                self._account = await self._in_thread(register_again, self.issuer, self.store, forgotten)
+                self._local = threading.local()  # every worker thread's client signed as the forgotten account
+        return True
+
+    def _load_or_register(self) -> Account:
+        ledger = self.ledger
+        new = ledger is not None and self.store.load_account(self.issuer.directory_url) is None
+        if ledger is not None and new:
+            ledger.check_new_account()  # accounts per IP address
+        account = ensure_account(self.issuer, self.store)
+        if ledger is not None and new:
+            ledger.account_registered(account.url)
+        return account
 
     def _renewal_window(self, stored: StoredCert | None) -> RenewalWindow | None:
         if stored is None or stored.info is None or stored.problem:
@@ -255,7 +290,12 @@ class Engine:
         try:
             lock = await self._lock(spec.lineage)
             state = await self._state(spec)
-            return await self._locked(spec, state, started)
+            try:
+                return await self._locked(spec, state, started)
+            except CAError as error:
+                if error.acme_type != "accountDoesNotExist" or not await self._register_again():
+                    raise
+                return await self._locked(spec, state, started)  # once, with the account registered again
         except CertkeeperError as error:
             return await self._failed(spec, error, started)
         except OSError as error:
@@ -340,25 +380,45 @@ class Engine:
 
         replaces = usable.info.ari_id if usable is not None and usable.info and window is not None else None
         log.info("ordering %s (%s)", " ".join(spec.names), decision.reason if decision.due else "forced")
+        if self.rehearsal is not None and stored is None and resume_url is None:
+            await self._in_thread(self.rehearsal, spec)
         if self.before_order is not None:
             await self._in_thread(self.before_order, spec)
+        gate = None
+        if self.ledger is not None and self._account is not None:
+            held = usable.info.names if usable is not None and usable.info else ()
+            gate = self.ledger.gate(self._account.url, spec.names, ari_renewal=replaces is not None,
+                                    same_names_renewal=sorted(held) == sorted(spec.names))  # fmt: skip
+        issued_by: IssuerSpec | None = None
         try:
-            issued = await self._in_thread(
-                lambda: self._client().order(
-                    spec, key_pem, self.solvers, replaces=replaces, resume_url=resume_url, on_placed=placed
-                )
-            )
+            try:
+                issued = await self._in_thread(
+                    lambda: self._client().order(
+                        spec, key_pem, self.solvers, replaces=replaces, resume_url=resume_url, on_placed=placed,
+                        gate=gate,
+                    )
+                )  # fmt: skip
+            except CertkeeperError as refused:
+                if self.fallback is None or not falls_back(refused):
+                    raise
+                await self._in_thread(self._ledger_failure, spec, gate.token if gate else None, refused)
+                gate = None
+                issued, issued_by = await self._in_thread(self.fallback.order, spec, key_pem, self.solvers, refused)
+                replaces = None  # the ARI id was the first CA's
             check_replacement(issued, spec.names, None if self.force else usable)
-        except CertkeeperError:
+        except CertkeeperError as error:
+            await self._in_thread(self._ledger_failure, spec, gate.token if gate else None, error)
             await self._in_thread(self.store.drop_pending, lineage)  # the room set aside is not needed
             raise
         try:
             kept = await self._in_thread(self.store.save_pending, lineage, issued)
         except OSError as error:
             kept = f"nowhere: keeping it failed too ({error.strerror})"
+        if issued_by is None:
+            await self._in_thread(self._ledger_issued, spec, gate.token if gate else None)
         reason = decision.reason if decision.due else "forced"
         try:
-            outcome = await self._store(spec, state, issued, usable, replaces, reason, started, kept)
+            outcome = await self._store(spec, state, issued, usable, replaces, reason, started, kept, issued_by)
         except CertkeeperError as error:
             if not recorded[0]:
                 raise
@@ -377,6 +437,7 @@ class Engine:
         reason: str,
         started: float,
         kept: str | None = None,
+        issued_by: IssuerSpec | None = None,
     ) -> Outcome:
         lineage = spec.lineage
         owed = state.hook_pending  # a hook still owed from before this certificate
@@ -386,6 +447,8 @@ class Engine:
                 state = dataclasses.replace(state, hook_pending=issued.info.fingerprint)
                 await self._in_thread(self.store.save_state, lineage, state.to_dict())
             meta = to_meta(spec, self.issuer, issued.info, replaces, _now(), self.solver_setup.recorded())
+            if issued_by is not None:  # renewal still starts at the first CA (meta's directory_url)
+                meta["issued_by_directory_url"] = issued_by.directory_url
             changed = await self._in_thread(self.store.save, lineage, issued, meta)
         except (OSError, CertkeeperError) as error:
             why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
@@ -439,6 +502,28 @@ class Engine:
         detail = f"issued, but not stored: {error}; the write is retried in {wait} s without a new order"
         return Outcome(spec, "failed", detail, None, time.monotonic() - started, next_check=next_try)
 
+    def _ledger_issued(self, spec: CertSpec, token: str | None) -> None:
+        """Count the certificate; a ledger that cannot be written (a full disk) must not cost the certificate."""
+        if self.ledger is None or self._account is None:
+            return
+        try:
+            self.ledger.issued(self._account.url, spec.names, token)
+        except (OSError, CertkeeperError) as problem:
+            # Info, not a warning: whatever kept the ledger from being written (a full disk) is what the
+            # run's one error line reports, if it stops the certificate too.
+            log.info("%s: cannot record the certificate in the rate-limit ledger: %s", spec.lineage, problem)
+
+    def _ledger_failure(self, spec: CertSpec, token: str | None, error: CertkeeperError) -> None:
+        if self.ledger is None or self._account is None:
+            return
+        try:
+            if token is not None:
+                self.ledger.closed(token)
+            if isinstance(error, CAError) and error.acme_type in VALIDATION_FAILURES:
+                self.ledger.failed_validation(self._account.url, spec.names)
+        except (OSError, CertkeeperError) as problem:  # the order's own error is what the user must see
+            log.warning("cannot record the failure in the rate-limit ledger: %s", problem)
+
     def _clear_order(self, lineage: str) -> None:
         if self.journal is None:
             return
@@ -458,6 +543,9 @@ class Engine:
             # Honour the CA's Retry-After; without one, an hour (Let's Encrypt's windows are hours long).
             wait = error.retry_after if error.retry_after is not None else 3600.0
             state = dataclasses.replace(state, retry_after=_now() + datetime.timedelta(seconds=wait))
+        elif isinstance(error, CAError) and error.retry_after is not None:
+            # The CA said when to come back (a 503 with Retry-After): not before then.
+            state = dataclasses.replace(state, retry_after=_now() + datetime.timedelta(seconds=error.retry_after))
         next_try = retry_at(state)
         if next_try:
             state = dataclasses.replace(state, next_check=next_try)

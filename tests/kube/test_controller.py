@@ -510,8 +510,8 @@ def test_a_certificate_the_secret_write_refused_is_stored_later_without_a_second
 ) -> None:
     apply(kubectl, issuer_manifest("pebble", ari.directory_url, ari.ca_bundle))
     existing = len(json.loads(kubectl("get", "secrets", "-o", "json").stdout)["items"])
-    # Room for the ACME account and the order record, not for the certificate's Secret.
-    kubectl("create", "quota", "secrets", f"--hard=count/secrets={existing + 2}")
+    # Room for the ACME account, the rate-limit ledger and the order record, not for the certificate's Secret.
+    kubectl("create", "quota", "secrets", f"--hard=count/secrets={existing + 3}")
     wait_for("the quota counted", lambda: (get(kubectl, "resourcequota", "secrets").get("status") or {}).get("used"))
     apply(kubectl, certificate_manifest("quota", ["quota.example.com"]))
     with start(kubeconfig, tmp_path, namespace, ari) as run:

@@ -90,6 +90,21 @@ def ensure_account(issuer: IssuerSpec, store: AccountStore) -> Account:
         lock.release()
 
 
+def register_again(issuer: IssuerSpec, store: AccountStore, forgotten: Account) -> Account:
+    """The CA no longer knows ``forgotten`` (it lost its database, or deactivated it): the stored one, if
+    another run already registered again, else one registered with the same key, once for all runs."""
+    lock = store.account_lock(issuer.directory_url)
+    try:
+        existing = store.load_account(issuer.directory_url)
+        if existing is not None and existing.url != forgotten.url:
+            return existing
+        account = _register(issuer, store, forgotten)
+        log.warning("the CA no longer knew the ACME account %s; registered it again (%s)", forgotten.url, account.url)
+        return account
+    finally:
+        lock.release()
+
+
 def _lookup(client: acme_client.ClientV2) -> str | None:
     """RFC 8555 §7.3.1: the URL of the account this key already has at the CA, or None."""
     try:

@@ -8,12 +8,13 @@ deadline, so a certificate from a fast CA takes a fraction of a second and a slo
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 from acme import challenges, messages
@@ -22,7 +23,7 @@ from josepy.json_util import field
 
 from certkeeper.acme.account import Account
 from certkeeper.acme.directory import fetch_directory
-from certkeeper.acme.network import make_network, retry_after_seconds
+from certkeeper.acme.network import Unreachable, make_network, retry_after_seconds
 from certkeeper.acme.problems import from_problem, translate
 from certkeeper.crypto import cert_info, chain_issuer_names, load_csr, make_csr, split_pem_chain
 from certkeeper.errors import CAError, CertkeeperError, ConfigError
@@ -37,6 +38,10 @@ POLL_GROWTH = 1.5
 MAX_POLL_S = 5.0
 MAX_RETRY_AFTER_S = 600.0
 SHORT_LIVED = "shortlived"
+# A request inside an order whose connection dropped is sent again after these pauses (within the order's
+# deadline): each is safe to repeat (RFC 8555: POST-as-GET, a challenge's {}, finalize), and giving up
+# would cost a whole new order. newOrder itself is never repeated blind: the CA may have created it.
+RESEND_PAUSES_S = (0.2, 1.0, 3.0)
 
 
 class NewOrder(messages.NewOrder):
@@ -46,6 +51,12 @@ class NewOrder(messages.NewOrder):
 
 
 Presented = tuple[Solver, Identifier, Challenge]
+
+
+class OrderGate(Protocol):
+    """Wraps the newOrder request (``certkeeper.ledger``): may refuse it, records what the CA answered."""
+
+    def placing(self, retry_after: Callable[[], float | None]) -> contextlib.AbstractContextManager[None]: ...
 
 
 class AcmeClient:
@@ -70,11 +81,21 @@ class AcmeClient:
         response: requests.Response = self.net.post(url, obj, new_nonce_url=self.directory["newNonce"])
         return response
 
+    def _post_again(self, url: str, obj: Any) -> requests.Response:
+        """``_post``, sent again (bounded) when the connection dropped before an answer."""
+        for pause in RESEND_PAUSES_S:
+            try:
+                return self._post(url, obj)
+            except Unreachable as error:
+                log.info("no answer from the CA (%s); sending the request again in %g s", error.problem, pause)
+                time.sleep(pause)
+        return self._post(url, obj)
+
     def _poll(self, url: str, done: Callable[[dict[str, Any]], bool], deadline: float, what: str) -> dict[str, Any]:
         delay = FIRST_POLL_S
         while True:
             time.sleep(delay)
-            response = self._post(url, None)
+            response = self._post_again(url, None)
             body: dict[str, Any] = response.json()
             if done(body):
                 return body
@@ -110,26 +131,29 @@ class AcmeClient:
         log.warning("%s: an IP-address certificate; using the CA's %r profile", spec.names[0], SHORT_LIVED)
         return dataclasses.replace(spec, profile=SHORT_LIVED)
 
-    def _new_order(self, spec: CertSpec, replaces: str | None) -> tuple[str, dict[str, Any]]:
+    def _new_order(
+        self, spec: CertSpec, replaces: str | None, gate: OrderGate | None = None
+    ) -> tuple[str, dict[str, Any]]:
         identifiers = [
             messages.Identifier(typ=messages.IDENTIFIER_IP if ip_of(n) else messages.IDENTIFIER_FQDN, value=n)
             for n in spec.names
         ]
         order = NewOrder(identifiers=identifiers, profile=spec.profile or "", replaces=replaces)
         try:
-            response = self._post(self.directory["newOrder"], order)
+            with gate.placing(lambda: self.net.last_retry_after) if gate else contextlib.nullcontext():
+                response = self._post(self.directory["newOrder"], order)
         except messages.Error as error:
             # A CA may refuse ``replaces`` (already replaced, or unknown to it): order without it
             # rather than fail the renewal.
             if replaces and (error.code in ("alreadyReplaced", "conflict") or "replace" in (error.detail or "")):
                 log.warning("CA refused replaces=%s (%s); ordering without it", replaces, error.detail)
-                return self._new_order(spec, None)
+                return self._new_order(spec, None, gate)
             raise
         return response.headers["Location"], response.json()
 
     def _authorize(self, authz_url: str, solvers: Solvers, presented: list[Presented]) -> str | None:
         """Present one authorization's challenge with the solver chosen for its name; returns its URL to poll."""
-        response = self._post(authz_url, None)
+        response = self._post_again(authz_url, None)
         authz = messages.Authorization.from_json(response.json())
         if authz.status == messages.STATUS_VALID:
             log.info("%s: already validated", authz.identifier.value)
@@ -153,7 +177,15 @@ class AcmeClient:
         # library's empty ChallengeResponse is falsy and would go out as a POST-as-GET; this one is not.
         key_authorization = self.account_key.key_authorization(token)
         ready = challenges.KeyAuthorizationChallengeResponse(key_authorization=key_authorization)
-        self._post(uri, ready)
+        try:
+            self._post(uri, ready)
+        except Unreachable as error:
+            log.info("no answer to the challenge response (%s); sending it again", error.problem)
+            try:
+                self._post_again(uri, ready)
+            except messages.Error as refused:
+                # The first copy reached the CA, which is validating (or has): the authorization says how it went.
+                log.info("the CA already took the challenge response (%s)", refused.detail)
         return authz_url
 
     def _cleanup(self, presented: list[Presented]) -> None:
@@ -187,6 +219,7 @@ class AcmeClient:
         timeout_s: float | None = None,
         resume_url: str | None = None,
         on_placed: Callable[[str], None] | None = None,
+        gate: OrderGate | None = None,
     ) -> IssuedCert:
         """Order, validate, finalize and download one certificate for ``spec`` with ``key_pem``.
 
@@ -195,10 +228,11 @@ class AcmeClient:
         ``resume_url``: an order placed earlier with this key (by a process that died mid-order): it is
         continued from where it stands, and a new one placed only if it cannot be. ``on_placed`` gets a
         new order's URL before anything else happens to it, so that it can be recorded and resumed.
+        ``gate`` wraps the newOrder request (the rate-limit ledger): it may refuse it before it is sent.
         """
         budget = timeout_s if timeout_s is not None else self.issuer.order_timeout_s
         with self.net.within(budget, "the order") as deadline:
-            return self._order(spec, key_pem, solvers, replaces, deadline, resume_url, on_placed)
+            return self._order(spec, key_pem, solvers, replaces, deadline, resume_url, on_placed, gate)
 
     def _order(
         self,
@@ -209,6 +243,7 @@ class AcmeClient:
         deadline: float,
         resume_url: str | None,
         on_placed: Callable[[str], None] | None,
+        gate: OrderGate | None = None,
     ) -> IssuedCert:
         presented: list[Presented] = []
         try:
@@ -219,7 +254,7 @@ class AcmeClient:
             if order is not None and resume_url is not None:
                 order_url = resume_url
             else:
-                order_url, order = self._new_order(spec, replaces)
+                order_url, order = self._new_order(spec, replaces, gate)
                 if on_placed is not None:
                     on_placed(order_url)
             if order.get("status") == "pending":
@@ -233,11 +268,13 @@ class AcmeClient:
             if order.get("status") == "ready":
                 log.info("finalizing %s", spec.names[0])
                 csr = load_csr(make_csr(key_pem, spec.names))
+                resent: list[bool] = []
                 try:
-                    order = self._post(order["finalize"], messages.CertificateRequest(csr=csr)).json()
+                    order = self._finalize(order["finalize"], messages.CertificateRequest(csr=csr), resent).json()
                 except messages.Error as error:
-                    # A resumed order the dead process finalized meanwhile: wait for its certificate.
-                    if error.code != "orderNotReady" or resume_url is None:
+                    # A resumed order the dead process finalized meanwhile, or a finalize sent again whose
+                    # first copy reached the CA: wait for its certificate.
+                    if error.code != "orderNotReady" or (resume_url is None and not resent):
                         raise
                     order = {"status": "processing"}
             if order.get("status") != "valid":
@@ -252,7 +289,8 @@ class AcmeClient:
             raise
         except Exception as error:
             problem = translate(error, spec.names)
-            if isinstance(problem, CAError) and problem.acme_type == "rateLimited":
+            if isinstance(problem, CAError) and problem.retry_after is None:
+                # rateLimited, or a CA that is down for a while (503): its Retry-After says when to come back.
                 problem.retry_after = self.net.last_retry_after
             raise problem from error
         finally:
@@ -262,8 +300,16 @@ class AcmeClient:
         log.info("downloaded %s: serial %s, expires %s", spec.names[0], info.serial, info.not_after.date())
         return IssuedCert(key_pem=key_pem, cert_pem=parts[0], chain_pem=b"".join(parts[1:]), info=info)
 
+    def _finalize(self, url: str, csr: Any, resent: list[bool]) -> requests.Response:
+        try:
+            return self._post(url, csr)
+        except Unreachable as error:
+            log.info("no answer to the finalize request (%s); sending it again", error.problem)
+            resent.append(True)
+            return self._post_again(url, csr)
+
     def _download(self, url: str, preferred_chain: str | None) -> bytes:
-        response = self._post(url, None)
+        response = self._post_again(url, None)
         default = response.content
         if not preferred_chain:
             return default

@@ -25,6 +25,11 @@ BAD_NONCE_RETRIES = 30
 USER_AGENT = f"certkeeper/{__version__}"
 
 
+class Unreachable(CAError):
+    """No answer from the CA (refused, reset, timed out before the task's deadline): the request may or may
+    not have reached it."""
+
+
 class Network(acme_client.ClientNetwork):
     """One per worker thread: ``acme`` and its requests session are not thread-safe."""
 
@@ -75,9 +80,13 @@ class Network(acme_client.ClientNetwork):
             if left <= 0:
                 raise self.deadline_error()
             kwargs["timeout"] = min(kwargs.get("timeout") or self._default_timeout, left)
+        self.last_retry_after = None  # a reset connection has none: an earlier response's must not stand in
         try:
             response = super()._send_request(method, url, *args, **kwargs)
-            self.last_retry_after = retry_after_seconds(response)
+            # Only a refusal's (429, a problem) or a CA's down time's (503): a successful poll's
+            # Retry-After paces that poll alone and must not become a failure's back-off.
+            if response.status_code >= 400:
+                self.last_retry_after = retry_after_seconds(response)
             return response
         except requests.exceptions.SSLError as error:
             raise CAError(
@@ -87,7 +96,7 @@ class Network(acme_client.ClientNetwork):
         except requests.exceptions.RequestException as error:
             if isinstance(error, requests.exceptions.Timeout) and self._past_deadline():
                 raise self.deadline_error() from error
-            raise CAError(
+            raise Unreachable(
                 f"cannot reach the CA at {url} ({type(error).__name__})",
                 "check --server and that this host can reach it",
             ) from error

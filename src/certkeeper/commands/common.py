@@ -20,10 +20,14 @@ from certkeeper.clikit import DNS_OPTIONS, fail, option
 from certkeeper.crypto import check_ca_bundle
 from certkeeper.engine import Engine, Outcome
 from certkeeper.errors import CertkeeperError, ConfigError
+from certkeeper.fallback import Fallback
+from certkeeper.ledger import FileBackend, Ledger
+from certkeeper.ratelimits import parse_limits
+from certkeeper.rehearsal import Rehearsal, rehearsal_server
 from certkeeper.solvers.base import Solvers
 from certkeeper.solvers.config import SolverConfig, SolverSetup, build_solvers, cli_config
 from certkeeper.solvers.http01 import ChallengeStore
-from certkeeper.spec import CertSpec, IssuerSpec, plain_http_off_loopback
+from certkeeper.spec import CertSpec, IssuerSpec, plain_http_off_loopback, resolve_server
 from certkeeper.stores.files import FileStore
 from certkeeper.web import parse_bind
 
@@ -65,6 +69,9 @@ class EngineOptions:
     dns_propagation_timeout: float | None = None
     dns_timeout: float | None = None
     tls_alpn_bind: str | None = None
+    rate_limits: str = "auto"
+    rehearsal: str = "auto"
+    fallback_server: tuple[str, ...] = ()
 
     def solver_config(self) -> list[dict[str, Any]]:
         return cli_config(self.dns, self.dns_server, self.tsig_key_file, self.dns_zone,
@@ -111,6 +118,15 @@ def engine_options(fn: F) -> F:
         option("--force", is_flag=True, help="Order even if the stored certificate is still good."),
         option("-v", "--verbose", count=True, help="More log output (-vv for debug)."),
         *DNS_OPTIONS,
+        option("--rate-limits", default="auto", show_default=True, metavar="LIMITS",
+               help="The CA's limits the ledger enforces before ordering: auto (Let's Encrypt's for it, none "
+                    "for others), letsencrypt, none, or e.g. new-orders=300/3h,per-domain=50/7d."),
+        option("--rehearsal", default="auto", show_default=True, metavar="SERVER",
+               help="Order a new name set at this CA first, production only if it succeeds: auto (Let's "
+                    "Encrypt staging before Let's Encrypt), off, or a directory URL / letsencrypt-staging."),
+        option("--fallback-server", multiple=True, metavar="URL",
+               help="Another CA to order from when the first refuses (rate limited, down, policy); repeatable, "
+                    "tried in order. Renewals start at the first CA again."),
     ]  # fmt: skip
     wrapped: Any = command
     for decorator in reversed(decorators):
@@ -128,6 +144,13 @@ def check_engine_options(engine: EngineOptions) -> None:
         )
     if engine.ca_bundle:
         check_ca_bundle(engine.ca_bundle)
+    parse_limits(engine.rate_limits, "")
+    rehearsal_server(engine.rehearsal, "")
+    for url in engine.fallback_server:
+        try:
+            resolve_server(url)
+        except ConfigError as error:
+            raise ConfigError(f"--fallback-server: {error.problem}", error.fix) from None
 
 
 def setup_logging(verbose: int) -> None:
@@ -135,6 +158,11 @@ def setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="certkeeper: %(levelname)s: %(message)s", stream=sys.stderr)
     # The ACME library logs whole JWS bodies at debug level; keep it quiet unless asked for twice.
     logging.getLogger("acme").setLevel(logging.DEBUG if verbose > 2 else logging.WARNING)
+
+
+def host_ledger(store: FileStore, issuer: IssuerSpec, rate_limits: str) -> Ledger:
+    """The store's rate-limit ledger (``ratelimits.json``), shared by every run on this host."""
+    return Ledger(FileBackend(store.root), parse_limits(rate_limits, issuer.directory_url))
 
 
 def run_engine(
@@ -157,7 +185,23 @@ def run_engine(
     async def go() -> list[Outcome]:
         engine = Engine(issuer, store, http_bind=options.http_bind, concurrency=options.concurrency,
                         deploy_hook=options.deploy_hook, force=options.force,
-                        solvers=setup)  # fmt: skip
+                        solvers=setup, ledger=host_ledger(store, issuer, options.rate_limits))  # fmt: skip
+        server = rehearsal_server(options.rehearsal, issuer.directory_url)
+        if server is not None:
+            rehearsal_issuer = IssuerSpec(server, issuer.email, ca_bundle=issuer.ca_bundle,
+                                          order_timeout_s=issuer.order_timeout_s)  # fmt: skip
+            engine.rehearsal = Rehearsal(rehearsal_issuer, store, engine.solvers)
+        if options.fallback_server:
+            others = [
+                IssuerSpec(
+                    resolve_server(url),
+                    issuer.email,
+                    ca_bundle=issuer.ca_bundle,
+                    order_timeout_s=issuer.order_timeout_s,
+                )
+                for url in options.fallback_server
+            ]
+            engine.fallback = Fallback(others, store)
         loop = asyncio.get_running_loop()
         main = asyncio.current_task()
         assert main is not None

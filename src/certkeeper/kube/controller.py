@@ -19,8 +19,11 @@ from certkeeper.errors import CertkeeperError
 from certkeeper.kube.api import api_error_text, load_kubeconfig
 from certkeeper.kube.config import RunConfig
 from certkeeper.kube.events import Recorder
+from certkeeper.kube.ledger_secret import SecretBackend
 from certkeeper.kube.rollout import RolloutResult, restart_rc, restart_workload
 from certkeeper.kube.secret_store import SecretStore, digest_of
+from certkeeper.ledger import Ledger
+from certkeeper.ratelimits import parse_limits
 from certkeeper.solvers.config import SolverSetup
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.web import Responder, default_routes, start_responder
@@ -246,6 +249,11 @@ class Controller:
             concurrency=2,
             challenges=self.challenges,
             solvers=SolverSetup(self.config.solvers, self.config.dns_state_dir),
+            # The rate-limit ledger beside the certificate: every run in the namespace shares it.
+            ledger=Ledger(
+                SecretBackend(self.client, self.config.namespace),
+                parse_limits("auto", self.config.issuer.directory_url),
+            ),
         )
         try:
             if not await self._wait_for_api():

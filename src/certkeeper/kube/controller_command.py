@@ -37,6 +37,13 @@ from certkeeper.kube.command import setup_logging
         help="Seconds to wait for each replaced pod to be Ready.")  # fmt: skip
 @option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
         help="Log lines as text or JSON.")  # fmt: skip
+@option(
+    "--rate-limits",
+    default="auto",
+    show_default=True,
+    metavar="LIMITS",
+    help="CA limits the rate-limit ledger enforces before ordering: auto, letsencrypt, none, NAME=COUNT/WINDOW,...",
+)
 @option("-v", "--verbose", count=True, help="Debug output (-vv: also the libraries').")
 def controller(
     namespace: str | None,
@@ -51,6 +58,7 @@ def controller(
     lease_duration: int,
     rollout_timeout: float,
     log_format: str,
+    rate_limits: str,
     verbose: int,
 ) -> None:
     """Keep every certkeeper.io Certificate in the cluster issued and renewed into its Secret.
@@ -62,11 +70,16 @@ def controller(
     setup_logging(log_format, verbose)
     from certkeeper.kube.config import default_namespace
     from certkeeper.kube.manager import ControllerConfig, Manager
+    from certkeeper.ratelimits import parse_limits
     from certkeeper.web import parse_bind
 
     problems: list[str] = []
     try:
         parse_bind(http_bind)
+    except CertkeeperError as error:
+        problems.append(str(error))
+    try:
+        parse_limits(rate_limits, "")
     except CertkeeperError as error:
         problems.append(str(error))
     kind, _, name = default_issuer.partition("/")
@@ -95,6 +108,7 @@ def controller(
         lease_duration=lease_duration,
         rollout_timeout=rollout_timeout,
         watch_namespace=watch_namespace,
+        rate_limits=rate_limits,
     )
     try:
         manager = Manager(config)

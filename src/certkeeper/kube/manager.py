@@ -76,6 +76,7 @@ class ControllerConfig:
     gateway: bool = True  # Certificates for annotated Gateways, when the cluster serves the Gateway API
     service: str = "certkeeper-controller"  # the Service in front of the replicas: HTTPRoutes send HTTP-01 here
     service_port: int = 80
+    rate_limits: str = "auto"  # the CA limits the rate-limit ledger enforces (ratelimits.parse_limits)
 
 
 class SharedChallenges(ChallengeStore):
@@ -460,6 +461,7 @@ class Manager:
             concurrency=self.config.concurrency,
             rollout_timeout=self.config.rollout_timeout,
             routes=self.routes,
+            rate_limits=self.config.rate_limits,
         )
         responder: Responder = await start_responder(
             self._routes(), self.config.http_bind, reuse_port=True, fallback=self._fetch_token

@@ -32,6 +32,7 @@ from certkeeper.errors import CertkeeperError, ConfigError
 from certkeeper.kube.api import call_api
 from certkeeper.kube.config import Workload
 from certkeeper.kube.events import Recorder
+from certkeeper.kube.ledger_secret import SecretBackend
 from certkeeper.kube.rollout import RolloutResult, restart_rc, restart_workload
 from certkeeper.kube.secret_store import MANAGED_BY, SecretStore, data_digest
 from certkeeper.kube.sources import (
@@ -48,7 +49,9 @@ from certkeeper.kube.sources import (
     certificate_target,
     unknown_fields,
 )
+from certkeeper.ledger import Ledger
 from certkeeper.model import IssuedCert, PendingOrder
+from certkeeper.ratelimits import parse_limits
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.solvers.httproute import RouteChallenges, RouteKeeper, route_parents
 from certkeeper.spec import CertSpec, IssuerSpec, resolve_server
@@ -249,9 +252,11 @@ class Reconciler:
         concurrency: int = 8,
         rollout_timeout: float = 300.0,
         routes: RouteKeeper | None = None,
+        rate_limits: str = "auto",
     ) -> None:
         self.client = client
         self.routes = routes  # HTTP-01 through a Gateway, for issuers that ask for it
+        self.rate_limits = rate_limits  # the CA limits the cluster's rate-limit ledger enforces
         self.issuers = issuers
         self.secrets = secrets
         self._glanced: set[str] = set()  # Certificates trusted from their status once since start
@@ -306,6 +311,10 @@ class Reconciler:
                 challenges=self._challenges_for(config),
                 before_order=self._ordering,
                 journal=routed,
+                ledger=Ledger(
+                    SecretBackend(self.client, self.cluster_namespace),
+                    parse_limits(self.rate_limits, issuer.directory_url),
+                ),
             )
             if known is not None:
                 await known[1].close()

@@ -1,0 +1,58 @@
+"""Fallback CAs: when the first CA persistently refuses (rate limited, down, a policy refusal), the next one
+in the list issues the certificate.
+
+The certificate records which CA issued it (``issued_by_directory_url`` in meta.json) while its
+``directory_url`` stays the first CA's, so the next renewal goes back to the first CA (and falls back
+again only if it still refuses). The certificate's lock is held throughout: never two CAs ordering
+the same certificate at once. A validation failure does not fall back: it would fail at every CA and
+only burn the next one's limits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from certkeeper.acme import AccountStore, AcmeClient, ensure_account
+from certkeeper.acme.network import Unreachable
+from certkeeper.errors import CAError, CertkeeperError
+from certkeeper.model import IssuedCert
+from certkeeper.solvers.base import Solvers
+from certkeeper.spec import CertSpec, IssuerSpec
+
+log = logging.getLogger(__name__)
+# Refusals another CA may well not share: its limits, its availability, its policy.
+FALLBACK_PROBLEMS = frozenset({"rateLimited", "serverInternal", "rejectedIdentifier", "caa"})
+
+
+def falls_back(error: CertkeeperError) -> bool:
+    if isinstance(error, Unreachable):
+        return True
+    return isinstance(error, CAError) and (error.acme_type in FALLBACK_PROBLEMS or error.retry_after is not None)
+
+
+class Fallback:
+    def __init__(self, issuers: Sequence[IssuerSpec], store: AccountStore) -> None:
+        self.issuers = tuple(issuers)
+        self.store = store
+
+    def order(
+        self, spec: CertSpec, key_pem: bytes, solvers: Solvers, first: CertkeeperError
+    ) -> tuple[IssuedCert, IssuerSpec]:
+        """Order from each fallback CA in turn; the certificate and the CA that issued it, or the last error."""
+        failure = first
+        for issuer in self.issuers:
+            log.warning(
+                "%s: %s; ordering from the fallback CA %s", spec.names[0], failure.problem, issuer.directory_url
+            )
+            try:
+                account = ensure_account(issuer, self.store)
+                return AcmeClient(issuer, account).order(spec, key_pem, solvers), issuer
+            except CertkeeperError as error:
+                failure = error
+                if not falls_back(error):
+                    break
+        raise CertkeeperError(
+            f"the fallback CA{'s' if len(self.issuers) > 1 else ''} failed too ({failure.problem})",
+            f"first CA: {first}",
+        )

@@ -1,0 +1,61 @@
+"""A CA that loses its database mid-order (Pebble SIGKILLed and started again, behind the ACME front): the
+order in flight and the account are gone; certkeeper registers again with the same key, places one new
+order, and says so in one log line. A private Pebble: the restart must not disturb other tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import MakeEnv
+
+from testbench.ari import AcmeFront, start_front
+from testbench.command import Run
+from testbench.pebble import start_pebble
+
+
+@pytest.fixture
+def private_front(tmp_path: Path) -> Iterator[AcmeFront]:
+    pebble = start_pebble(tmp_path / "pebble")
+    front = start_front(pebble)
+    try:
+        yield front
+    finally:
+        front.stop()
+        pebble.stop()
+
+
+def test_a_ca_restarted_mid_order_is_recovered_with_one_new_order_and_one_line(
+    private_front: AcmeFront, make_env: MakeEnv, certkeeper: Run, tmp_path: Path
+) -> None:
+    front = private_front
+    env = make_env(front.directory_url, front.ca_bundle, front.http_port, tmp_path / "store")
+    assert certkeeper(env, "issue", "before.restart.test").returncode == 0
+    restarted: list[bool] = []
+
+    def lose_the_database(method: str, path: str) -> None:
+        # At the finalize request, before it reaches the CA (on the front's loop, which waits meanwhile).
+        if "/finalize-order/" in path and not restarted:
+            restarted.append(True)
+            front.pebble.restart()
+
+    front.before_request = lose_the_database
+    first = certkeeper(env, "issue", "mid.restart.test")
+    front.before_request = None
+    runs = [first]
+    if first.returncode != 0:  # the CA answered the held request with an error: the next run recovers
+        runs.append(certkeeper(env, "issue", "--force", "mid.restart.test"))
+    orders = [o for o in front.recorded_orders() if o["identifiers"][0]["value"] == "mid.restart.test"]
+    said = [line for run in runs for line in run.stderr.splitlines() if line.strip()]
+    print(f"CA restarted mid-order: {len(runs)} run(s), exit {runs[-1].returncode}, {len(orders)} orders, "
+          f"{len(front.recorded_accounts())} registrations; stderr: {said}")  # fmt: skip
+    assert restarted
+    assert runs[-1].returncode == 0, said
+    assert "issued mid.restart.test" in runs[-1].stdout
+    assert len(said) == len(runs) and "the CA no longer knew the ACME account" in said[-1], said
+    assert len(orders) == 2  # the one the CA forgot, and one new
+    assert len(front.recorded_accounts()) == 2  # the first registration, and once again
+    # The account registered again is kept: the next run orders with it, with nothing more to say.
+    again = certkeeper(env, "issue", "after.restart.test")
+    assert again.returncode == 0 and not again.stderr.strip(), again.stderr

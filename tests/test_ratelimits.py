@@ -1,0 +1,191 @@
+"""The rate-limit ledger without a CA: limits as data, registered domains, refusals, atomic reservations."""
+
+from __future__ import annotations
+
+import datetime
+import multiprocessing
+import stat
+from pathlib import Path
+
+import pytest
+from acme import messages
+
+from certkeeper.errors import ConfigError
+from certkeeper.ledger import FileBackend, Ledger, RateLimited
+from certkeeper.psl import registered_domain
+from certkeeper.ratelimits import DAY, LETSENCRYPT_LIMITS, parse_limits
+from certkeeper.spec import LETSENCRYPT, LETSENCRYPT_STAGING
+
+ACCOUNT = "https://ca.test/acct/1"
+START = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def ledger_at(root: Path, limits: str = "letsencrypt") -> tuple[Ledger, Clock]:
+    clock = Clock()
+    return Ledger(FileBackend(root), parse_limits(limits, LETSENCRYPT), clock), clock
+
+
+def issue(ledger: Ledger, *names: str, ari: bool = False, renewal: bool = False) -> None:
+    gate = ledger.gate(ACCOUNT, names, ari_renewal=ari, same_names_renewal=renewal)
+    with gate.placing(lambda: None):
+        pass
+    ledger.issued(ACCOUNT, names, gate.token)
+
+
+@pytest.mark.parametrize(
+    ("name", "domain"),
+    [
+        ("a.b.example.co.uk", "example.co.uk"),  # a two-label public suffix
+        ("blog.alice.github.io", "alice.github.io"),  # a private suffix counts too, as Let's Encrypt counts
+        ("*.shop.example.com", "example.com"),
+        ("www.example.test", "example.test"),  # a suffix the list does not know: its last two labels
+        ("192.0.2.7", "192.0.2.7"),
+    ],
+)
+def test_registered_domains_come_from_the_public_suffix_list(name: str, domain: str) -> None:
+    assert registered_domain(name) == domain
+
+
+def test_only_lets_encrypt_production_gets_its_limits_unless_configured() -> None:
+    assert parse_limits("auto", LETSENCRYPT) == LETSENCRYPT_LIMITS
+    assert parse_limits("auto", LETSENCRYPT_STAGING) == ()
+    assert parse_limits("auto", "https://ca.internal/directory") == ()
+    (orders,) = parse_limits("new-orders=20/1h", "https://ca.internal/directory")
+    assert (orders.count, orders.window_s, orders.title) == (20, 3600, "new orders per account")
+
+
+def test_a_limit_that_cannot_be_read_is_one_line_naming_the_forms() -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_limits("per-domain=fifty", LETSENCRYPT)
+    message = str(refused.value)
+    assert "\n" not in message and "'per-domain=fifty'" in message and "NAME=COUNT/WINDOW" in message
+
+
+def test_the_51st_certificate_for_a_registered_domain_is_refused_until_the_first_ages_out(tmp_path: Path) -> None:
+    ledger, clock = ledger_at(tmp_path)
+    for i in range(50):
+        issue(ledger, f"host{i}.example.com")
+        clock.now += 60
+    assert ledger.headroom(["new.example.com"])["certificates per registered domain"] == 0
+    with pytest.raises(RateLimited) as refused:
+        issue(ledger, "new.example.com")
+    message = str(refused.value)
+    assert "certificates per registered domain" in message and "example.com (50 of 50 in 7 days)" in message
+    free_at = datetime.datetime.fromtimestamp(START + 7 * DAY, datetime.UTC)
+    assert free_at.strftime("%Y-%m-%d %H:%M UTC") in message
+    assert refused.value.retry_after == pytest.approx(START + 7 * DAY - clock.now)
+    # Other registered domains, ARI renewals and renewals of the same names still go through.
+    issue(ledger, "www.example.org")
+    issue(ledger, "host3.example.com", ari=True)
+    issue(ledger, "host4.example.com", renewal=True)
+    # Renewals count (conservatively, as Let's Encrypt long counted them) though they are never held back:
+    # now 52 for example.com. Three of the first certificates age out: room for exactly one.
+    clock.now = START + 7 * DAY + 2 * 60 + 1
+    issue(ledger, "new.example.com")
+    with pytest.raises(RateLimited):
+        issue(ledger, "newer.example.com")
+
+
+def test_a_sixth_duplicate_is_refused_even_as_a_renewal_of_the_same_names(tmp_path: Path) -> None:
+    ledger, _ = ledger_at(tmp_path)
+    for _ in range(5):
+        issue(ledger, "a.example.net", "b.example.net", renewal=True)
+    with pytest.raises(RateLimited) as refused:
+        issue(ledger, "b.example.net", "a.example.net", renewal=True)
+    assert "duplicate certificates for the same names" in str(refused.value)
+    issue(ledger, "a.example.net", "b.example.net", ari=True)  # an ARI renewal is exempt from all
+
+
+def test_five_failed_validations_hold_the_name_for_an_hour(tmp_path: Path) -> None:
+    ledger, clock = ledger_at(tmp_path)
+    for _ in range(5):
+        ledger.failed_validation(ACCOUNT, ["broken.example.org"])
+    with pytest.raises(RateLimited) as refused:
+        issue(ledger, "broken.example.org", "fine.example.org")
+    assert "failed authorizations per hostname would be exceeded for broken.example.org" in str(refused.value)
+    clock.now += 3601
+    issue(ledger, "broken.example.org", "fine.example.org")
+
+
+def test_the_cas_retry_after_holds_every_order_of_the_account(tmp_path: Path) -> None:
+    ledger, clock = ledger_at(tmp_path, "none")
+    ledger.limited(ACCOUNT, 120)
+    with pytest.raises(RateLimited) as refused:
+        issue(ledger, "other.example.com")
+    assert "it answered rateLimited" in str(refused.value)
+    clock.now += 121
+    issue(ledger, "other.example.com")
+
+
+def test_an_eleventh_account_from_this_host_is_refused(tmp_path: Path) -> None:
+    ledger, _ = ledger_at(tmp_path)
+    for i in range(10):
+        ledger.check_new_account()
+        ledger.account_registered(f"{ACCOUNT}{i}")
+    with pytest.raises(RateLimited) as refused:
+        ledger.check_new_account()
+    assert "accounts per IP address" in str(refused.value)
+
+
+def test_the_ledger_file_is_private(tmp_path: Path) -> None:
+    ledger, _ = ledger_at(tmp_path)
+    issue(ledger, "a.example.com")
+    assert stat.S_IMODE((tmp_path / "ratelimits.json").stat().st_mode) == 0o600
+
+
+def _reserve_many(root: str, attempts: int, placed: multiprocessing.Queue[int]) -> None:  # type: ignore[type-arg]
+    ledger = Ledger(FileBackend(root), parse_limits("new-orders=50/3h", LETSENCRYPT))
+    count = 0
+    for i in range(attempts):
+        try:
+            with ledger.gate(ACCOUNT, [f"n{i}.example.com"], ari_renewal=False, same_names_renewal=False).placing(
+                lambda: None
+            ):
+                count += 1
+        except RateLimited:
+            pass
+    placed.put(count)
+
+
+def test_four_processes_racing_for_fifty_slots_place_exactly_fifty_orders(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    placed: multiprocessing.Queue[int] = context.Queue()  # type: ignore[type-arg]
+    workers = [context.Process(target=_reserve_many, args=(str(tmp_path), 20, placed)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    counts = [placed.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=10)
+    assert sum(counts) == 50, counts
+
+
+def test_a_refusal_for_one_registered_domain_holds_only_that_domain(tmp_path: Path) -> None:
+    ledger, _ = ledger_at(tmp_path, "none")
+    gate = ledger.gate(ACCOUNT, ["www.busy.example"], ari_renewal=False, same_names_renewal=False)
+    problem = messages.Error(
+        typ="urn:ietf:params:acme:error:rateLimited",
+        detail='too many certificates (50) already issued for "busy.example" in the last 168h0m0s',
+    )
+    with pytest.raises(messages.Error), gate.placing(lambda: 86400.0):
+        raise problem
+    with pytest.raises(RateLimited) as refused:
+        issue(ledger, "api.busy.example")
+    assert "for busy.example" in str(refused.value)
+    issue(ledger, "www.quiet.example")  # another registered domain of the same account goes on
+    account_wide = messages.Error(
+        typ="urn:ietf:params:acme:error:rateLimited",
+        detail="too many new orders (300) from this account in the last 3h0m0s",
+    )
+    gate = ledger.gate(ACCOUNT, ["a.quiet.example"], ari_renewal=False, same_names_renewal=False)
+    with pytest.raises(messages.Error), gate.placing(lambda: 600.0):
+        raise account_wide
+    with pytest.raises(RateLimited):
+        issue(ledger, "www.elsewhere.example")
