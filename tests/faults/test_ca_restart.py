@@ -6,13 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from conftest import MakeEnv
 
 from testbench.ari import AcmeFront, start_front
 from testbench.command import Run
 from testbench.pebble import start_pebble
+
+if TYPE_CHECKING:
+    from conftest import MakeEnv
 
 
 @pytest.fixture
