@@ -71,6 +71,8 @@ class ControllerConfig:
     identity: str = ""
     rollout_timeout: float = 300.0
     watch_namespace: str = ""  # only this namespace's Certificates, Issuers, Secrets, Ingresses ("": all)
+    dns_state_dir: str | None = None  # DNS-01 journal (a volume, to clean up after a crash); None: temp dir
+    tls_alpn_bind: str = "0.0.0.0:8443"  # where the leader answers TLS-ALPN-01 (the Service maps 443 here)
 
 
 class SharedChallenges(ChallengeStore):
@@ -411,6 +413,8 @@ class Manager:
             cluster_namespace=self.config.namespace,
             concurrency=self.config.concurrency,
             rollout_timeout=self.config.rollout_timeout,
+            dns_state_dir=self.config.dns_state_dir,
+            tls_alpn_bind=self.config.tls_alpn_bind,
         )
         responder: Responder = await start_responder(
             self._routes(), self.config.http_bind, reuse_port=True, fallback=self._fetch_token

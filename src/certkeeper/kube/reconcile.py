@@ -32,6 +32,7 @@ from certkeeper.errors import CertkeeperError, ConfigError
 from certkeeper.kube.api import call_api
 from certkeeper.kube.config import Workload
 from certkeeper.kube.events import Recorder
+from certkeeper.kube.issuers import Declared, parse_solvers, refuse_names, solver_config
 from certkeeper.kube.rollout import RolloutResult, restart_rc, restart_workload
 from certkeeper.kube.secret_store import MANAGED_BY, SecretStore, data_digest
 from certkeeper.kube.sources import (
@@ -49,7 +50,9 @@ from certkeeper.kube.sources import (
     unknown_fields,
 )
 from certkeeper.model import IssuedCert, PendingOrder
+from certkeeper.solvers.config import SolverSetup
 from certkeeper.solvers.http01 import ChallengeStore
+from certkeeper.solvers.tlsalpn01 import TlsAlpn01Solver
 from certkeeper.spec import CertSpec, IssuerSpec, resolve_server
 from certkeeper.stores.base import StoredCert, StoreDefaults
 
@@ -78,7 +81,7 @@ class IssuerConfig:
     account_secret: str
     profile: str | None
     preferred_chain: str | None
-    dns_solvers: bool
+    solvers: tuple[Declared, ...]  # acme.solvers as declared (Secrets not read yet)
 
 
 def issuer_config(obj: IssuerObj, cluster_namespace: str, bundles: Path) -> IssuerConfig | Refusal:
@@ -88,20 +91,10 @@ def issuer_config(obj: IssuerObj, cluster_namespace: str, bundles: Path) -> Issu
     if extra:
         return Refusal("UnsupportedField", f"{obj.kind} {obj.name}: {', '.join(extra)} not supported; remove it")
     acme = spec.get("acme") or {}
-    solvers = acme.get("solvers") or [{"http01": {}}]
-    for solver in solvers:
-        others = sorted(set(solver) - {"http01"})
-        if others:
-            return Refusal(
-                "UnsupportedSolver",
-                f"{obj.kind} {obj.name}: solver {others[0]} is not supported yet; use http01: {{}}",
-            )
-        if solver.get("http01"):
-            return Refusal(
-                "UnsupportedSolver",
-                f"{obj.kind} {obj.name}: http01 solver options are not supported; certkeeper answers HTTP-01 "
-                "itself (route /.well-known/acme-challenge/ to its Service): use http01: {}",
-            )
+    try:
+        solvers = parse_solvers(acme)
+    except ConfigError as error:
+        return Refusal("UnsupportedSolver", f"{obj.kind} {obj.name}: acme.{error}")
     ca_bundle = None
     if acme.get("caBundle"):
         try:
@@ -131,7 +124,7 @@ def issuer_config(obj: IssuerObj, cluster_namespace: str, bundles: Path) -> Issu
         account_secret=str((acme.get("privateKeySecretRef") or {}).get("name", "")),
         profile=acme.get("profile") or None,
         preferred_chain=acme.get("preferredChain") or None,
-        dns_solvers=False,
+        solvers=solvers,
     )
 
 
@@ -245,6 +238,8 @@ class Reconciler:
         cluster_namespace: str,
         concurrency: int = 8,
         rollout_timeout: float = 300.0,
+        dns_state_dir: str | None = None,
+        tls_alpn_bind: str = "0.0.0.0:8443",
     ) -> None:
         self.client = client
         self.issuers = issuers
@@ -254,7 +249,11 @@ class Reconciler:
         self.cluster_namespace = cluster_namespace
         self.concurrency = concurrency
         self.rollout_timeout = rollout_timeout
-        self._engines: dict[str, tuple[int, Engine, RoutedStore]] = {}
+        self.dns_state_dir = dns_state_dir  # the DNS-01 journal: records presented, for cleanup after a crash
+        # One TLS-ALPN-01 listener for every issuer with a tlsAlpn01 solver; it listens only while
+        # this replica (the leader) has names presented or about to be.
+        self.tls_alpn = TlsAlpn01Solver(tls_alpn_bind)
+        self._engines: dict[str, tuple[str, Engine, RoutedStore]] = {}  # issuer -> (its version, ...)
         self._engine_lock = asyncio.Lock()
         self._bundles = Path(tempfile.mkdtemp(prefix="certkeeper-ca-"))
         self._in_flight: dict[str, CertificateObj] = {}  # lineage -> its Certificate, while its run lasts
@@ -264,7 +263,18 @@ class Reconciler:
 
     async def close(self) -> None:
         for _, engine, _ in self._engines.values():
-            await engine.close()
+            await self._close_engine(engine)
+        self.tls_alpn.close()
+
+    async def _close_engine(self, engine: Engine) -> None:
+        await engine.close()
+        for entry in engine.solvers.entries:
+            if entry.solver is not self.tls_alpn:  # shared with the other engines
+                entry.solver.close()
+
+    def _secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        secret = SecretStore(self.client, namespace, name).get()
+        return dict(secret.data or {}) if secret is not None else None
 
     # -- the issuer's engine -----------------------------------------------------------------------
 
@@ -282,9 +292,17 @@ class Reconciler:
         return base64.b64decode(value).decode().strip()
 
     async def engine_for(self, obj: IssuerObj, config: IssuerConfig) -> tuple[Engine, RoutedStore]:
+        # Solver Secrets (TSIG key, provider credentials) from the issuer's namespace (the controller's
+        # for a ClusterIssuer), read at each full check of a Certificate (one GET each, none for
+        # http01/tlsAlpn01): a rotated key is used from the next order on. ConfigError if missing.
+        solvers = await asyncio.to_thread(
+            solver_config, config.solvers, config.namespace, self._secret_data, self.tls_alpn.bind
+        )
+        digest = hashlib.sha256(json.dumps(solvers, sort_keys=True).encode()).hexdigest()[:16]
+        version = f"{obj.generation}/{digest}"
         async with self._engine_lock:
             known = self._engines.get(config.ref)
-            if known is not None and known[0] == obj.generation:
+            if known is not None and known[0] == version:
                 return known[1], known[2]
             issuer = config.issuer
             if issuer.eab_kid:
@@ -299,12 +317,13 @@ class Reconciler:
                 routed,
                 concurrency=self.concurrency,
                 challenges=self.challenges,
+                solvers=SolverSetup(tuple(solvers), self.dns_state_dir, self.tls_alpn),
                 before_order=self._ordering,
                 journal=routed,
             )
             if known is not None:
-                await known[1].close()
-            self._engines[config.ref] = (obj.generation, engine, routed)
+                await self._close_engine(known[1])
+            self._engines[config.ref] = (version, engine, routed)
             return engine, routed
 
     def _may_have_pending(self, lineage: str) -> bool:
@@ -462,6 +481,10 @@ class Reconciler:
             await self._issuer_status(issuer_obj, False, config.reason, config.message)
             await self.refuse(cert, Refusal("IssuerNotReady", config.message))
             return None
+        unprovable = refuse_names(config.solvers, target.spec.names, f"{issuer_obj.kind} {issuer_obj.name}")
+        if unprovable is not None:
+            await self.refuse(cert, unprovable)
+            return None
         if config.profile or config.preferred_chain:
             spec = target.spec
             target = Target(
@@ -508,7 +531,12 @@ class Reconciler:
             last = datetime.datetime.fromisoformat(str(cert.status["lastFailureTime"]).replace("Z", "+00:00"))
             store.seed_state({"failures": failures, "last_failure": last.isoformat()})
         self.full_checks += 1
-        engine, routed = await self.engine_for(issuer_obj, config)
+        try:
+            engine, routed = await self.engine_for(issuer_obj, config)
+        except ConfigError as error:  # a solver's Secret missing or wrong: said on both, looked at again
+            await self._issuer_status(issuer_obj, False, "InvalidSolver", str(error))
+            await self.refuse(cert, Refusal("IssuerNotReady", f"{issuer_obj.kind} {issuer_obj.name}: {error}"))
+            return FAILURE_RETRY_S[0]
         lineage = target.spec.lineage
         routed.attach(lineage, store)
         self._in_flight[lineage] = cert
