@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +83,19 @@ def test_wildcard_and_apex_over_rfc2136_with_the_tsig_key_from_a_secret(
         secret = get_secret(kube_client, namespace, "wild")
         assert secret is not None
         verify_secret(secret, set(names), dns_pebble.root_pem(), tmp_path)
+
+        # The TSIG Secret rotated (here: to a key the server does not know) is read at the next full
+        # check, without a restart: the next order's update is signed with it and refused.
+        wrong = base64.b64encode(base64.b64encode(b"not the key on the server, 32 b!")).decode()
+        kubectl("patch", "secret", "tsig", "--type=merge", "-p", json.dumps({"data": {"tsig-secret-key": wrong}}))
+        kubectl("patch", "certificate.certkeeper.io", "wild", "--type=merge",
+                "-p", json.dumps({"spec": {"dnsNames": [*names, "more.ctl.example.test"]}}))  # fmt: skip
+
+        def refused_key() -> dict[str, Any] | None:
+            issuing = condition(get(kubectl, "certificate.certkeeper.io", "wild"), "Issuing")
+            return issuing if "refused the TSIG key" in issuing.get("message", "") else None
+
+        wait_for("the rotated key used and refused", refused_key, timeout=60, run=run)
         assert run.stop() == 0
     assert [r for r in bind.txt("example.test") if r[2] != '"not-ours"'] == [], "a TXT record was left"
     assert not any(state.rglob("*.json")), "a presented record was left in the journal"
