@@ -160,3 +160,39 @@ def test_ip_addresses_and_a_name_over_tls_alpn01(
             leaf = split_pem_chain(secret_bytes(secret, "tls.crt"))[0]
             assert set(cert_info(leaf).names) == expected
         assert run.stop() == 0
+
+
+def test_wildcard_over_lexicon_with_provider_options_from_a_secret(
+    kube_client: Client,
+    namespace: str,
+    kubeconfig: Path,
+    kubectl: Kubectl,
+    dns_pebble: Pebble,
+    bind: Bind,
+    tmp_path: Path,
+) -> None:
+    names = ["*.ctl.lexzone.com", "ctl.lexzone.com"]
+    # lexicon's zone-file provider takes the file as its option: given here the way a token would be.
+    credentials = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "provider"},
+        "type": "Opaque",
+        "data": {"filename": base64.b64encode(str(bind.zone_file("lexzone.com")).encode()).decode()},
+    }
+    lexicon = {"provider": "localzone", "nameserver": bind.server, "credentialsSecretRef": {"name": "provider"}}
+    issuer = with_solvers(
+        issuer_manifest("hosted", dns_pebble.directory_url, dns_pebble.ca_bundle), [{"dns01": {"lexicon": lexicon}}]
+    )
+    apply(kubectl, credentials, issuer, certificate("hosted", "hosted", names))
+    with (
+        bind.reloading_on_change("lexzone.com"),
+        start(kubeconfig, tmp_path, namespace, dns_pebble, f"--dns-state-dir={tmp_path / 'dns'}") as run,  # type: ignore[arg-type]
+    ):
+        wait_for("the lexicon Certificate Ready", lambda: ready(kubectl, "hosted"), timeout=90, run=run)
+        secret = get_secret(kube_client, namespace, "hosted")
+        assert secret is not None
+        verify_secret(secret, set(names), dns_pebble.root_pem(), tmp_path)
+        assert run.stop() == 0
+    assert "TXT" not in bind.zone_file("lexzone.com").read_text()
+    assert bind.txt("lexzone.com") == []
