@@ -113,7 +113,8 @@ IMAGES = (
     ),
     ImageSpec(
         name="certkeeper-proxy",
-        packages=("python3", "ca-certificates", "nginx-light"),
+        # libnginx-mod-stream: ssl_preread, the TLS-ALPN-01 front (TLS_ALPN_SERVICE).
+        packages=("python3", "ca-certificates", "nginx-light", "libnginx-mod-stream"),
         entrypoint=("certkeeper", "proxy"),
         cmd=(),
         ports=(80, 443),

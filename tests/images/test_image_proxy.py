@@ -15,11 +15,14 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from certkeeper.solvers.base import AccountKey, Challenge, Identifier
+from certkeeper.solvers.tlsalpn01 import ALPN, TlsAlpn01Solver
 from testbench import containers, images
 from testbench.pki import TestCA
 from testbench.volumes import write_secret_volume
 
 HOST = "proxy.test"
+ACME_IDENTIFIER = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")  # RFC 8737's acmeIdentifier extension
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -147,3 +150,59 @@ def test_the_proxy_image_serves_https_from_a_secret_volume_and_picks_up_a_rotati
             exit_code = running.stop()
         assert exit_code == 0, log.read_text(errors="replace")[-3000:]
         assert box.written() == before, "the proxy wrote into the image outside its run directory"
+
+
+def alpn_peer(port: int) -> x509.Certificate:
+    """The certificate shown to a client offering only ALPN acme-tls/1 (as the CA validating TLS-ALPN-01)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the validation certificate is self-signed by design
+    context.set_alpn_protocols([ALPN])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=HOST) as tls,
+    ):
+        assert tls.selected_alpn_protocol() == ALPN
+        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True) or b"")
+
+
+def test_the_proxy_image_routes_tls_alpn01_to_certkeeper_and_the_rest_to_https(
+    built: dict[str, images.Built], backend_port: int, secrets_dir: Path, tmp_path: Path
+) -> None:
+    ca = TestCA("image test CA", days=2)
+    served = ca.issue([HOST])
+    write_secret_volume(secrets_dir, {"proxycert": served.cert_pem + ca.cert_pem, "proxykey": served.key_pem})
+    responder = TlsAlpn01Solver(f"127.0.0.1:{free_port()}")  # certkeeper's responder, outside the image
+    responder.present(Identifier(HOST), Challenge("tls-alpn-01", "token"), AccountKey("thumbprint"))
+    http_port, https_port = free_port(), free_port()
+    mounts = containers.pod_mounts(containers.pod_spec(ROOT / "deploy" / "proxy" / "deployment.yaml"),
+                                   {"certs": secrets_dir})  # fmt: skip
+    log = tmp_path / "proxy.log"
+    try:
+        with containers.container(built["certkeeper-proxy"].reference, mounts) as box:
+            box.set_env(
+                {
+                    "ENABLE_SSL": "true",
+                    "TARGET_SERVICE": f"127.0.0.1:{backend_port}",
+                    "TLS_ALPN_SERVICE": responder.bind,
+                    "HTTP_PORT": str(http_port),
+                    "HTTPS_PORT": str(https_port),
+                    "LISTEN_ADDRESS": "127.0.0.1",
+                    "ACCESS_LOG": "off",
+                }
+            )
+            with log.open("wb") as out:
+                running = box.start(box.entrypoint, out)
+            try:
+                serial = served.cert.serial_number
+                wait_for("HTTPS behind the ALPN front", lambda: https_get(https_port, ca)[0] == serial, 30, log)
+                _, reply = https_get(https_port, ca)
+                assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"from the backend\n")
+                validation = alpn_peer(https_port)
+                assert validation.extensions.get_extension_for_oid(ACME_IDENTIFIER).critical
+                assert validation.serial_number != served.cert.serial_number
+            finally:
+                exit_code = running.stop()
+            assert exit_code == 0, log.read_text(errors="replace")[-3000:]
+    finally:
+        responder.close()

@@ -43,6 +43,8 @@ def _run(world_dir: Path, env: dict[str, str]) -> tuple[int, list[str]]:
         ({"ENABLE_BASIC_AUTH": "true"}, "ENABLE_BASIC_AUTH is on but"),
         ({"ENABLE_SSL": "true", "HTTPS_PORT": "8080", "HTTP_PORT": "8080"}, "HTTP_PORT and HTTPS_PORT are both 8080"),
         ({"TARGET_SERVICE": "no-such-host.invalid:80"}, "nginx rejected the configuration: host not found in upstream"),
+        ({"TLS_ALPN_SERVICE": "127.0.0.1:8443"}, "TLS_ALPN_SERVICE is set but ENABLE_SSL is off: set ENABLE_SSL"),
+        ({"ENABLE_SSL": "true", "TLS_ALPN_SERVICE": "127.0.0.1"}, "TLS_ALPN_SERVICE='127.0.0.1' has no port: give"),
     ],
     ids=lambda v: next(iter(v)) if isinstance(v, dict) else "",
 )

@@ -35,6 +35,11 @@ from certkeeper.kube.command import setup_logging
         help="Seconds a leader's Lease lasts without renewal.")  # fmt: skip
 @option("--rollout-timeout", type=float, default=300.0, show_default=True,
         help="Seconds to wait for each replaced pod to be Ready.")  # fmt: skip
+@option("--dns-state-dir", default=None, metavar="DIR",
+        help="Where DNS-01 notes the TXT records it presented, so a restart removes what a crash left "
+        "(a volume; default: a temporary directory).")  # fmt: skip
+@option("--tls-alpn-bind", default="0.0.0.0:8443", show_default=True, metavar="HOST:PORT",
+        help="Where the leader answers TLS-ALPN-01 (issuers with a tlsAlpn01 solver); route 443 here.")  # fmt: skip
 @option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
         help="Log lines as text or JSON.")  # fmt: skip
 @option(
@@ -57,6 +62,8 @@ def controller(
     leader_elect: bool,
     lease_duration: int,
     rollout_timeout: float,
+    dns_state_dir: str | None,
+    tls_alpn_bind: str,
     log_format: str,
     rate_limits: str,
     verbose: int,
@@ -74,10 +81,11 @@ def controller(
     from certkeeper.web import parse_bind
 
     problems: list[str] = []
-    try:
-        parse_bind(http_bind)
-    except CertkeeperError as error:
-        problems.append(str(error))
+    for bind in (http_bind, tls_alpn_bind):
+        try:
+            parse_bind(bind)
+        except CertkeeperError as error:
+            problems.append(str(error))
     try:
         parse_limits(rate_limits, "")
     except CertkeeperError as error:
@@ -109,6 +117,8 @@ def controller(
         rollout_timeout=rollout_timeout,
         watch_namespace=watch_namespace,
         rate_limits=rate_limits,
+        dns_state_dir=dns_state_dir,
+        tls_alpn_bind=tls_alpn_bind,
     )
     try:
         manager = Manager(config)

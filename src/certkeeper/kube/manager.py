@@ -77,6 +77,8 @@ class ControllerConfig:
     service: str = "certkeeper-controller"  # the Service in front of the replicas: HTTPRoutes send HTTP-01 here
     service_port: int = 80
     rate_limits: str = "auto"  # the CA limits the rate-limit ledger enforces (ratelimits.parse_limits)
+    dns_state_dir: str | None = None  # DNS-01 journal (a volume, to clean up after a crash); None: temp dir
+    tls_alpn_bind: str = "0.0.0.0:8443"  # where the leader answers TLS-ALPN-01 (the Service maps 443 here)
 
 
 class SharedChallenges(ChallengeStore):
@@ -462,6 +464,8 @@ class Manager:
             rollout_timeout=self.config.rollout_timeout,
             routes=self.routes,
             rate_limits=self.config.rate_limits,
+            dns_state_dir=self.config.dns_state_dir,
+            tls_alpn_bind=self.config.tls_alpn_bind,
         )
         responder: Responder = await start_responder(
             self._routes(), self.config.http_bind, reuse_port=True, fallback=self._fetch_token

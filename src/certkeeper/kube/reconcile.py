@@ -32,6 +32,7 @@ from certkeeper.errors import CertkeeperError, ConfigError
 from certkeeper.kube.api import call_api
 from certkeeper.kube.config import Workload
 from certkeeper.kube.events import Recorder
+from certkeeper.kube.issuers import Declared, parse_solvers, refuse_names, solver_config
 from certkeeper.kube.ledger_secret import SecretBackend
 from certkeeper.kube.rollout import RolloutResult, restart_rc, restart_workload
 from certkeeper.kube.secret_store import MANAGED_BY, SecretStore, data_digest
@@ -52,8 +53,10 @@ from certkeeper.kube.sources import (
 from certkeeper.ledger import Ledger
 from certkeeper.model import IssuedCert, PendingOrder
 from certkeeper.ratelimits import parse_limits
+from certkeeper.solvers.config import SolverSetup
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.solvers.httproute import RouteChallenges, RouteKeeper, route_parents
+from certkeeper.solvers.tlsalpn01 import TlsAlpn01Solver
 from certkeeper.spec import CertSpec, IssuerSpec, resolve_server
 from certkeeper.stores.base import StoredCert, StoreDefaults
 
@@ -82,7 +85,7 @@ class IssuerConfig:
     account_secret: str
     profile: str | None
     preferred_chain: str | None
-    dns_solvers: bool
+    solvers: tuple[Declared, ...]  # acme.solvers as declared (Secrets not read yet)
     route_parents: str = ""  # http01.gatewayHTTPRoute: HTTP-01 through temporary HTTPRoutes (route_parents())
 
 
@@ -93,18 +96,15 @@ def issuer_config(obj: IssuerObj, cluster_namespace: str, bundles: Path) -> Issu
     if extra:
         return Refusal("UnsupportedField", f"{obj.kind} {obj.name}: {', '.join(extra)} not supported; remove it")
     acme = spec.get("acme") or {}
-    solvers = acme.get("solvers") or [{"http01": {}}]
+    try:
+        solvers = parse_solvers(acme)
+    except ConfigError as error:
+        return Refusal("UnsupportedSolver", f"{obj.kind} {obj.name}: acme.{error}")
     routes = ""
-    for solver in solvers:
-        others = sorted(set(solver) - {"http01"})
-        if others:
-            return Refusal(
-                "UnsupportedSolver",
-                f"{obj.kind} {obj.name}: solver {others[0]} is not supported yet; use http01: {{}}",
-            )
-        if solver.get("http01"):
+    for declared in solvers:
+        if declared.kind == "http01" and declared.settings:
             try:
-                routes = route_parents(solver["http01"], obj.namespace)
+                routes = route_parents(declared.settings, obj.namespace)
             except ConfigError as error:
                 return Refusal("UnsupportedSolver", f"{obj.kind} {obj.name}: {error}")
     ca_bundle = None
@@ -136,7 +136,7 @@ def issuer_config(obj: IssuerObj, cluster_namespace: str, bundles: Path) -> Issu
         account_secret=str((acme.get("privateKeySecretRef") or {}).get("name", "")),
         profile=acme.get("profile") or None,
         preferred_chain=acme.get("preferredChain") or None,
-        dns_solvers=False,
+        solvers=solvers,
         route_parents=routes,
     )
 
@@ -253,6 +253,8 @@ class Reconciler:
         rollout_timeout: float = 300.0,
         routes: RouteKeeper | None = None,
         rate_limits: str = "auto",
+        dns_state_dir: str | None = None,
+        tls_alpn_bind: str = "0.0.0.0:8443",
     ) -> None:
         self.client = client
         self.routes = routes  # HTTP-01 through a Gateway, for issuers that ask for it
@@ -264,7 +266,11 @@ class Reconciler:
         self.cluster_namespace = cluster_namespace
         self.concurrency = concurrency
         self.rollout_timeout = rollout_timeout
-        self._engines: dict[str, tuple[int, Engine, RoutedStore]] = {}
+        self.dns_state_dir = dns_state_dir  # the DNS-01 journal: records presented, for cleanup after a crash
+        # One TLS-ALPN-01 listener for every issuer with a tlsAlpn01 solver; it listens only while
+        # this replica (the leader) has names presented or about to be.
+        self.tls_alpn = TlsAlpn01Solver(tls_alpn_bind)
+        self._engines: dict[str, tuple[str, Engine, RoutedStore]] = {}  # issuer -> (its version, ...)
         self._engine_lock = asyncio.Lock()
         self._bundles = Path(tempfile.mkdtemp(prefix="certkeeper-ca-"))
         self._in_flight: dict[str, CertificateObj] = {}  # lineage -> its Certificate, while its run lasts
@@ -274,7 +280,18 @@ class Reconciler:
 
     async def close(self) -> None:
         for _, engine, _ in self._engines.values():
-            await engine.close()
+            await self._close_engine(engine)
+        self.tls_alpn.close()
+
+    async def _close_engine(self, engine: Engine) -> None:
+        await engine.close()
+        for entry in engine.solvers.entries:
+            if entry.solver is not self.tls_alpn:  # shared with the other engines
+                entry.solver.close()
+
+    def _secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        secret = SecretStore(self.client, namespace, name).get()
+        return dict(secret.data or {}) if secret is not None else None
 
     # -- the issuer's engine -----------------------------------------------------------------------
 
@@ -292,9 +309,17 @@ class Reconciler:
         return base64.b64decode(value).decode().strip()
 
     async def engine_for(self, obj: IssuerObj, config: IssuerConfig) -> tuple[Engine, RoutedStore]:
+        # Solver Secrets (TSIG key, provider credentials) from the issuer's namespace (the controller's
+        # for a ClusterIssuer), read at each full check of a Certificate (one GET each, none for
+        # http01/tlsAlpn01): a rotated key is used from the next order on. ConfigError if missing.
+        solvers = await asyncio.to_thread(
+            solver_config, config.solvers, config.namespace, self._secret_data, self.tls_alpn.bind
+        )
+        digest = hashlib.sha256(json.dumps(solvers, sort_keys=True).encode()).hexdigest()[:16]
+        version = f"{obj.generation}/{digest}"
         async with self._engine_lock:
             known = self._engines.get(config.ref)
-            if known is not None and known[0] == obj.generation:
+            if known is not None and known[0] == version:
                 return known[1], known[2]
             issuer = config.issuer
             if issuer.eab_kid:
@@ -309,6 +334,7 @@ class Reconciler:
                 routed,
                 concurrency=self.concurrency,
                 challenges=self._challenges_for(config),
+                solvers=SolverSetup(tuple(solvers), self.dns_state_dir, self.tls_alpn),
                 before_order=self._ordering,
                 journal=routed,
                 ledger=Ledger(
@@ -317,8 +343,8 @@ class Reconciler:
                 ),
             )
             if known is not None:
-                await known[1].close()
-            self._engines[config.ref] = (obj.generation, engine, routed)
+                await self._close_engine(known[1])
+            self._engines[config.ref] = (version, engine, routed)
             return engine, routed
 
     def _challenges_for(self, config: IssuerConfig) -> ChallengeStore:
@@ -481,6 +507,10 @@ class Reconciler:
             await self._issuer_status(issuer_obj, False, config.reason, config.message)
             await self.refuse(cert, Refusal("IssuerNotReady", config.message))
             return None
+        unprovable = refuse_names(config.solvers, target.spec.names, f"{issuer_obj.kind} {issuer_obj.name}")
+        if unprovable is not None:
+            await self.refuse(cert, unprovable)
+            return None
         if config.profile or config.preferred_chain:
             spec = target.spec
             target = Target(
@@ -527,7 +557,12 @@ class Reconciler:
             last = datetime.datetime.fromisoformat(str(cert.status["lastFailureTime"]).replace("Z", "+00:00"))
             store.seed_state({"failures": failures, "last_failure": last.isoformat()})
         self.full_checks += 1
-        engine, routed = await self.engine_for(issuer_obj, config)
+        try:
+            engine, routed = await self.engine_for(issuer_obj, config)
+        except ConfigError as error:  # a solver's Secret missing or wrong: said on both, looked at again
+            await self._issuer_status(issuer_obj, False, "InvalidSolver", str(error))
+            await self.refuse(cert, Refusal("IssuerNotReady", f"{issuer_obj.kind} {issuer_obj.name}: {error}"))
+            return FAILURE_RETRY_S[0]
         lineage = target.spec.lineage
         routed.attach(lineage, store)
         self._in_flight[lineage] = cert

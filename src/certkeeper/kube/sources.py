@@ -18,7 +18,7 @@ from typing import Any
 
 from certkeeper.errors import ConfigError
 from certkeeper.kube.secret_store import data_digest
-from certkeeper.spec import CertSpec, KeyType, normalize_names
+from certkeeper.spec import CertSpec, KeyType, ip_of, normalize_names
 
 GROUP = "certkeeper.io"
 VERSION = "v1"
@@ -283,8 +283,12 @@ def key_type(private_key: dict[str, Any]) -> KeyType:
     raise ConfigError(f"privateKey.size {size} is not an ECDSA curve size", "use 256 or 384 for ECDSA")
 
 
-def certificate_target(cert: CertificateObj, issuer_solvers_dns: bool = False) -> Target | Refusal:
-    """The Certificate as a Target, or the Refusal that says what to fix in it."""
+def certificate_target(cert: CertificateObj) -> Target | Refusal:
+    """The Certificate as a Target, or the Refusal that says what to fix in it.
+
+    Whether the issuer's solvers can prove each name (a wildcard needs DNS-01) is the reconciler's
+    check (``issuers.refuse_names``), once the issuer is known.
+    """
     spec = cert.spec
     extra = unknown_fields(spec, KNOWN_CERT_FIELDS)
     if extra:
@@ -292,26 +296,19 @@ def certificate_target(cert: CertificateObj, issuer_solvers_dns: bool = False) -
             "UnsupportedField",
             f"{', '.join(extra)}: not supported by certkeeper; remove it (docs/controller.md lists the fields)",
         )
-    if spec.get("ipAddresses"):
-        return Refusal(
-            "UnsupportedField", "spec.ipAddresses: IP address certificates are not supported yet; use dnsNames"
-        )
     if cert.problem:
         return Refusal("ListenerNotServed", cert.problem)
     raw_names = [str(n) for n in spec.get("dnsNames") or ()]
-    if not raw_names:
-        return Refusal("InvalidSpec", "spec.dnsNames is empty: list at least one DNS name")
+    raw_addresses = [str(a) for a in spec.get("ipAddresses") or ()]
+    if not raw_names and not raw_addresses:
+        return Refusal("InvalidSpec", "spec.dnsNames is empty: list at least one DNS name (or spec.ipAddresses)")
+    bad_addresses = [a for a in raw_addresses if ip_of(a) is None]
+    if bad_addresses:
+        return Refusal("InvalidName", f"spec.ipAddresses: {bad_addresses[0]!r} is not an IPv4 or IPv6 address")
     try:
-        names = normalize_names(raw_names, allow_wildcard=True)
+        names = normalize_names(raw_names + raw_addresses, allow_wildcard=True)
     except ConfigError as error:
         return Refusal("InvalidName", f"spec.dnsNames: {error}")
-    wildcards = [n for n in names if n.startswith("*.")]
-    if wildcards and not issuer_solvers_dns:
-        return Refusal(
-            "WildcardNeedsDNS01",
-            f"{wildcards[0]} is a wildcard, which only DNS-01 can validate, and the issuer has only HTTP-01 "
-            "solvers: list the exact names instead",
-        )
     private_key = spec.get("privateKey") or {}
     try:
         kind = key_type(private_key)

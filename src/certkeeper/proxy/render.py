@@ -50,6 +50,16 @@ class RunPaths:
         return self.root / "dhparam.pem"
 
     @property
+    def https_socket(self) -> Path:
+        """Where the HTTPS server listens behind the TLS-ALPN-01 stream front."""
+        return self.root / "https.sock"
+
+    @property
+    def alpn_socket(self) -> Path:
+        """The stream hop that takes the PROXY header off ACME TLS-ALPN-01 connections."""
+        return self.root / "alpn.sock"
+
+    @property
     def lock(self) -> Path:
         return self.root / "certkeeper.lock"
 
@@ -82,8 +92,38 @@ def _challenge_location(settings: ProxySettings) -> str:
     )
 
 
+def _alpn_front(settings: ProxySettings, paths: RunPaths) -> str:
+    """The port-443 front with TLS_ALPN_SERVICE: ``acme-tls/1`` to certkeeper, the rest to the HTTPS server.
+
+    ssl_preread reads only the ClientHello; the TLS session itself is between the client and the
+    server chosen. The HTTPS server sits on a unix socket (no second TCP stack) and gets the client's
+    address by the PROXY protocol.
+    """
+    return f"""
+stream {{
+    map $ssl_preread_alpn_protocols $certkeeper_tls_route {{
+        ~(^|,)acme-tls/1(,|$) unix:{paths.alpn_socket};
+        default unix:{paths.https_socket};
+    }}
+    server {{
+        listen {_listen(settings, settings.https_port)};
+        ssl_preread on;
+        proxy_protocol on;
+        proxy_pass $certkeeper_tls_route;
+    }}
+    # The PROXY header is for the HTTPS server only: ACME connections (a few per order) lose it here.
+    server {{
+        listen unix:{paths.alpn_socket} proxy_protocol;
+        proxy_pass {settings.tls_alpn_service};
+    }}
+}}
+"""
+
+
 def render(settings: ProxySettings, paths: RunPaths, *, has_cert: bool, dhparam: bool) -> str:
     names = " ".join(settings.server_names) or "_"
+    front = settings.enable_ssl and settings.tls_alpn_service is not None
+    modules = f"load_module {settings.stream_module};\n" if front and settings.stream_module else ""
     user = f"user {settings.worker_user};\n" if settings.worker_user else ""
     temp = paths.temp
     connection = "$connection_upgrade" if settings.web_sockets else '""'
@@ -114,9 +154,16 @@ def render(settings: ProxySettings, paths: RunPaths, *, has_cert: bool, dhparam:
             f'        add_header Strict-Transport-Security "max-age={HSTS_MAX_AGE}" always;\n' if settings.hsts else ""
         )
         dh = f"        ssl_dhparam {paths.dhparam};\n" if dhparam else ""
+        listen = f"{_listen(settings, settings.https_port)} ssl http2 default_server;\n"
+        if front:
+            listen = (
+                f"unix:{paths.https_socket} ssl http2 proxy_protocol default_server;\n"
+                "        set_real_ip_from unix:;\n"
+                "        real_ip_header proxy_protocol;\n"
+            )
         https = (
             "    server {\n"
-            f"        listen {_listen(settings, settings.https_port)} ssl http2 default_server;\n"
+            f"        listen {listen}"
             f"        server_name {names};\n"
             "        # Not for files: $realpath_root resolves the 'current' symlink once per handshake, so a\n"
             "        # certificate swap never pairs the old certificate with the new key.\n"
@@ -137,7 +184,7 @@ def render(settings: ProxySettings, paths: RunPaths, *, has_cert: bool, dhparam:
         )
 
     return f"""# Rendered by certkeeper proxy at every start; edits are overwritten.
-{user}worker_processes auto;
+{modules}{user}worker_processes auto;
 pid {paths.pid};
 error_log stderr notice;
 daemon off;
@@ -183,4 +230,4 @@ http {{
         server_name {names};
 {_challenge_location(settings)}{http_default}    }}
 {https}}}
-"""
+{_alpn_front(settings, paths) if front else ""}"""

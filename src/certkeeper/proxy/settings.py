@@ -7,6 +7,7 @@ import os
 import pwd
 import re
 import shutil
+import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,10 @@ class ProxySettings:
     nginx_bin: str
     worker_user: str | None
     poll_seconds: float
+    # TLS_ALPN_SERVICE: where ALPN acme-tls/1 connections on the HTTPS port go (certkeeper's TLS-ALPN-01
+    # responder); None: no stream front, the HTTPS server listens on the port itself.
+    tls_alpn_service: Upstream | None = None
+    stream_module: str | None = None  # load_module path when nginx's stream module is dynamic
 
     @property
     def htpasswd(self) -> Path:
@@ -174,6 +179,38 @@ def _nginx_bin(env: Mapping[str, str]) -> str:
     return found
 
 
+def _tls_alpn_service(env: Mapping[str, str]) -> Upstream | None:
+    raw = env.get("TLS_ALPN_SERVICE", "").strip()
+    if not raw:
+        return None
+    if ":" not in raw.strip("[]") or raw.endswith("]"):
+        raise ConfigError(
+            f"TLS_ALPN_SERVICE={raw!r} has no port", "give host:port of certkeeper's TLS-ALPN-01 responder"
+        )
+    host, port = _split_host_port("TLS_ALPN_SERVICE", raw)
+    return Upstream(host, port or 443)
+
+
+def _stream_module(nginx_bin: str) -> str | None:
+    """nginx's stream module (``ssl_preread``): None if built in, its path if dynamic; ConfigError if absent."""
+    try:
+        built = subprocess.run([nginx_bin, "-V"], capture_output=True, text=True, timeout=10, check=False).stderr
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise ConfigError(f"cannot run {nginx_bin} -V ({error})") from None
+    if "--with-stream_ssl_preread_module" not in built:
+        raise ConfigError("TLS_ALPN_SERVICE needs nginx with ssl_preread", "use Debian's nginx-light")
+    if "--with-stream=dynamic" not in built:
+        return None
+    found = re.search(r"--modules-path=(\S+)", built)
+    path = Path(found.group(1) if found else "/usr/lib/nginx/modules") / "ngx_stream_module.so"
+    if not path.is_file():
+        raise ConfigError(
+            f"TLS_ALPN_SERVICE needs nginx's stream module and {path} does not exist",
+            "install the Debian package libnginx-mod-stream",
+        )
+    return str(path)
+
+
 def _worker_user(env: Mapping[str, str]) -> str | None:
     # As root, nginx's workers drop to this user and must be able to read the certificate we hand them.
     if os.geteuid() != 0:
@@ -250,6 +287,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> ProxySettings:
     nginx_bin = field(lambda: _nginx_bin(env), "nginx")
     worker_user = field(lambda: _worker_user(env), None)
     poll_seconds = field(lambda: _poll_seconds(env), 0.5)
+    tls_alpn_service = field(lambda: _tls_alpn_service(env), None)
+    stream_module = None
+    if tls_alpn_service is not None:
+        if not enable_ssl:
+            problems.append(ConfigError("TLS_ALPN_SERVICE is set but ENABLE_SSL is off", "set ENABLE_SSL=true"))
+        stream_module = field(lambda: _stream_module(nginx_bin), None)
     if basic_auth and not (secrets_dir / "htpasswd").is_file():
         problems.append(
             ConfigError(
@@ -277,4 +320,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> ProxySettings:
         nginx_bin=nginx_bin,
         worker_user=worker_user,
         poll_seconds=poll_seconds,
+        tls_alpn_service=tls_alpn_service,
+        stream_module=stream_module,
     )

@@ -94,6 +94,10 @@ class Supervisor:
             ) from None
         self._lock_run_dir()
         self._take_back_ports()
+        # A socket file a killed nginx left would stop the next one binding it.
+        for socket_file in (self.paths.https_socket, self.paths.alpn_socket):
+            with contextlib.suppress(OSError):
+                socket_file.unlink(missing_ok=True)
         # A live dir that cannot be emptied or made (full, read-only) is reported once there is a pair
         # to write into it: the install fails, which is the one refusal line a user needs.
         with contextlib.suppress(OSError):

@@ -112,8 +112,14 @@ def _lexicon(raw: Mapping[str, Any], where: str, journal: Journal) -> Solver:
     return Rfc2136Solver(config, journal, publisher, via=f"lexicon:{provider}")
 
 
-def build_solvers(config: SolverConfig | None, http01: ChallengeStore, *, state_dir: str | None = None) -> Solvers:
-    """The solvers ``config`` describes; HTTP-01 alone when it is empty."""
+def build_solvers(
+    config: SolverConfig | None, http01: ChallengeStore, *, state_dir: str | None = None, tls_alpn: Solver | None = None
+) -> Solvers:
+    """The solvers ``config`` describes; HTTP-01 alone when it is empty.
+
+    ``tls_alpn``: a TLS-ALPN-01 solver to use for every ``tlsalpn01`` entry (the controller's engines
+    share one listener) instead of one each.
+    """
     if not config:
         return Solvers([SolverEntry(Http01Solver(http01))])
     from certkeeper.solvers.journal import Journal
@@ -128,6 +134,9 @@ def build_solvers(config: SolverConfig | None, http01: ChallengeStore, *, state_
         selector = _selector(raw.get("selector"), where)
         if "http01" in raw:
             entries.append(SolverEntry(Http01Solver(http01), selector))
+            continue
+        if "tlsalpn01" in raw and tls_alpn is not None:
+            entries.append(SolverEntry(tls_alpn, selector))
             continue
         if "tlsalpn01" in raw:
             from certkeeper.solvers.tlsalpn01 import TlsAlpn01Solver
@@ -155,9 +164,10 @@ class SolverSetup:
 
     config: tuple[Mapping[str, Any], ...] = ()
     state_dir: str | None = None  # where DNS-01 notes what it presented
+    tls_alpn: Solver | None = None  # a shared TLS-ALPN-01 listener (the controller's)
 
     def build(self, http01: ChallengeStore) -> Solvers:
-        return build_solvers(self.config, http01, state_dir=self.state_dir)
+        return build_solvers(self.config, http01, state_dir=self.state_dir, tls_alpn=self.tls_alpn)
 
     def recorded(self) -> list[Any] | None:
         """The configuration as stored with a certificate, so ``renew`` proves its names the same way.
@@ -169,7 +179,8 @@ class SolverSetup:
 
 def _without_secrets(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {k: _without_secrets(v) for k, v in value.items() if "secret" not in k.lower()}
+        # lexicon ``options`` may hold a provider's credentials (the controller reads them from a Secret).
+        return {k: _without_secrets(v) for k, v in value.items() if "secret" not in k.lower() and k != "options"}
     if isinstance(value, list | tuple):
         return [_without_secrets(v) for v in value]
     return value
