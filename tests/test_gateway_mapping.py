@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from certkeeper.kube.gateway import PROBLEM_ANNOTATION, gateway_plan, project_gateway
+from certkeeper.kube.issuers import parse_solvers, refuse_names
 from certkeeper.kube.sources import Refusal, Target, certificate_target, project_certificate
 
 
@@ -112,12 +113,11 @@ def test_listeners_that_cannot_be_served_are_reported_never_skipped() -> None:
         )
     )
     text = "\n".join(plan.problems)
-    assert len(plan.problems) == 5, text
+    assert len(plan.problems) == 4, text
     assert "listener nohost: no hostname" in text and "set listener.hostname" in text
     assert "Secret other/e-tls is in another namespace" in text
     assert "certificateRef Vault v is not a Secret" in text
     assert "listener norefs: HTTPS without tls.certificateRefs" in text
-    assert "*.example.com is a wildcard" in text
     certs = by_name(plan)
     # The nameless listener's Secret still gets a Certificate, which says why it is not issued.
     assert set(certs) == {"nohost-tls", "wild-tls", "good-tls"}
@@ -127,7 +127,16 @@ def test_listeners_that_cannot_be_served_are_reported_never_skipped() -> None:
     assert isinstance(refused, Refusal) and refused.reason == "ListenerNotServed"
     assert "listener nohost has no hostname" in refused.message
     wild = certificate_target(project_certificate(certs["wild-tls"]))
-    assert isinstance(wild, Refusal) and wild.reason == "WildcardNeedsDNS01"
+    # A wildcard listener is the issuer's to serve (DNS-01) or refuse, like any Certificate's wildcard.
+    assert not isinstance(wild, Refusal)
+    refused = refuse_names(parse_solvers({}), wild.spec.names, "Issuer shop/acme")
+    assert refused is not None and refused.reason == "WildcardNeedsDNS01"
+    assert (
+        refuse_names(
+            parse_solvers({"solvers": [{"dns01": {"rfc2136": {"nameserver": "ns:53"}}}]}), wild.spec.names, "x"
+        )
+        is None
+    )
     good = certificate_target(project_certificate(certs["good-tls"]))
     assert isinstance(good, Target) and good.spec.names == ("g.example.com",)
     assert PROBLEM_ANNOTATION not in (certs["good-tls"]["metadata"].get("annotations") or {})

@@ -55,7 +55,7 @@ def test_cert_manager_rfc2136_and_certkeepers_lexicon_become_solver_config_witho
             [{"dns01": {"route53": {}}}],
             "dns01 route53 is not supported: use dns01.rfc2136 or dns01.lexicon",
         ),
-        ([{"http01": {"ingress": {"class": "nginx"}}}], "solvers[0]: http01 options are not supported"),
+        ([{"http01": {"ingress": {"class": "nginx"}}}], "solvers[0]: http01.ingress is not supported"),
         ([{"selector": {"matchLabels": {"a": "b"}}, "http01": {}}], "selector.matchLabels is not supported"),
         ([{"dns01": {"rfc2136": {"nameserver": "ns:53", "tsigAlgorithm": "HMACSHA3"}}}], "tsigAlgorithm 'HMACSHA3'"),
         ([{"dns01": {"rfc2136": {"nameserver": "ns:53", "tsigKeyName": "k"}}}], "give both tsigKeyName and"),

@@ -160,11 +160,6 @@ def gateway_plan(gateway: GatewayObj) -> GatewayPlan:
                 nameless.setdefault(secret, []).append(listener.name or "?")
             elif listener.hostname not in hosts[secret]:
                 hosts[secret].append(listener.hostname)
-        if secrets and listener.hostname.startswith("*."):
-            problems.append(
-                f"{where}: {listener.hostname} is a wildcard, which only DNS-01 can validate: list exact "
-                "hostnames, one listener each"
-            )
         if secrets and not listener.hostname:
             problems.append(
                 f"{where}: no hostname, so no name to put in the certificate for Secret {', '.join(secrets)}: "

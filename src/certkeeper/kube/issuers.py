@@ -110,11 +110,12 @@ def _one(index: int, raw: Any) -> Declared:
     body = raw[kind]
     if kind == "http01":
         # gatewayHTTPRoute is checked against the Issuer's namespace by solvers.httproute.route_parents.
-        if body and (not isinstance(body, Mapping) or set(body) != {"gatewayHTTPRoute"}):
+        extra = sorted(set(body) - {"gatewayHTTPRoute"}) if isinstance(body, Mapping) else ["(not an object)"]
+        if body and extra:
             raise ConfigError(
-                f"{where}: the only http01 option is gatewayHTTPRoute; certkeeper answers HTTP-01 itself "
-                "(route /.well-known/acme-challenge/ to its Service): use http01: {} or "
-                "http01: {gatewayHTTPRoute: {parentRefs: [...]}}"
+                f"{where}: http01.{extra[0]} is not supported",
+                "use http01: {} (route /.well-known/acme-challenge/ to certkeeper's Service) or "
+                "http01: {gatewayHTTPRoute: {parentRefs: [...]}}",
             )
         return Declared("http01", dict(body or {}), selector)
     if kind == "tlsAlpn01":
