@@ -52,11 +52,29 @@ def collect(files: FileStore) -> list[dict[str, Any]]:
     return rows
 
 
+def _serve(store: str, bind: str) -> None:
+    import asyncio
+
+    from certkeeper.clikit import fail
+    from certkeeper.errors import CertkeeperError
+    from certkeeper.observe.host import serve
+
+    try:
+        asyncio.run(serve(FileStore(store), bind, f"certkeeper: {store}"))
+    except CertkeeperError as error:
+        fail(str(error))
+
+
 @click.command()
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(store: str, as_json: bool) -> None:
+@click.option("--serve", metavar="HOST:PORT",
+              help="Serve the status page at / and metrics at /metrics, read-only, until stopped.")  # fmt: skip
+def status(store: str, as_json: bool, serve: str | None) -> None:
     """Show the certificates in the store: names, key type, expiry, next renewal, last error."""
+    if serve:
+        _serve(store, serve)
+        return
     rows = collect(FileStore(store))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
