@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from cryptography import x509
-
 from promtext import parse, promtool_check, value
+
 from testbench.command import CERTKEEPER, Env, Run, one_error_line
 
 EXPIRY = "certkeeper_certificate_expiration_timestamp_seconds"
