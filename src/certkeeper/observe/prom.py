@@ -9,6 +9,7 @@ Names follow cert-manager's (certmanager_ -> certkeeper_) so its dashboards port
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -42,6 +43,8 @@ CERT_FAMILIES = (
 
 
 def _label(value: str) -> str:
+    if "\\" not in value and '"' not in value and "\n" not in value:
+        return value  # the usual name: nothing to escape, nothing copied
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
@@ -52,28 +55,28 @@ def cert_text(rows: Iterable[CertRecord]) -> str:
     20 µs a sample: 1.6 s for 10,000 certificates' 80,000 samples); here each row's labels are
     escaped once and its lines are one f-string each.
     """
-    parts: list[list[str]] = [[] for _ in CERT_FAMILIES]
-    expiry, not_before, renewal, ready, failures, last_failure = parts
+    # One growing buffer per family: each line is written and freed at once, so a scrape leaves no
+    # heap of small strings behind (80,000 list items would keep ~1 MB of arenas after it).
+    buffers = [io.StringIO() for _ in CERT_FAMILIES]
+    for (name, kind, help_text), buffer in zip(CERT_FAMILIES, buffers, strict=True):
+        buffer.write(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+    expiry, not_before, renewal, ready, failures, last_failure = (b.write for b in buffers)
+    n_expiry, n_not_before, n_renewal, n_ready, n_failures, n_last_failure = (f[0] for f in CERT_FAMILIES)
     for row in rows:
         key = f'name="{_label(row.name)}",namespace="{_label(row.namespace)}",issuer_name="{_label(row.issuer)}"'
         if row.not_after is not None:
-            expiry.append(f"{{{key}}} {row.not_after!r}")
+            expiry(f"{n_expiry}{{{key}}} {row.not_after!r}\n")
         if row.not_before is not None:
-            not_before.append(f"{{{key}}} {row.not_before!r}")
+            not_before(f"{n_not_before}{{{key}}} {row.not_before!r}\n")
         if row.renew_at is not None:
-            renewal.append(f"{{{key}}} {row.renew_at!r}")
+            renewal(f"{n_renewal}{{{key}}} {row.renew_at!r}\n")
         state = "Unknown" if row.ready is None else "True" if row.ready else "False"
         for condition in CONDITIONS:
-            ready.append(f'{{{key},condition="{condition}"}} {1.0 if condition == state else 0.0}')
-        failures.append(f"{{{key}}} {row.failures}.0")
+            ready(f'{n_ready}{{{key},condition="{condition}"}} {1.0 if condition == state else 0.0}\n')
+        failures(f"{n_failures}{{{key}}} {row.failures}.0\n")
         if row.last_failure is not None:
-            last_failure.append(f"{{{key}}} {row.last_failure!r}")
-    out: list[str] = []
-    for (name, kind, help_text), lines in zip(CERT_FAMILIES, parts, strict=True):
-        out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
-        if lines:
-            out.append(name + f"\n{name}".join(lines) + "\n")
-    return "".join(out)
+            last_failure(f"{n_last_failure}{{{key}}} {row.last_failure!r}\n")
+    return "".join(b.getvalue() for b in buffers)
 
 
 class CountsCollector(Collector):

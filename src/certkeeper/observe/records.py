@@ -47,7 +47,6 @@ class CertRecord:
     namespace: str  # "" on a host
     issuer: str  # Issuer name, or the CA's host
     names: tuple[str, ...] = ()
-    serial: str | None = None
     not_before: float | None = None
     not_after: float | None = None
     renew_at: float | None = None
@@ -69,7 +68,8 @@ class Tracker:
         self._label = label
         self._issuer = issuer
         self._lock = threading.Lock()
-        self._records: dict[tuple[str, str], CertRecord] = {}
+        # Keyed by the spec's lineage: a string the caller holds anyway (no key tuple per certificate).
+        self._records: dict[str, CertRecord] = {}
         self.outcomes: dict[str, int] = {"ready": 0, "failed": 0, "held": 0}
 
     def __call__(self, outcome: Outcome) -> None:
@@ -77,11 +77,11 @@ class Tracker:
         kind = verdict(outcome)
         now = datetime.datetime.now(datetime.UTC).timestamp()
         with self._lock:
-            old = self._records.get((namespace, name)) or CertRecord(name, namespace, self._issuer)
+            old = self._records.get(outcome.spec.lineage) or CertRecord(name, namespace, self._issuer)
             info = outcome.info
             new = replace(
                 old,
-                names=outcome.spec.names,
+                names=outcome.spec.names,  # shared with the spec, not copied
                 next_check=_ts(outcome.next_check) or old.next_check,
                 ready=kind == "ready",
                 failures=old.failures + 1 if kind == "failed" else 0 if kind == "ready" else old.failures,
@@ -89,16 +89,16 @@ class Tracker:
                 last_error=outcome.detail if kind != "ready" else old.last_error,
             )
             if info is not None:
-                new = replace(new, serial=info.serial, not_before=_ts(info.not_before), not_after=_ts(info.not_after))
+                new = replace(new, not_before=_ts(info.not_before), not_after=_ts(info.not_after))
             if kind == "ready":
                 new = replace(new, renew_at=_ts(outcome.renew_at) or old.renew_at, reason=outcome.detail)
-            self._records[(namespace, name)] = new
+            self._records[outcome.spec.lineage] = new
             self.outcomes[kind] += 1
 
-    def forget(self, name: str, namespace: str) -> None:
+    def forget(self, lineage: str) -> None:
         """A certificate no longer kept (its resource deleted): its series go away."""
         with self._lock:
-            self._records.pop((namespace, name), None)
+            self._records.pop(lineage, None)
 
     def records(self) -> list[CertRecord]:
         with self._lock:
@@ -122,7 +122,6 @@ def from_store(files: FileStore) -> Iterator[CertRecord]:
             namespace="",
             issuer=ca_host(directory),
             names=info.names if info else state.names,
-            serial=info.serial if info else None,
             not_before=_ts(info.not_before) if info else None,
             not_after=_ts(info.not_after) if info else None,
             renew_at=_ts(state.renew_at),
