@@ -33,15 +33,15 @@ def rss() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def specs(n: int) -> tuple[list[object], dict[str, tuple[str, str]]]:
+def specs(n: int) -> tuple[list[object], dict[str, tuple[str, str, str]]]:
     """What a process keeping n certificates holds anyway: their specs and resource names."""
     from certkeeper.spec import CertSpec
 
     made = [CertSpec((f"service-{i}.apps.example.com",), store_key=f"default/certs-{i}") for i in range(n)]
-    return list(made), {s.lineage: (f"certs-{i}", "default") for i, s in enumerate(made)}
+    return list(made), {s.lineage: (f"certs-{i}", "default", "letsencrypt") for i, s in enumerate(made)}
 
 
-def fill(n: int, held: tuple[list[object], dict[str, tuple[str, str]]] | None = None) -> object:
+def fill(n: int, held: tuple[list[object], dict[str, tuple[str, str, str]]] | None = None) -> object:
     """A tracker told of n certificates, as the engine would: an outcome per certificate."""
     from certkeeper.engine import Outcome
     from certkeeper.model import CertInfo
@@ -49,7 +49,7 @@ def fill(n: int, held: tuple[list[object], dict[str, tuple[str, str]]] | None = 
     from certkeeper.spec import CertSpec
 
     made, labels = held or specs(n)
-    tracker = Tracker(lambda spec: labels[spec.lineage], "acme-v02.example")
+    tracker = Tracker(lambda spec: labels[spec.lineage])
     now = dt.datetime.now(dt.UTC)
     for i, spec in enumerate(made):
         assert isinstance(spec, CertSpec)

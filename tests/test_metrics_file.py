@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 from cryptography import x509
 from promtext import parse, promtool_check, value
 
+from testbench.ari import AcmeFront
 from testbench.command import CERTKEEPER, Env, Run, one_error_line
 
 EXPIRY = "certkeeper_certificate_expiration_timestamp_seconds"
@@ -19,19 +19,14 @@ FAILURES = "certkeeper_certificate_consecutive_failures"
 LAST_FAILURE = "certkeeper_certificate_last_failure_timestamp_seconds"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def not_after(cert: Path) -> float:
     return x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc.timestamp()
 
 
 def test_metrics_file_has_the_stored_expiry_then_counts_a_failure(
-    env: Env, store: Path, certkeeper: Run, tmp_path: Path
+    ari_env: Env, ari: AcmeFront, store: Path, certkeeper: Run, tmp_path: Path
 ) -> None:
+    env = ari_env
     prom = tmp_path / "certkeeper.prom"
     issued = certkeeper(env, "issue", "metrics.test", "--metrics-file", str(prom))
     assert issued.returncode == 0, issued.stderr
@@ -45,9 +40,10 @@ def test_metrics_file_has_the_stored_expiry_then_counts_a_failure(
     assert value(samples, LAST_FAILURE, **me) is None
     assert oct(prom.stat().st_mode & 0o777) == "0o644"  # node_exporter reads it as another user
 
-    # The CA cannot reach the responder (another port): the renewal fails at the CA.
+    # The CA (behind a proxy) answers the new order with a 503 page: the renewal fails at the CA.
+    ari.new_order_html_status = 503
     before = time.time()
-    failed = certkeeper(env, "renew", "--force", "--http-bind", f"127.0.0.1:{free_port()}", "--metrics-file", str(prom))
+    failed = certkeeper(env, "renew", "--force", "--metrics-file", str(prom))
     assert failed.returncode == 1, failed.stderr
     samples = parse(prom.read_text())
     assert value(samples, FAILURES, **me) == 1.0

@@ -233,8 +233,8 @@ class Controller:
             self._loop.add_signal_handler(signum, self._request_stop, signal.Signals(signum).name)
         for note in self.config.notes:
             log.warning("%s", note)
-        view = ProcessView(lambda _: (self.config.secret_name, self.config.namespace),
-                           ca_host(self.config.issuer.directory_url))  # fmt: skip
+        labels = (self.config.secret_name, self.config.namespace, ca_host(self.config.issuer.directory_url))
+        view = ProcessView(lambda _: labels)
         routes = default_routes(self.challenges) + view.routes(
             f"certkeeper run: {self.config.namespace}", lambda: {"CA": self.config.issuer.directory_url}
         )

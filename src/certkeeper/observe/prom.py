@@ -94,7 +94,8 @@ class CountsCollector(Collector):
 
 
 class ValuesCollector(Collector):
-    """Plain gauges read at scrape time (queue depth, leader, proxy generation...): name -> (help, read)."""
+    """Single values read at scrape time (queue depth, leader, proxy generation...): name -> (help, read).
+    A name ending in _total is a counter (the suffix is the library's to add)."""
 
     def __init__(self, gauges: dict[str, tuple[str, Callable[[], float | None]]]) -> None:
         self._gauges = gauges
@@ -102,7 +103,11 @@ class ValuesCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         for name, (help_text, read) in self._gauges.items():
             value = read()
-            if value is not None:
+            if value is None:
+                continue
+            if name.endswith("_total"):
+                yield CounterMetricFamily(name.removesuffix("_total"), help_text, value=value)
+            else:
                 yield GaugeMetricFamily(name, help_text, value=value)
 
 

@@ -64,20 +64,19 @@ class Tracker:
     Written from the event loop, read by scrapes on the same loop or other threads: one lock.
     """
 
-    def __init__(self, label: Callable[[CertSpec], tuple[str, str]], issuer: str) -> None:
-        self._label = label
-        self._issuer = issuer
+    def __init__(self, label: Callable[[CertSpec], tuple[str, str, str]]) -> None:
+        self._label = label  # spec -> (name, namespace, issuer) of the certificate's labels
         self._lock = threading.Lock()
         # Keyed by the spec's lineage: a string the caller holds anyway (no key tuple per certificate).
         self._records: dict[str, CertRecord] = {}
         self.outcomes: dict[str, int] = {"ready": 0, "failed": 0, "held": 0}
 
     def __call__(self, outcome: Outcome) -> None:
-        name, namespace = self._label(outcome.spec)
+        name, namespace, issuer = self._label(outcome.spec)
         kind = verdict(outcome)
         now = datetime.datetime.now(datetime.UTC).timestamp()
         with self._lock:
-            old = self._records.get(outcome.spec.lineage) or CertRecord(name, namespace, self._issuer)
+            old = self._records.get(outcome.spec.lineage) or CertRecord(name, namespace, issuer)
             info = outcome.info
             new = replace(
                 old,

@@ -15,8 +15,8 @@ Gauges = dict[str, tuple[str, Callable[[], float | None]]]
 
 
 class ProcessView:
-    def __init__(self, label: Callable[[CertSpec], tuple[str, str]], issuer: str, gauges: Gauges | None = None) -> None:
-        self.tracker = Tracker(label, issuer)
+    def __init__(self, label: Callable[[CertSpec], tuple[str, str, str]], gauges: Gauges | None = None) -> None:
+        self.tracker = Tracker(label)
         self.metrics = Metrics()
         self.metrics.certificates(self.tracker.records, lambda: dict(self.tracker.outcomes))
         if gauges:
