@@ -82,7 +82,35 @@ def scrape_child(n: int) -> dict[str, float]:
         times.append(time.perf_counter() - started)
     del text
     gc.collect()
-    return {"n": n, "scrape_ms": median(times) * 1000, "rss_mb": (rss() - before) / 1e6}
+    grown = rss() - before
+    return {"n": n, "scrape_ms": median(times) * 1000, "rss_mb": grown / 1e6,
+            "http_scrape_ms": http_scrape(metrics, tracker) * 1000, "body_mb": len(metrics.text()) / 1e6}  # fmt: skip
+
+
+def http_scrape(metrics: object, tracker: object) -> float:
+    """GET /metrics from certkeeper's HTTP server (on its own loop in a thread), median of 7."""
+    import asyncio
+    import threading
+    import urllib.request
+
+    from certkeeper.observe.prom import Metrics
+    from certkeeper.observe.records import Tracker
+    from certkeeper.observe.routes import observe_routes
+    from certkeeper.web import start_responder
+
+    assert isinstance(metrics, Metrics) and isinstance(tracker, Tracker)
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    routes = observe_routes(metrics, tracker.records, "bench")
+    responder = asyncio.run_coroutine_threadsafe(start_responder(routes, "127.0.0.1:0"), loop).result()
+    times = []
+    for _ in range(7):
+        started = time.perf_counter()
+        with urllib.request.urlopen(f"http://127.0.0.1:{responder.port}/metrics") as answer:
+            answer.read()
+        times.append(time.perf_counter() - started)
+    asyncio.run_coroutine_threadsafe(responder.stop(), loop).result()
+    return median(times)
 
 
 def scrape_figures() -> list[dict[str, float]]:
@@ -90,7 +118,9 @@ def scrape_figures() -> list[dict[str, float]]:
     for n in SCRAPE_N:
         out = subprocess.run([sys.executable, __file__, "scrape", str(n)], capture_output=True, text=True, check=True)
         figures.append(json.loads(out.stdout))
-        print(f"scrape  N={n:>6}: {figures[-1]['scrape_ms']:7.1f} ms, +{figures[-1]['rss_mb']:.2f} MB RSS", flush=True)
+        f = figures[-1]
+        print(f"scrape  N={n:>6}: {f['scrape_ms']:7.1f} ms in process, {f['http_scrape_ms']:7.1f} ms over HTTP "
+              f"({f['body_mb']:.2f} MB), +{f['rss_mb']:.2f} MB RSS", flush=True)  # fmt: skip
     return figures
 
 
