@@ -4,6 +4,8 @@ by the Certificate's own name and its issuerRef, gone when the Certificate is de
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import tempfile
 import urllib.error
 import urllib.request
@@ -14,6 +16,7 @@ import pytest
 from lightkube import Client
 from promtext import Samples, parse, promtool_check, value
 from runkit import (
+    CERTKEEPER,
     certificate_manifest,
     certkeeper_controller,
     controller_args,
@@ -86,3 +89,40 @@ def test_controller_metrics_label_certificates_by_their_name_and_drop_deleted_on
 
         wait_for("the deleted Certificate's series gone", gone, run=run)
         assert run.stop() == 0
+
+
+def test_status_kube_lists_certificates_and_details_one(
+    kube_client: Client, namespace: str, kubeconfig: Path, kubectl: Kubectl, ari: AcmeFront, tmp_path: Path
+) -> None:
+    apply(kubectl, issuer_manifest("pebble", ari.directory_url, ari.ca_bundle))
+    apply(kubectl, certificate_manifest("blog", ["blog.example.com"]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTKEEPER_")} | {"KUBECONFIG": str(kubeconfig)}
+
+    def status(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([CERTKEEPER, "status", "--kube", *args], env=env, capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+
+    with certkeeper_controller(kubeconfig, tmp_path / "controller.log", *controller_args(namespace, ari.http_port)):
+
+        def listed() -> dict[str, Any] | None:
+            result = status("-n", namespace, "--json")
+            assert result.returncode == 0, result.stderr
+            rows = json.loads(result.stdout)
+            return rows[0] if rows and rows[0]["ready"] == "True" else None
+
+        row = wait_for("the Certificate Ready in status --kube", listed, timeout=90)
+    secret = get_secret(kube_client, namespace, "blog")
+    assert secret is not None
+    not_after = cert_info(split_pem_chain(secret_bytes(secret, "tls.crt"))[0]).not_after
+    assert row["name"] == "blog" and row["names"] == ["blog.example.com"] and row["issuer"] == "pebble"
+    assert row["not_after"].replace("Z", "+00:00") == not_after.isoformat()
+    table = status("-n", namespace)
+    assert table.returncode == 0 and "blog" in table.stdout and "True" in table.stdout
+    detail = status("-n", namespace, "blog")
+    assert detail.returncode == 0, detail.stderr
+    assert f"Certificate {namespace}/blog: Ready=True" in detail.stdout
+    assert "event " in detail.stdout  # its Events (Issued)
+    missing = status("-n", namespace, "nope")
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == (f"certkeeper: error: no Certificate nope in namespace {namespace}: "
+                                      "list them with certkeeper status --kube")  # fmt: skip

@@ -52,6 +52,54 @@ def collect(files: FileStore) -> list[dict[str, Any]]:
     return rows
 
 
+def _kube(as_json: bool, namespace: str | None, all_namespaces: bool, name: str | None) -> None:
+    from certkeeper.clikit import fail
+    from certkeeper.errors import CertkeeperError
+
+    if all_namespaces and (namespace or name):
+        fail("-A lists every namespace: give it without -n or NAME")
+    try:
+        from certkeeper.kube.status import certificates, relative
+
+        rows = certificates(None if all_namespaces else namespace or "", name)
+    except CertkeeperError as error:
+        fail(str(error))
+        return
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if name:
+        r = rows[0]
+        click.echo(f"Certificate {r['namespace']}/{r['name']}: Ready={r['ready']} ({r['reason'] or '-'})")
+        for label, key in (("names", "names"), ("Secret", "secret"), ("issuer", "issuer"), ("message", "message")):
+            value = " ".join(r[key]) if isinstance(r[key], list) else r[key]
+            click.echo(f"  {label}: {value or '-'}")
+        click.echo(f"  expires: {relative(r['not_after'])}; renews: {relative(r['renewal_time'])}")
+        click.echo(f"  failed attempts: {r['failed_attempts']} (last {r['last_failure_time'] or '-'})")
+        click.echo(f"  order in flight: {r['order'] or '-'}")
+        for c in r["conditions"]:
+            click.echo(
+                f"  condition {c.get('type')}={c.get('status')} {c.get('reason') or ''}: {c.get('message') or ''}"
+            )
+        for e in r["events"]:
+            click.echo(f"  event {e['time']} {e['type']} {e['reason']}: {e['message']}")
+        return
+    if not rows:
+        click.echo("no Certificates found")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="certkeeper status --kube")
+    for column in ("namespace", "name", "ready", "secret", "issuer", "expires", "renews", "failures", "message"):
+        table.add_column(column, overflow="fold", no_wrap=column != "message")
+    for r in rows:
+        table.add_row(r["namespace"], r["name"], r["ready"], r["secret"] or "-", r["issuer"] or "-",
+                      relative(r["not_after"]), relative(r["renewal_time"]), str(r["failed_attempts"]),
+                      r["message"] or "-")  # fmt: skip
+    Console(width=max(160, Console().width)).print(table)
+
+
 def _serve(store: str, bind: str) -> None:
     import asyncio
 
@@ -70,8 +118,26 @@ def _serve(store: str, bind: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--serve", metavar="HOST:PORT",
               help="Serve the status page at / and metrics at /metrics, read-only, until stopped.")  # fmt: skip
-def status(store: str, as_json: bool, serve: str | None) -> None:
-    """Show the certificates in the store: names, key type, expiry, next renewal, last error."""
+@click.option("--kube", is_flag=True, help="Show the cluster's Certificates (current kubeconfig context) instead.")
+@click.option("-n", "--namespace", help="With --kube: this namespace (default: the context's).")
+@click.option("-A", "--all-namespaces", is_flag=True, help="With --kube: every namespace.")
+@click.argument("name", required=False)
+def status(
+    store: str,
+    as_json: bool,
+    serve: str | None,
+    kube: bool,
+    namespace: str | None,
+    all_namespaces: bool,
+    name: str | None,
+) -> None:
+    """Show the certificates in the store: names, key type, expiry, next renewal, last error.
+
+    With --kube, the cluster's Certificates; with --kube NAME, one Certificate's conditions and Events.
+    """
+    if kube or name or namespace or all_namespaces:
+        _kube(as_json, namespace, all_namespaces, name)
+        return
     if serve:
         _serve(store, serve)
         return
