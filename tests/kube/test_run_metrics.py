@@ -51,6 +51,12 @@ def test_run_metrics_follow_the_secret_then_count_a_failure(
         assert value(samples, EXPIRY, **me) == expiry
         assert value(samples, "certkeeper_certificate_ready_status", condition="True", **me) == 1.0
         assert (value(samples, "certkeeper_certificate_checks_total", verdict="ready") or 0) >= 1
+        # The ACME client's requests: the order placed (201 from newOrder), each with its duration.
+        orders = value(samples, "certkeeper_acme_client_request_duration_seconds_count", endpoint="newOrder",
+                       method="POST", status="201")  # fmt: skip
+        assert orders is not None and orders >= 1
+        assert value(samples, "certkeeper_acme_client_request_duration_seconds_count", endpoint="directory",
+                     status="200") is not None  # fmt: skip
         content_type, text = get(base + "/metrics")
         assert content_type == "text/plain; version=0.0.4; charset=utf-8"
         check = promtool_check(text)

@@ -19,6 +19,7 @@ from certkeeper.web import start_responder
 def store_metrics(files: FileStore) -> Metrics:
     metrics = Metrics()
     metrics.certificates(lambda: list(from_store(files)))
+    metrics.acme_client()  # this process's requests to the CA (issue/renew: this run's)
     read = ("When these figures were read from the store.", time.time)
     metrics.gauges({"certkeeper_textfile_timestamp_seconds": read})
     return metrics

@@ -14,10 +14,11 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from certkeeper.observe.acme_stats import BUCKETS, STATS
 from certkeeper.observe.records import CertRecord
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -93,6 +94,37 @@ class CountsCollector(Collector):
         yield counts
 
 
+class AcmeCollector(Collector):
+    """The ACME client's requests (certkeeper.observe.acme_stats), read at scrape time."""
+
+    def collect(self) -> Iterator[Metric]:
+        requests, bad_nonce, retry_after = STATS.snapshot()
+        labels = ["host", "endpoint", "method", "status"]
+        durations = HistogramMetricFamily("certkeeper_acme_client_request_duration_seconds",
+                                          "Requests to the ACME CA by host, endpoint, method and status "
+                                          "(status 'error': no answer).", labels=labels)  # fmt: skip
+        for key, row in sorted(requests.items()):
+            cumulative, buckets = 0.0, []
+            for bound, count in zip(BUCKETS, row, strict=False):
+                cumulative += count
+                buckets.append((repr(bound), cumulative))
+            buckets.append(("+Inf", row[-2]))
+            durations.add_metric(list(key), buckets, row[-1])
+        yield durations
+        nonces = CounterMetricFamily("certkeeper_acme_client_bad_nonce_retries",
+                                     "Requests sent again because the CA rejected the nonce.",
+                                     labels=["host"])  # fmt: skip
+        for host, count in sorted(bad_nonce.items()):
+            nonces.add_metric([host], count)
+        yield nonces
+        waits = CounterMetricFamily("certkeeper_acme_client_retry_after_responses",
+                                    "Answers from the CA carrying Retry-After (honoured before the next try).",
+                                    labels=["host"])  # fmt: skip
+        for host, count in sorted(retry_after.items()):
+            waits.add_metric([host], count)
+        yield waits
+
+
 class ValuesCollector(Collector):
     """Single values read at scrape time (queue depth, leader, proxy generation...): name -> (help, read).
     A name ending in _total is a counter (the suffix is the library's to add)."""
@@ -124,6 +156,9 @@ class Metrics:
         self._rows = rows
         if outcomes is not None:
             self.registry.register(CountsCollector(outcomes))
+
+    def acme_client(self) -> None:
+        self.registry.register(AcmeCollector())
 
     def gauges(self, gauges: dict[str, tuple[str, Callable[[], float | None]]]) -> None:
         self.registry.register(ValuesCollector(gauges))

@@ -19,6 +19,7 @@ class ProcessView:
         self.tracker = Tracker(label)
         self.metrics = Metrics()
         self.metrics.certificates(self.tracker.records, lambda: dict(self.tracker.outcomes))
+        self.metrics.acme_client()
         if gauges:
             self.metrics.gauges(gauges)
 
