@@ -117,3 +117,9 @@ def test_serve_on_a_bad_address_is_one_line(env: Env, certkeeper: Run) -> None:
     result = certkeeper(env, "status", "--serve", "nonsense")
     assert result.returncode == 2
     assert "is not HOST:PORT" in one_error_line(result)
+
+
+def test_a_name_without_kube_is_one_line(env: Env, certkeeper: Run) -> None:
+    result = certkeeper(env, "status", "example.com")
+    assert result.returncode == 2
+    assert "add --kube" in one_error_line(result)

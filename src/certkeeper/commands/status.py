@@ -135,7 +135,11 @@ def status(
 
     With --kube, the cluster's Certificates; with --kube NAME, one Certificate's conditions and Events.
     """
-    if kube or name or namespace or all_namespaces:
+    if (name or namespace or all_namespaces) and not kube:
+        from certkeeper.clikit import fail
+
+        fail("NAME, -n and -A are for a cluster's Certificates: add --kube (a host's store takes no NAME)")
+    if kube:
         _kube(as_json, namespace, all_namespaces, name)
         return
     if serve:
