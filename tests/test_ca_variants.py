@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+from promtext import parse, value
 
 from testbench.command import Env, Run, one_error_line
 from testbench.pebble import Pebble, start_pebble
@@ -136,7 +137,10 @@ def test_half_the_nonces_rejected_still_issues_every_certificate(
     name_file = tmp_path / "names.txt"
     name_file.write_text("".join(f"{n} www.{n}\n" for n in names))
     env = make_env(nonce_pebble.directory_url, nonce_pebble.ca_bundle, nonce_pebble.http_port, store)
-    result = certkeeper(env, "issue", "-vv", "--file", str(name_file), "--concurrency", "4")
+    prom = tmp_path / "run.prom"
+    result = certkeeper(
+        env, "issue", "-vv", "--file", str(name_file), "--concurrency", "4", "--metrics-file", str(prom)
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "10 issued" in result.stdout
     for name in names:
@@ -145,3 +149,10 @@ def test_half_the_nonces_rejected_still_issues_every_certificate(
         assert set(sans.get_values_for_type(x509.DNSName)) == {name, f"www.{name}"}
     assert "Configured to reject 50% of good nonces" in (nonce_pebble.workdir / "pebble.log").read_text()
     assert "CA rejected the nonce; retrying" in result.stderr, "the test only means something if nonces were rejected"
+    # The run's metrics count the retries and the orders (each created once).
+    samples = parse(prom.read_text())
+    retries = value(samples, "certkeeper_acme_client_bad_nonce_retries_total", host="127.0.0.1")
+    assert retries is not None and retries == result.stderr.count("CA rejected the nonce; retrying")
+    created = value(samples, "certkeeper_acme_client_request_duration_seconds_count", endpoint="newOrder",
+                    status="201")  # fmt: skip
+    assert created == 10

@@ -96,6 +96,7 @@ class Outcome:
     seconds: float
     changed: bool = False
     next_check: datetime.datetime | None = None
+    renew_at: datetime.datetime | None = None  # the planned renewal (ARI window or lifetime rule)
 
     @property
     def ok(self) -> bool:
@@ -163,6 +164,8 @@ class Engine:
         self.rehearsal = rehearsal
         self.fallback = fallback  # other CAs to order from when this one refuses (certkeeper.fallback)
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="acme")
+        # Told every outcome, on the event loop (certkeeper.observe: metrics, the status page).
+        self.observers: list[Callable[[Outcome], None]] = []
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -209,17 +212,26 @@ class Engine:
             # the next runs back off instead of knocking at once.
             outcomes = [await self._without_account(s, error) for s in specs]
             for outcome in outcomes:
+                self._tell(outcome)
                 if on_done:
                     on_done(outcome)
             return outcomes
 
         async def one(spec: CertSpec) -> Outcome:
             outcome = await self._one(spec)
+            self._tell(outcome)
             if on_done:
                 on_done(outcome)
             return outcome
 
         return list(await asyncio.gather(*(one(s) for s in specs)))
+
+    def _tell(self, outcome: Outcome) -> None:
+        for observer in self.observers:
+            try:
+                observer(outcome)
+            except Exception:  # an observer's bug must not stop certificates being kept
+                log.exception("an outcome observer failed")
 
     async def _without_account(self, spec: CertSpec, error: CertkeeperError) -> Outcome:
         started = time.monotonic()
@@ -359,7 +371,7 @@ class Engine:
                                next_check=decision.next_check)  # fmt: skip
             await self._pending_hook(spec, state, info)
             return Outcome(spec, "unchanged", decision.reason, info, time.monotonic() - started,
-                           next_check=decision.next_check)  # fmt: skip
+                           next_check=decision.next_check, renew_at=state.renew_at)  # fmt: skip
         # Prove the store takes the result before asking the CA for it (and set room aside to keep it).
         await self._in_thread(self.store.check_writable, lineage)
         if self.solvers.uses(spec.names, HTTP01):
@@ -472,7 +484,7 @@ class Engine:
         await self._pending_hook(spec, state, issued.info)
         status: Status = "renewed" if usable is not None else "issued"
         return Outcome(spec, status, reason, issued.info, time.monotonic() - started, changed=changed,
-                       next_check=after.next_check)  # fmt: skip
+                       next_check=after.next_check, renew_at=after.renew_at)  # fmt: skip
 
     async def _pending_hook(self, spec: CertSpec, state: RenewalState, info: CertInfo | None) -> None:
         """Run the deploy hook owed for the stored certificate (until it succeeds), then forget it."""

@@ -28,8 +28,10 @@ REASONS = {
     503: "Service Unavailable",
 }
 
-# A route answers (status, body) for a path, or None to let the next route try.
-Route = Callable[[str], "tuple[int, str] | None"]
+# A route answers (status, body) for a path, or (status, body, content type), or None to let the next
+# route try. Plain text unless it says otherwise.
+Answer = tuple[int, str] | tuple[int, str, str]
+Route = Callable[[str], "Answer | None"]
 # Asked, when no route answered, before the 404 (e.g. a controller replica looking a token up in the API).
 Fallback = Callable[[str], Awaitable["tuple[int, str] | None"]]
 
@@ -63,10 +65,10 @@ class Responder:
         await self.server.wait_closed()
 
 
-async def _answer(routes: list[Route], fallback: Fallback | None, method: str, path: str) -> tuple[int, str]:
+async def _answer(routes: list[Route], fallback: Fallback | None, method: str, path: str) -> Answer:
     if method not in ("GET", "HEAD"):
         return 405, "only GET\n"
-    missed: tuple[int, str] | None = None
+    missed: Answer | None = None
     for route in routes:
         found = route(path)
         if found is not None and (fallback is None or found[0] != 404):
@@ -86,14 +88,17 @@ async def _serve(
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
         parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            status, body, method = 400, "bad request\n", "GET"
+            answer: Answer = 400, "bad request\n"
+            method = "GET"
         else:
             # Routes see the path without its query string.
             method, path = parts[0], parts[1].split("?", 1)[0]
-            status, body = await _answer(routes, fallback, method, path)
+            answer = await _answer(routes, fallback, method, path)
+        status, body = answer[0], answer[1]
+        content_type = answer[2] if len(answer) == 3 else "text/plain"
         data = body.encode()
         writer.write(
-            f"HTTP/1.1 {status} {REASONS.get(status, '')}\r\nServer: {SERVER}\r\nContent-Type: text/plain\r\n"
+            f"HTTP/1.1 {status} {REASONS.get(status, '')}\r\nServer: {SERVER}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
             + (b"" if method == "HEAD" else data)
         )

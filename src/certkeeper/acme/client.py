@@ -28,6 +28,7 @@ from certkeeper.acme.problems import from_problem, translate
 from certkeeper.crypto import cert_info, chain_issuer_names, load_csr, make_csr, split_pem_chain
 from certkeeper.errors import CAError, CertkeeperError, ConfigError
 from certkeeper.model import CertInfo, IssuedCert, RenewalWindow
+from certkeeper.observe.acme_stats import STATS
 from certkeeper.solvers.base import AccountKey, Challenge, Identifier, Solver, Solvers
 from certkeeper.spec import CertSpec, IssuerSpec, ip_of
 
@@ -69,9 +70,11 @@ class AcmeClient:
         self.account_key = AccountKey(base64.urlsafe_b64encode(self.jwk.thumbprint()).rstrip(b"=").decode("ascii"))
         self.net = make_network(self.jwk, issuer.ca_bundle)
         if directory is None:
+            STATS.directory(issuer.directory_url, {})
             with self.net.within(issuer.order_timeout_s, "the directory request"):
                 directory = fetch_directory(issuer, self.net)
         self.directory = directory
+        STATS.directory(issuer.directory_url, directory.to_partial_json())  # names its URLs in /metrics
         self.net.account = messages.RegistrationResource(body=messages.Registration(), uri=account.url)
         self.client = acme_client.ClientV2(self.directory, self.net)
 

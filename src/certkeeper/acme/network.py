@@ -16,6 +16,7 @@ from acme import messages
 
 from certkeeper import __version__
 from certkeeper.errors import CAError
+from certkeeper.observe.acme_stats import STATS
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class Network(acme_client.ClientNetwork):
             except messages.Error as error:
                 if error.code != "badNonce" or attempt == BAD_NONCE_RETRIES - 1:
                     raise
+                STATS.nonce_retry(str(args[0]) if args else "")
                 log.debug("CA rejected the nonce; retrying (%d)", attempt + 1)
         raise AssertionError("unreachable")
 
@@ -81,19 +83,24 @@ class Network(acme_client.ClientNetwork):
                 raise self.deadline_error()
             kwargs["timeout"] = min(kwargs.get("timeout") or self._default_timeout, left)
         self.last_retry_after = None  # a reset connection has none: an earlier response's must not stand in
+        started = time.monotonic()
         try:
             response = super()._send_request(method, url, *args, **kwargs)
             # Only a refusal's (429, a problem) or a CA's down time's (503): a successful poll's
             # Retry-After paces that poll alone and must not become a failure's back-off.
             if response.status_code >= 400:
                 self.last_retry_after = retry_after_seconds(response)
+            STATS.request(url, method, response.status_code, time.monotonic() - started,
+                          self.last_retry_after is not None)  # fmt: skip
             return response
         except requests.exceptions.SSLError as error:
+            STATS.request(url, method, "error", time.monotonic() - started, False)
             raise CAError(
                 f"cannot verify the TLS certificate of the CA at {url}",
                 "for a private CA pass its root with --ca-bundle",
             ) from error
         except requests.exceptions.RequestException as error:
+            STATS.request(url, method, "error", time.monotonic() - started, False)
             if isinstance(error, requests.exceptions.Timeout) and self._past_deadline():
                 raise self.deadline_error() from error
             raise Unreachable(

@@ -96,13 +96,24 @@ def engine_options(fn: F) -> F:
     @functools.wraps(fn)
     def command(**kwargs: Any) -> Any:
         engine = EngineOptions(**{f.name: kwargs.pop(f.name) for f in fields(EngineOptions)})
+        metrics_file: str | None = kwargs.pop("metrics_file")
         setup_logging(engine.verbose)
         try:
             check_engine_options(engine)
             engine.solver_config()
+            if metrics_file:
+                from certkeeper.observe.host import check_metrics_file
+
+                check_metrics_file(metrics_file)
         except CertkeeperError as error:
             fail(str(error))
-        return fn(engine=engine, **kwargs)
+        if not metrics_file:
+            return fn(engine=engine, **kwargs)
+        try:
+            return fn(engine=engine, **kwargs)
+        finally:
+            # Whatever the run's result: the file says what the store holds now.
+            _write_metrics(metrics_file, kwargs["store"])
 
     decorators = [
         option("--ca-bundle", type=click.Path(exists=True, dir_okay=False),
@@ -117,6 +128,9 @@ def engine_options(fn: F) -> F:
                help="Give up on an order the CA has not finished in this time (every request counts)."),
         option("--force", is_flag=True, help="Order even if the stored certificate is still good."),
         option("-v", "--verbose", count=True, help="More log output (-vv for debug)."),
+        option("--metrics-file", type=click.Path(dir_okay=False), metavar="PATH.prom",
+               help="Afterwards, write every stored certificate's metrics here for node_exporter's "
+                    "textfile collector (replaced atomically)."),
         *DNS_OPTIONS,
         option("--rate-limits", default="auto", show_default=True, metavar="LIMITS",
                help="The CA's limits the ledger enforces before ordering: auto (Let's Encrypt's for it, none "
@@ -132,6 +146,15 @@ def engine_options(fn: F) -> F:
     for decorator in reversed(decorators):
         wrapped = decorator(wrapped)
     return cast(F, wrapped)
+
+
+def _write_metrics(path: str, store: str) -> None:
+    from certkeeper.observe.host import write_metrics_file
+
+    try:
+        write_metrics_file(FileStore(store), path)
+    except CertkeeperError as error:
+        fail(str(error))
 
 
 def check_engine_options(engine: EngineOptions) -> None:

@@ -77,6 +77,65 @@ def collect(files: FileStore, rate_limits: str = "auto") -> list[dict[str, Any]]
     return rows
 
 
+def _kube(as_json: bool, namespace: str | None, all_namespaces: bool, name: str | None) -> None:
+    from certkeeper.errors import CertkeeperError
+
+    if all_namespaces and (namespace or name):
+        fail("-A lists every namespace: give it without -n or NAME")
+    try:
+        from certkeeper.kube.status import certificates, relative
+
+        rows = certificates(None if all_namespaces else namespace or "", name)
+    except CertkeeperError as error:
+        fail(str(error))
+        return
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if name:
+        r = rows[0]
+        click.echo(f"Certificate {r['namespace']}/{r['name']}: Ready={r['ready']} ({r['reason'] or '-'})")
+        for label, key in (("names", "names"), ("Secret", "secret"), ("issuer", "issuer"), ("message", "message")):
+            value = " ".join(r[key]) if isinstance(r[key], list) else r[key]
+            click.echo(f"  {label}: {value or '-'}")
+        click.echo(f"  expires: {relative(r['not_after'])}; renews: {relative(r['renewal_time'])}")
+        click.echo(f"  failed attempts: {r['failed_attempts']} (last {r['last_failure_time'] or '-'})")
+        click.echo(f"  order in flight: {r['order'] or '-'}")
+        for c in r["conditions"]:
+            click.echo(
+                f"  condition {c.get('type')}={c.get('status')} {c.get('reason') or ''}: {c.get('message') or ''}"
+            )
+        for e in r["events"]:
+            click.echo(f"  event {e['time']} {e['type']} {e['reason']}: {e['message']}")
+        return
+    if not rows:
+        click.echo("no Certificates found")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="certkeeper status --kube")
+    for column in ("namespace", "name", "ready", "secret", "issuer", "expires", "renews", "failures", "message"):
+        table.add_column(column, overflow="fold", no_wrap=column != "message")
+    for r in rows:
+        table.add_row(r["namespace"], r["name"], r["ready"], r["secret"] or "-", r["issuer"] or "-",
+                      relative(r["not_after"]), relative(r["renewal_time"]), str(r["failed_attempts"]),
+                      r["message"] or "-")  # fmt: skip
+    Console(width=max(160, Console().width)).print(table)
+
+
+def _serve(store: str, bind: str) -> None:
+    import asyncio
+
+    from certkeeper.errors import CertkeeperError
+    from certkeeper.observe.host import serve
+
+    try:
+        asyncio.run(serve(FileStore(store), bind, f"certkeeper: {store}"))
+    except CertkeeperError as error:
+        fail(str(error))
+
+
 @click.command()
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -87,12 +146,40 @@ def collect(files: FileStore, rate_limits: str = "auto") -> list[dict[str, Any]]
     metavar="LIMITS",
     help="The CA limits to show headroom under (as for issue): auto, letsencrypt, none, or NAME=COUNT/WINDOW,...",
 )
-def status(store: str, as_json: bool, rate_limits: str) -> None:
-    """Show the certificates in the store: names, key type, expiry, next renewal, headroom, last error."""
+@click.option("--serve", metavar="HOST:PORT",
+              help="Serve the status page at / and metrics at /metrics, read-only, until stopped.")  # fmt: skip
+@click.option("--kube", is_flag=True, help="Show the cluster's Certificates (current kubeconfig context) instead.")
+@click.option("-n", "--namespace", help="With --kube: this namespace (default: the context's).")
+@click.option("-A", "--all-namespaces", is_flag=True, help="With --kube: every namespace.")
+@click.argument("name", required=False)
+def status(
+    store: str,
+    as_json: bool,
+    serve: str | None,
+    kube: bool,
+    namespace: str | None,
+    all_namespaces: bool,
+    name: str | None,
+    rate_limits: str,
+) -> None:
+    """Show the certificates in the store: names, key type, expiry, next renewal, headroom, last error.
+
+    With --kube, the cluster's Certificates; with --kube NAME, one Certificate's conditions and Events.
+    """
+    if (name or namespace or all_namespaces) and not kube:
+        from certkeeper.clikit import fail
+
+        fail("NAME, -n and -A are for a cluster's Certificates: add --kube (a host's store takes no NAME)")
     try:
         parse_limits(rate_limits, "")
     except ConfigError as error:
         fail(str(error))
+    if kube:
+        _kube(as_json, namespace, all_namespaces, name)
+        return
+    if serve:
+        _serve(store, serve)
+        return
     rows = collect(FileStore(store), rate_limits)
     if as_json:
         click.echo(json.dumps(rows, indent=2))

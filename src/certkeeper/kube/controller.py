@@ -23,6 +23,8 @@ from certkeeper.kube.ledger_secret import SecretBackend
 from certkeeper.kube.rollout import RolloutResult, restart_rc, restart_workload
 from certkeeper.kube.secret_store import SecretStore, digest_of
 from certkeeper.ledger import Ledger
+from certkeeper.observe.records import ca_host
+from certkeeper.observe.serving import ProcessView
 from certkeeper.ratelimits import parse_limits
 from certkeeper.solvers.config import SolverSetup
 from certkeeper.solvers.http01 import ChallengeStore
@@ -234,9 +236,14 @@ class Controller:
             self._loop.add_signal_handler(signum, self._request_stop, signal.Signals(signum).name)
         for note in self.config.notes:
             log.warning("%s", note)
-        self._responder = await start_responder(default_routes(self.challenges), self.config.http_bind)
+        labels = (self.config.secret_name, self.config.namespace, ca_host(self.config.issuer.directory_url))
+        view = ProcessView(lambda _: labels)
+        routes = default_routes(self.challenges) + view.routes(
+            f"certkeeper run: {self.config.namespace}", lambda: {"CA": self.config.issuer.directory_url}
+        )
+        self._responder = await start_responder(routes, self.config.http_bind)
         log.info(
-            "serving HTTP-01 and health on %s; certificate for %s goes to Secret %s/%s",
+            "serving HTTP-01, health, the status page and /metrics on %s; certificate for %s goes to Secret %s/%s",
             self.config.http_bind,
             " ".join(self.config.spec.names),
             self.config.namespace,
@@ -255,6 +262,7 @@ class Controller:
                 parse_limits("auto", self.config.issuer.directory_url),
             ),
         )
+        engine.observers.append(view.tracker)
         try:
             if not await self._wait_for_api():
                 return 0

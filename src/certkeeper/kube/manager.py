@@ -31,6 +31,7 @@ from certkeeper.errors import CertkeeperError
 from certkeeper.kube.api import KubeApiError, call_api, check_response, load_kubeconfig
 from certkeeper.kube.gateway_sync import GATEWAY_PREFIX, GatewaySource, gateway_api_served
 from certkeeper.kube.leader import LeaderElector
+from certkeeper.kube.metrics import controller_view, lineage_of
 from certkeeper.kube.reconcile import Reconciler
 from certkeeper.kube.secret_store import MANAGED_BY
 from certkeeper.kube.sources import (
@@ -48,6 +49,7 @@ from certkeeper.kube.sources import (
 )
 from certkeeper.kube.watch import Informer
 from certkeeper.kube.workqueue import WorkQueue
+from certkeeper.observe.serving import ProcessView
 from certkeeper.solvers.http01 import CHALLENGE_PREFIX, TOKEN_RE, ChallengeStore
 from certkeeper.solvers.httproute import RouteKeeper
 from certkeeper.web import Responder, start_responder
@@ -162,6 +164,7 @@ class Manager:
         self.gateway_api = False
         self.reconciler: Reconciler | None = None
         self.leader: LeaderElector | None = None
+        self.view: ProcessView | None = None  # / and /metrics
         self._stop = asyncio.Event()
         self._fetch_lock = asyncio.Lock()
         self._fetched_at = 0.0
@@ -253,6 +256,8 @@ class Manager:
         assert self.queue is not None
         if new is None:
             self.queue.cancel(key)
+            if old is not None and self.view is not None:
+                self.view.tracker.forget(lineage_of(old))  # its series go: no alert for what is gone
         elif old is None or old.generation != new.generation:
             self.queue.add(key)  # a status-only change (ours) needs no work
 
@@ -467,8 +472,12 @@ class Manager:
             dns_state_dir=self.config.dns_state_dir,
             tls_alpn_bind=self.config.tls_alpn_bind,
         )
+        self.view = controller_view(self)
+        self.reconciler.observers.append(self.view.tracker)
+        facts = lambda: {"replica": self.identity, "leader": "yes" if self.counters()["leader"] else "no"}  # noqa: E731
+        routes = self._routes() + self.view.routes("certkeeper controller", facts)
         responder: Responder = await start_responder(
-            self._routes(), self.config.http_bind, reuse_port=True, fallback=self._fetch_token
+            routes, self.config.http_bind, reuse_port=True, fallback=self._fetch_token
         )
         log.info(
             "certkeeper controller %s: HTTP-01 and /healthz, /readyz on %s; API %s",

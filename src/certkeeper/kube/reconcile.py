@@ -274,6 +274,8 @@ class Reconciler:
         self._engine_lock = asyncio.Lock()
         self._bundles = Path(tempfile.mkdtemp(prefix="certkeeper-ca-"))
         self._in_flight: dict[str, CertificateObj] = {}  # lineage -> its Certificate, while its run lasts
+        # Added to every engine: told each outcome while its Certificate is in certificate_of.
+        self.observers: list[Callable[[Outcome], None]] = []
         self._written: dict[str, dict[str, Any]] = {}  # lineage -> status written during its run
         self.orders = 0
         self.full_checks = 0
@@ -342,6 +344,7 @@ class Reconciler:
                     parse_limits(self.rate_limits, issuer.directory_url),
                 ),
             )
+            engine.observers.extend(self.observers)
             if known is not None:
                 await self._close_engine(known[1])
             self._engines[config.ref] = (version, engine, routed)
@@ -351,6 +354,10 @@ class Reconciler:
         if not config.route_parents or self.routes is None:
             return self.challenges
         return RouteChallenges(self.challenges, self.routes, config.route_parents)
+
+    def certificate_of(self, lineage: str) -> CertificateObj | None:
+        """The Certificate whose run is in progress for ``lineage`` (namespace/secretName)."""
+        return self._in_flight.get(lineage)
 
     def _may_have_pending(self, lineage: str) -> bool:
         # lineage is namespace/secretName; the order Secret is labelled, so the cache knows it (a new

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -31,7 +32,8 @@ def proxy(print_config: bool) -> None:
 
     Configured by environment variables, those of nginx-ssl-proxy (ENABLE_SSL, TARGET_SERVICE,
     CERT_SERVICE, SERVER_NAME, WEB_SOCKETS, ENABLE_BASIC_AUTH, *_ENV_NAME) plus SECRETS_DIR, HTTP_PORT,
-    HTTPS_PORT, HSTS, LISTEN_ADDRESS, RUN_DIR, ACCESS_LOG, NGINX_BIN, NGINX_USER, CERT_POLL_SECONDS.
+    HTTPS_PORT, HSTS, LISTEN_ADDRESS, RUN_DIR, ACCESS_LOG, NGINX_BIN, NGINX_USER, CERT_POLL_SECONDS,
+    METRICS_BIND (HOST:PORT for /metrics; off when unset).
     """
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="certkeeper proxy: %(message)s")
     try:
@@ -41,6 +43,13 @@ def proxy(print_config: bool) -> None:
             return
         supervisor = Supervisor(settings)
         supervisor.prepare()
+        metrics_bind = os.environ.get("METRICS_BIND", "").strip()
+        if metrics_bind:
+            from certkeeper.proxy.metrics import serve_metrics
+
+            port = serve_metrics(supervisor, metrics_bind)
+            logging.getLogger("certkeeper.proxy").info("metrics at http://%s:%d/metrics",
+                                                       metrics_bind.rsplit(":", 1)[0], port)  # fmt: skip
     except ConfigError as e:
         _fail(e)
         return

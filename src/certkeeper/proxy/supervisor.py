@@ -76,6 +76,10 @@ class Supervisor:
         self._refused: str | None = None  # digest of a pair refused and reported; rechecked at _recheck_at
         self._recheck_at = 0.0
         self._lock_fd: int | None = None  # held (flock) for the life of the process
+        # For /metrics (proxy/metrics.py): pairs installed, when the served one was, pairs refused.
+        self.generation = 0
+        self.rotated_at: float | None = None
+        self.refusals = 0
 
     # -- start ---------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -248,6 +252,7 @@ class Supervisor:
             return
         self._seen, self._pending, self._reported = seen, None, None
         self._https_retry_at = 0.0
+        self.generation, self.rotated_at = self.generation + 1, time.time()
         log.info("serving certificate %s", pair.describe())
 
     def _problem(self, why: str, *, seen: str | None = None, settled: bool = False) -> None:
@@ -259,6 +264,7 @@ class Supervisor:
             self._pending = state
             return
         self._pending = self._reported = state
+        self.refusals += 1
         keeping = self.live.serving.describe() if self.live.serving else "nothing (no certificate yet)"
         log.error("refused the certificate in %s: %s; still serving %s", self.settings.secrets_dir, why, keeping)
 
