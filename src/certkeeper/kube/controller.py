@@ -20,6 +20,7 @@ from certkeeper.kube.api import api_error_text, load_kubeconfig
 from certkeeper.kube.config import RunConfig
 from certkeeper.kube.events import Recorder
 from certkeeper.kube.rollout import RolloutResult, restart_rc, restart_workload
+from certkeeper.kube.run_lease import RunLease
 from certkeeper.kube.secret_store import SecretStore, digest_of
 from certkeeper.solvers.config import SolverSetup
 from certkeeper.solvers.http01 import ChallengeStore
@@ -42,9 +43,14 @@ def _when(moment: datetime.datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
 
 
+class _Stopping(Exception):
+    """Asked to stop while the engine worked."""
+
+
 class Controller:
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, lease_duration: int = 15) -> None:
         self.config = config
+        self.lease_duration = lease_duration
         self.kubeconfig = load_kubeconfig()
         current = self.kubeconfig.get()
         self.server = current.cluster.server if current is not None else "?"
@@ -64,6 +70,7 @@ class Controller:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._responder: Responder | None = None
+        self._lease: RunLease | None = None
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -246,14 +253,19 @@ class Controller:
             concurrency=2,
             challenges=self.challenges,
             solvers=SolverSetup(self.config.solvers, self.config.dns_state_dir),
+            # The order in flight in a companion Secret: a killed run resumes it instead of ordering again.
+            journal=self.store,
         )
         try:
             if not await self._wait_for_api():
                 return 0
             threading.Thread(target=self._watch_secret, name="secret-watch", daemon=True).start()
+            self._lease = RunLease(self.kubeconfig, self.config.namespace, self.config.secret_name, self.lease_duration)
             await self._loop_checks(engine)
             return 0
         finally:
+            if self._lease is not None:
+                await self._lease.close()
             await engine.close()
             await self._responder.stop()
             self.client.close()
@@ -262,28 +274,37 @@ class Controller:
         failures = 0
         while not self._stop.is_set():
             self._wake.clear()
-            try:
-                finished, outcomes = await self._unless_stopped(engine.run([self.config.spec]))
-            except Exception as error:  # a bug, not a CA or API answer: keep serving, try again later
-                failures += 1
-                delay = FAILURE_BACKOFF_S[min(failures, len(FAILURE_BACKOFF_S)) - 1]
-                log.error("the check failed unexpectedly (%s: %s); again in %d s", type(error).__name__, error, delay)
-                await self._sleep(delay)
-                continue
-            if not finished or outcomes is None:
+            assert self._lease is not None
+            # One instance at a time checks, orders and rolls for this Secret (a second one waits).
+            if not (await self._unless_stopped(self._lease.acquire()))[0]:
                 return
-            outcome = outcomes[0]
-            self._report(outcome)
-            if outcome.changed or (outcome.ok and self.store.rollout_pending):
-                if not outcome.changed:
-                    log.info("the stored certificate's consumers were not restarted yet (interrupted?): doing it now")
-                finished, _ = await self._unless_stopped(asyncio.to_thread(self._roll))
-                if not finished:
-                    return
+            try:
                 try:
-                    await asyncio.to_thread(self.store.mark_rolled)
-                except CertkeeperError as error:
-                    log.warning("%s", error)
+                    outcome = await self._check(engine)
+                except _Stopping:
+                    return
+                if outcome is None:
+                    failures += 1
+                    delay = FAILURE_BACKOFF_S[min(failures, len(FAILURE_BACKOFF_S)) - 1]
+                    await self._lease.release()
+                    await self._sleep(delay)
+                    continue
+                self._report(outcome)
+                if outcome.changed or (outcome.ok and self.store.rollout_pending):
+                    if not outcome.changed:
+                        log.info(
+                            "the stored certificate's consumers were not restarted yet (interrupted?): doing it now"
+                        )
+                    finished, _ = await self._unless_stopped(asyncio.to_thread(self._roll))
+                    if not finished:
+                        return
+                    try:
+                        await asyncio.to_thread(self.store.mark_rolled)
+                    except CertkeeperError as error:
+                        log.warning("%s", error)
+            finally:
+                if not self.abandoned_work:
+                    await self._lease.release()
             now = _now()
             if outcome.ok or (outcome.status == "deferred" and outcome.next_check is not None):
                 failures = 0
@@ -300,3 +321,20 @@ class Controller:
                     wake_at = cron_at
                     log.info("next check at %s (CRON_FREQUENCY)", _when(wake_at))
             await self._sleep(max(1.0, (wake_at - _now()).total_seconds()))
+
+    async def _check(self, engine: Engine) -> Outcome | None:
+        """One check by the engine, after proving an account can be kept here; None: it crashed (a bug)."""
+        if engine.account is None:
+            try:
+                await asyncio.to_thread(self.store.check_account_writable)
+            except CertkeeperError as error:
+                # Before the CA is asked: no account registered that could not be kept.
+                return Outcome(self.config.spec, "failed", str(error), None, 0.0)
+        try:
+            finished, outcomes = await self._unless_stopped(engine.run([self.config.spec]))
+        except Exception as error:  # a bug, not a CA or API answer: keep serving, try again later
+            log.error("the check failed unexpectedly (%s: %s)", type(error).__name__, error)
+            return None
+        if not finished or outcomes is None:
+            raise _Stopping
+        return outcomes[0]

@@ -106,6 +106,8 @@ class SecretStore(StoreDefaults):
         self._state: dict[str, Any] = {}
         self.last_digest = ""  # proxycert of the last Secret seen or written by us
         self.rollout_pending = False  # stored, but its consumers not yet restarted (e.g. a crash between)
+        # An account registered whose Secret could not be written: reused, never registered again.
+        self._unsaved_account: Account | None = None
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -340,10 +342,39 @@ class SecretStore(StoreDefaults):
 
     # -- ACME account ----------------------------------------------------------------------------
 
+    def check_account_writable(self) -> None:
+        """Before registering: the account Secret exists, or can be created here (a dry run).
+
+        A namespace that does not exist or a missing ``secrets:create`` is found before the CA is asked
+        for an account it could then not keep (each retry would register another)."""
+        if self._get(self.account_secret_name) is not None:
+            return
+        body = Secret(
+            metadata=ObjectMeta(name=self.account_secret_name, namespace=self.namespace, labels=dict(MANAGED_BY)),
+            type="Opaque",
+            data={},
+        )
+        try:
+            self.client.create(body, dry_run=True)
+        except ApiError as error:
+            code = error.status.code
+            message = error.status.message or ""
+            if code == 404 and "namespace" in message.lower():
+                raise CertkeeperError(
+                    f'namespace "{self.namespace}" not found: no ACME account registered',
+                    f"create it (kubectl create namespace {self.namespace}) or set NAMESPACE to an existing one",
+                ) from None
+            if code == 409:
+                return  # created meanwhile
+            fail(f"create Secret {self.namespace}/{self.account_secret_name} (the ACME account)", error)
+        except (httpx2.HTTPError, OSError) as error:
+            fail(f"create Secret {self.namespace}/{self.account_secret_name} (the ACME account)", error)
+
     def load_account(self, directory_url: str) -> Account | None:
         secret = self._get(self.account_secret_name)
         if secret is None or not secret.data:
-            return None
+            unsaved = self._unsaved_account
+            return unsaved if unsaved is not None and unsaved.directory_url == directory_url else None
         annotations = (secret.metadata.annotations if secret.metadata else None) or {}
         url = annotations.get(PREFIX + "account-url", "")
         key_pem = _unb64(secret.data.get("key.pem"))
@@ -353,6 +384,7 @@ class SecretStore(StoreDefaults):
 
     def save_account(self, account: Account) -> None:
         what = f"write Secret {self.namespace}/{self.account_secret_name} (the ACME account)"
+        self._unsaved_account = account  # until written: a failed write must not cost a second account
         for attempt in range(CONFLICT_RETRIES):
             existing = self._get(self.account_secret_name)
             metadata = ObjectMeta(
@@ -368,6 +400,7 @@ class SecretStore(StoreDefaults):
                     self.client.create(body)
                 else:
                     self.client.replace(body)
+                self._unsaved_account = None
                 return
             except ApiError as error:
                 if error.status.code == 409 and attempt + 1 < CONFLICT_RETRIES:
