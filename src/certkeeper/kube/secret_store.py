@@ -71,10 +71,11 @@ def _unb64(text: str | None) -> bytes:
 
 
 def digest_of(secret: Secret | None) -> str:
-    """What identifies the certificate held in a Secret (its full chain), to tell others' edits from ours."""
+    """What identifies the certificate data in a Secret (every key certkeeper writes), to tell others'
+    edits from ours: garbage in ``tls.crt`` with ``proxycert`` still good is an edit too."""
     if secret is None or not secret.data:
         return ""
-    return secret.data.get("proxycert") or secret.data.get("tls.crt") or ""
+    return "|".join(secret.data.get(key) or "" for key in CERT_KEYS)
 
 
 class SecretStore(StoreDefaults):
@@ -108,6 +109,7 @@ class SecretStore(StoreDefaults):
         self.rollout_pending = False  # stored, but its consumers not yet restarted (e.g. a crash between)
         # An account registered whose Secret could not be written: reused, never registered again.
         self._unsaved_account: Account | None = None
+        self.damaged_keys: list[str] = []  # keys not holding what proxycert/proxykey say (see repair)
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -159,22 +161,59 @@ class SecretStore(StoreDefaults):
         self.rollout_pending = annotations.get(PREFIX + "rollout") == "pending"
         chain = _unb64(data.get("proxycert")) or _unb64(data.get("tls.crt"))
         key = _unb64(data.get("proxykey")) or _unb64(data.get("tls.key"))
+        self.damaged_keys = []
         if not chain or not key:
             return StoredCert(key, chain, b"", None, meta, "the Secret has no proxycert/proxykey")
-        return StoredCert.parse(key, chain, b"", meta if isinstance(meta, dict) else {})
+        stored = StoredCert.parse(key, chain, b"", meta if isinstance(meta, dict) else {})
+        if stored.usable:
+            expected = self._values(chain, key)
+            self.damaged_keys = [k for k in self.keys if _unb64(data.get(k)) != expected[k]]
+        return stored
+
+    @staticmethod
+    def _values(fullchain: bytes, key_pem: bytes) -> dict[str, bytes]:
+        return {
+            "proxycert": fullchain,
+            "proxykey": key_pem,
+            "dhparam": FFDHE2048_PEM,
+            "tls.crt": fullchain,
+            "tls.key": key_pem,
+            "tls.pem": fullchain + key_pem,
+        }
+
+    def repair(self) -> list[str]:
+        """Rewrite the keys that do not hold the good certificate and key the Secret has (no new order).
+
+        Returns the keys rewritten. Consumers of the good keys (``proxycert``) see no change."""
+        stored = self.load(self.secret_name)
+        secret = self._get(self.secret_name)
+        damaged = list(self.damaged_keys)
+        if secret is None or stored is None or not stored.usable or not damaged:
+            return []
+        data = secret.data or {}
+        chain = _unb64(data.get("proxycert")) or _unb64(data.get("tls.crt"))
+        key = _unb64(data.get("proxykey")) or _unb64(data.get("tls.key"))
+        expected = self._values(chain, key)
+        patch = {
+            "metadata": {"resourceVersion": secret.metadata.resourceVersion if secret.metadata else None},
+            "data": {k: _b64(expected[k]) for k in damaged},
+        }
+
+        def write() -> None:
+            self._read.pop(self.secret_name, None)
+            written = self.client.patch(
+                Secret, self.secret_name, patch, namespace=self.namespace, patch_type=PatchType.MERGE
+            )
+            self.last_digest = digest_of(written)
+
+        call_api(f"repair {', '.join(damaged)} in Secret {self.namespace}/{self.secret_name}", write)
+        self.damaged_keys = []
+        return damaged
 
     def _body(self, issued: IssuedCert, meta: dict[str, Any], existing: Secret | None) -> Secret:
         info = issued.info
         data = dict((existing.data or {}) if existing is not None else {})
-        fullchain = issued.fullchain_pem
-        values = {
-            "proxycert": fullchain,
-            "proxykey": issued.key_pem,
-            "dhparam": FFDHE2048_PEM,
-            "tls.crt": fullchain,
-            "tls.key": issued.key_pem,
-            "tls.pem": fullchain + issued.key_pem,
-        }
+        values = self._values(issued.fullchain_pem, issued.key_pem)
         data.update({key: _b64(values[key]) for key in self.keys})
         old_meta = existing.metadata if existing is not None and existing.metadata is not None else ObjectMeta()
         labels = dict(old_meta.labels or {})
