@@ -154,6 +154,26 @@ class Controller:
                 failures += 1
                 log.debug("watching the Secret failed (%s); again in a moment", error)
                 stopped.wait(min(30, 2**failures))
+                # List, then watch: a change or deletion while the watch was down (an API restart, a 410)
+                # would otherwise be seen only at the next scheduled check, hours later.
+                self._compare_after_gap(client)
+
+    def _compare_after_gap(self, client: Client) -> None:
+        try:
+            current = client.get(Secret, self.config.secret_name, namespace=self.config.namespace)
+        except Exception as error:
+            if not is_not_found(error):
+                return  # still down: the next attempt compares again
+            current = None
+        if digest_of(current) != self.store.last_digest:
+            log.info(
+                "Secret %s/%s was %s while the watch was down: checking it now",
+                self.config.namespace,
+                self.config.secret_name,
+                "deleted" if current is None else "changed",
+            )
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._wake.set)
 
     # -- one check -------------------------------------------------------------------------------
 

@@ -1,0 +1,50 @@
+"""``certkeeper run`` through an API server restart, on a private control plane (so the restart cannot
+disturb the other tests' cluster): a Secret deleted right after the outage is issued again at once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from lightkube import Client, KubeConfig
+from lightkube.resources.core_v1 import Secret
+from runkit import SECRET, certkeeper_run, get_secret, seed_env, wait_for
+
+from testbench import cluster as bench
+from testbench.ari import AcmeFront
+
+
+@pytest.fixture
+def private_cluster(tmp_path: Path) -> Iterator[bench.Cluster]:
+    bench.build()
+    with bench.running(tmp_path / "kube") as running:
+        yield running
+
+
+def test_a_secret_deleted_right_after_an_api_restart_is_issued_again(
+    private_cluster: bench.Cluster, ari: AcmeFront, tmp_path: Path
+) -> None:
+    cluster = private_cluster
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    subprocess.run([str(cluster.kubectl), "create", "namespace", "run"], env=env, check=True, capture_output=True)
+    client = Client(KubeConfig.from_file(cluster.kubeconfig), namespace="run")
+    run_env = seed_env(ari.pebble, "run", cluster.kubeconfig, LETSENCRYPT_ENDPOINT=ari.directory_url, RC_NAMES="")
+    with certkeeper_run(run_env, tmp_path / "run.log") as run:
+        wait_for("the first certificate stored", lambda: "stored in Secret" in run.log, run=run)
+        first = get_secret(client, "run")
+        assert first is not None
+        cluster.restart("kube-apiserver", down_s=3.0)
+        client.delete(Secret, SECRET, namespace="run")
+
+        def again() -> bool:
+            now = get_secret(client, "run")
+            return now is not None and now.data != first.data
+
+        wait_for("the deleted Secret issued again", again, timeout=60, run=run)
+        assert len(ari.recorded_orders()) == 2, "one order at start, one for the deleted Secret"
+        assert len(ari.recorded_accounts()) == 1
+        assert run.stop() == 0
+    client.close()
