@@ -179,6 +179,11 @@ class Controller:
 
     def _report(self, outcome: Outcome) -> None:
         names = " ".join(outcome.spec.names)
+        # The engine's hints name `certkeeper issue`'s flags; `run` is configured by the seed's variables.
+        detail = outcome.detail.replace("check --server", "check LETSENCRYPT_ENDPOINT").replace(
+            "with --ca-bundle", "with --ca-bundle (CERTKEEPER_CA_BUNDLE)"
+        )
+        outcome = dataclasses.replace(outcome, detail=detail)
         secret = f"{self.config.namespace}/{self.config.secret_name}"
         if outcome.status in ("issued", "renewed"):
             assert outcome.info is not None

@@ -27,7 +27,7 @@ from lightkube.types import PatchType
 
 from certkeeper.acme.account import Account
 from certkeeper.errors import CertkeeperError
-from certkeeper.kube.api import call_api, fail, is_not_found
+from certkeeper.kube.api import KubeApiError, call_api, fail, is_not_found
 from certkeeper.model import IssuedCert, PendingOrder
 from certkeeper.stores.base import StoredCert, StoreDefaults
 
@@ -109,7 +109,8 @@ class SecretStore(StoreDefaults):
         self.rollout_pending = False  # stored, but its consumers not yet restarted (e.g. a crash between)
         # An account registered whose Secret could not be written: reused, never registered again.
         self._unsaved_account: Account | None = None
-        self.damaged_keys: list[str] = []  # keys not holding what proxycert/proxykey say (see repair)
+        self.damaged_keys: list[str] = []
+        self._said_no_patch = False  # keys not holding what proxycert/proxykey say (see repair)
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -316,7 +317,15 @@ class SecretStore(StoreDefaults):
                 if not is_not_found(error):  # no Secret yet: the state stays in memory
                     raise
 
-        call_api(f"record the renewal state on Secret {self.namespace}/{self.secret_name}", write)
+        try:
+            call_api(f"record the renewal state on Secret {self.namespace}/{self.secret_name}", write)
+        except KubeApiError as error:
+            if error.code != 403:
+                raise
+            # No secrets:patch: the state stays in memory; a stored certificate is still a success.
+            if not self._said_no_patch:
+                log.warning("%s; the renewal state is kept in memory only", error)
+                self._said_no_patch = True
 
     def mark_rolled(self) -> None:
         """Record that the consumers of the stored certificate were restarted."""
