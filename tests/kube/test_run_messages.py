@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
 from lightkube import Client
 from runkit import certkeeper_run, get_secret, seed_env, wait_for
 
@@ -32,15 +33,36 @@ def test_a_url_that_is_no_acme_directory_names_letsencrypt_endpoint(
     assert ari.recorded_accounts() == []
 
 
-def test_without_secrets_patch_a_stored_certificate_is_a_success_and_the_missing_verb_said(
-    kube_client: Client, namespace: str, kubectl: Kubectl, ari: AcmeFront, tmp_path: Path, cluster: Cluster
+# One permission of deploy/certkeeper/rbac.yaml taken away at a time: (what is removed, the line that says so).
+LEASE_RULE = """  - apiGroups: ["coordination.k8s.io"]
+    resources: ["leases"]
+    verbs: ["get", "create", "update"]
+"""
+REMOVED = {
+    "secrets patch": (
+        ('"create", "update", "patch", "delete"]', '"create", "update", "delete"]'),
+        ("kept in memory only", "record the renewal state"),
+    ),
+    "leases": ((LEASE_RULE, ""), ("working without it", "grant leases get/create/update")),
+}
+
+
+@pytest.mark.parametrize("removed", sorted(REMOVED))
+def test_without_one_permission_the_certificate_is_stored_and_the_missing_one_said_once(
+    removed: str,
+    kube_client: Client,
+    namespace: str,
+    kubectl: Kubectl,
+    ari: AcmeFront,
+    tmp_path: Path,
+    cluster: Cluster,
 ) -> None:
     from test_run import service_account_kubeconfig
 
+    (old, new), (says, names) = REMOVED[removed]
     role = (ROOT / "deploy" / "certkeeper" / "rbac.yaml").read_text()
-    without_patch = role.replace('"create", "update", "patch", "delete"]', '"create", "update", "delete"]', 1)
-    assert without_patch != role
-    (tmp_path / "rbac.yaml").write_text(without_patch)
+    assert old in role
+    (tmp_path / "rbac.yaml").write_text(role.replace(old, new, 1))
     kubectl("create", "serviceaccount", "certkeeper")
     kubectl("apply", "-f", str(tmp_path / "rbac.yaml"))
     config = service_account_kubeconfig(kube_client, namespace, cluster.server, cluster.ca_file, tmp_path / "sa")
@@ -49,8 +71,8 @@ def test_without_secrets_patch_a_stored_certificate_is_a_success_and_the_missing
         wait_for("the certificate stored", lambda: "stored in Secret" in run.log, timeout=60, run=run)
         time.sleep(1)
         assert "could not get a certificate" not in run.log, run.log
-        (line,) = [line for line in run.log.splitlines() if "kept in memory only" in line]
-        assert "403" in line and "record the renewal state" in line, line
+        (line,) = [line for line in run.log.splitlines() if says in line]
+        assert "403" in line and names in line, line
         assert run.stop() == 0
     assert get_secret(kube_client, namespace) is not None
     assert len(ari.recorded_orders()) == 1
