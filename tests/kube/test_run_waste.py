@@ -213,3 +213,26 @@ def test_rc_names_naming_a_deployment_is_said_at_start_and_the_rollout_stays_pen
         assert "ordering " not in run.log
         assert run.stop() == 0
     assert len(ari.recorded_orders()) == 1
+
+
+def test_a_malformed_state_annotation_is_reset_with_a_warning_and_stops_nothing(
+    kube_client: Client, namespace: str, kubeconfig: Path, ari: AcmeFront, tmp_path: Path
+) -> None:
+    from lightkube.resources.core_v1 import Secret
+    from lightkube.types import PatchType
+
+    env = env_for(ari, namespace, kubeconfig, RC_NAMES="")
+    with certkeeper_run(env, tmp_path / "first.log") as run:
+        wait_for("the first certificate", lambda: "stored in Secret" in run.log, run=run)
+        assert run.stop() == 0
+    bad = json.dumps({"failures": "many", "retry_after": "soon", "names": 7})
+    patch = {"metadata": {"annotations": {"certkeeper.io/state": bad}}}
+    kube_client.patch(Secret, SECRET, patch, namespace=namespace, patch_type=PatchType.MERGE)
+    with certkeeper_run(env, tmp_path / "second.log") as run:
+        wait_for("the check", lambda: "still good until" in run.log, timeout=30, run=run)
+        assert "failures" in run.log and "'failures' is not a count" in run.log, run.log
+        # The bad state is not kept in memory either: a deleted Secret is issued again at once.
+        kube_client.delete(Secret, SECRET, namespace=namespace)
+        wait_for("issued again", lambda: run.log.count("stored in Secret") == 1, timeout=30, run=run)
+        assert run.stop() == 0
+    assert len(ari.recorded_orders()) == 2
