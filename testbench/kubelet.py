@@ -93,10 +93,10 @@ class Kubelet:
         self._tasks: set[asyncio.Task[None]] = set()
         self._ips = _pod_ips()
 
-    async def register(self) -> None:
+    def _node_status(self) -> dict[str, Any]:
         resources = {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"}
         now = _now()
-        status = {
+        return {
             "capacity": resources,
             "allocatable": resources,
             "conditions": [
@@ -114,6 +114,9 @@ class Kubelet:
                 {"type": "Hostname", "address": self.node_name},
             ],
         }
+
+    async def register(self) -> None:
+        status = self._node_status()
         node = cast(
             Node,
             Node.from_dict(
@@ -155,6 +158,7 @@ class Kubelet:
         except ApiError as exc:
             if exc.status.code != 409:
                 raise
+        failed = False
         while True:
             try:
                 await self.client.patch(
@@ -163,8 +167,17 @@ class Kubelet:
                     {"spec": {"renewTime": _micro_now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")}},
                     namespace=LEASE_NAMESPACE,
                 )
-            except ApiError as exc:
+                if failed:
+                    # After an outage the node lifecycle controller may have set Ready to Unknown; a real
+                    # kubelet posts its status again, and only that makes the node Ready.
+                    await self.client.patch(Node.Status, self.node_name, {"status": self._node_status()})
+                    log.info("node %s status posted again after the API was back", self.node_name)
+                    failed = False
+            except Exception as exc:  # an API server restart: connection refused, 503, ...
                 log.warning("lease renewal failed: %s", exc)
+                failed = True
+                await asyncio.sleep(1.0)
+                continue
             await asyncio.sleep(RENEW_EVERY)
 
     async def watch_pods(self) -> None:
@@ -208,29 +221,40 @@ class Kubelet:
     async def _start(self, pod: Pod) -> None:
         assert pod.metadata is not None and pod.metadata.name is not None
         await asyncio.sleep(self.ready_delay)
-        try:
-            await self.client.patch(
-                Pod.Status,
-                pod.metadata.name,
-                {"status": running_status(pod, next(self._ips))},
-                namespace=pod.metadata.namespace,
-            )
-            log.info("pod %s/%s running", pod.metadata.namespace, pod.metadata.name)
-        except ApiError as exc:
-            if exc.status.code != 404:
+        status = running_status(pod, next(self._ips))
+        # Through an API server restart: try again (bounded) rather than leave the pod Pending.
+        for _attempt in range(60):
+            try:
+                await self.client.patch(
+                    Pod.Status, pod.metadata.name, {"status": status}, namespace=pod.metadata.namespace
+                )
+                log.info("pod %s/%s running", pod.metadata.namespace, pod.metadata.name)
+                return
+            except ApiError as exc:
+                if exc.status.code == 404:
+                    return
                 log.warning("could not report pod %s running: %s", pod.metadata.name, exc)
-                # Forget it so that the next event about the pod tries again.
-                self._starting.pop(pod.metadata.uid or "", None)
+            except Exception as exc:  # the API unreachable
+                log.warning("could not report pod %s running: %s; again in 1 s", pod.metadata.name, exc)
+            await asyncio.sleep(1.0)
+        # Forget it so that the next event about the pod tries again.
+        self._starting.pop(pod.metadata.uid or "", None)
 
     async def _finish(self, pod: Pod) -> None:
         assert pod.metadata is not None and pod.metadata.name is not None
-        try:
-            await self.client.delete(Pod, pod.metadata.name, namespace=pod.metadata.namespace, grace_period=0)
-            log.info("pod %s/%s deleted", pod.metadata.namespace, pod.metadata.name)
-        except ApiError as exc:
-            if exc.status.code != 404:
+        for _attempt in range(60):
+            try:
+                await self.client.delete(Pod, pod.metadata.name, namespace=pod.metadata.namespace, grace_period=0)
+                log.info("pod %s/%s deleted", pod.metadata.namespace, pod.metadata.name)
+                return
+            except ApiError as exc:
+                if exc.status.code == 404:
+                    return
                 log.warning("could not finish deleting pod %s: %s", pod.metadata.name, exc)
-                self._finishing.discard(pod.metadata.uid or "")
+            except Exception as exc:  # the API unreachable
+                log.warning("could not finish deleting pod %s: %s; again in 1 s", pod.metadata.name, exc)
+            await asyncio.sleep(1.0)
+        self._finishing.discard(pod.metadata.uid or "")
 
 
 async def run(kubeconfig: str, node_name: str, ready_delay: float) -> None:

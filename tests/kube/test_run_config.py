@@ -77,6 +77,15 @@ def test_seed_environment_is_read_like_the_original() -> None:
     assert config.secret_type is None and config.cron is None
 
 
+def test_a_plain_http_endpoint_is_warned_about_in_one_line() -> None:
+    config = load_config(
+        {"EMAIL": "a@example.com", "DOMAINS": "example.com", "LETSENCRYPT_ENDPOINT": "http://ca.internal/directory"}
+    )
+    (note,) = [n for n in config.notes if "LETSENCRYPT_ENDPOINT" in n]
+    assert note.startswith("LETSENCRYPT_ENDPOINT http://ca.internal/directory is plain HTTP") and "https://" in note
+    assert "\n" not in note
+
+
 def test_namespace_defaults_to_the_pods_own_else_default() -> None:
     config = load_config({"EMAIL": "a@example.com", "DOMAINS": "example.com", "SECRET_NAME": "tls-web"})
     assert config.namespace == "default"  # no service account file outside a pod

@@ -70,6 +70,13 @@ def setup_logging(log_format: str, verbose: int) -> None:
     help="Seconds to wait for each replaced pod to be Ready.",
 )
 @option(
+    "--lease-duration",
+    type=click.IntRange(2, 3600),
+    default=15,
+    show_default=True,
+    help="Seconds a killed instance's Lease on the Secret holds off another instance for the same Secret.",
+)
+@option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
@@ -93,6 +100,7 @@ def run(
     eab_kid: str | None,
     eab_hmac_key: str | None,
     rollout_timeout: float,
+    lease_duration: int,
     log_format: str,
     verbose: int,
     dns: str | None,
@@ -142,7 +150,7 @@ def run(
     from certkeeper.kube.controller import Controller
 
     try:
-        controller = Controller(config)
+        controller = Controller(config, lease_duration=lease_duration)
     except CertkeeperError as error:
         click.echo(f"certkeeper: error: {error}", err=True)
         raise SystemExit(2) from None

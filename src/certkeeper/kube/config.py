@@ -142,6 +142,11 @@ def load_config(
             new = ACME_V1[url.rstrip("/")]
             notes.append(f"LETSENCRYPT_ENDPOINT {url} is ACME v1, which Let's Encrypt retired; using {new}")
             url = new
+        if url.lower().startswith("http://"):
+            notes.append(
+                f"LETSENCRYPT_ENDPOINT {url} is plain HTTP: anyone on the way can read and change what the CA "
+                "sends; use its https:// URL"
+            )
         return url
 
     directory_url = check(endpoint, LETSENCRYPT)

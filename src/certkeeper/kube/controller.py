@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import logging
 import signal
@@ -12,15 +13,16 @@ from typing import TypeVar
 
 import httpx2
 from lightkube import Client
-from lightkube.resources.core_v1 import Secret
+from lightkube.resources.core_v1 import ReplicationController, Secret
 
 from certkeeper.engine import Engine, Outcome
 from certkeeper.errors import CertkeeperError
-from certkeeper.kube.api import api_error_text, load_kubeconfig
+from certkeeper.kube.api import api_error_text, is_not_found, load_kubeconfig
 from certkeeper.kube.config import RunConfig
 from certkeeper.kube.events import Recorder
 from certkeeper.kube.ledger_secret import SecretBackend
-from certkeeper.kube.rollout import RolloutResult, restart_rc, restart_workload
+from certkeeper.kube.rollout import KINDS, RolloutResult, restart_rc, restart_workload
+from certkeeper.kube.run_lease import RunLease
 from certkeeper.kube.secret_store import SecretStore, digest_of
 from certkeeper.ledger import Ledger
 from certkeeper.observe.records import ca_host
@@ -47,9 +49,14 @@ def _when(moment: datetime.datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
 
 
+class _Stopping(Exception):
+    """Asked to stop while the engine worked."""
+
+
 class Controller:
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, lease_duration: int = 15) -> None:
         self.config = config
+        self.lease_duration = lease_duration
         self.kubeconfig = load_kubeconfig()
         current = self.kubeconfig.get()
         self.server = current.cluster.server if current is not None else "?"
@@ -69,6 +76,8 @@ class Controller:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._responder: Responder | None = None
+        self._lease: RunLease | None = None
+        self._roll_failures = 0
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -150,11 +159,36 @@ class Controller:
                 failures += 1
                 log.debug("watching the Secret failed (%s); again in a moment", error)
                 stopped.wait(min(30, 2**failures))
+                # List, then watch: a change or deletion while the watch was down (an API restart, a 410)
+                # would otherwise be seen only at the next scheduled check, hours later.
+                self._compare_after_gap(client)
+
+    def _compare_after_gap(self, client: Client) -> None:
+        try:
+            current = client.get(Secret, self.config.secret_name, namespace=self.config.namespace)
+        except Exception as error:
+            if not is_not_found(error):
+                return  # still down: the next attempt compares again
+            current = None
+        if digest_of(current) != self.store.last_digest:
+            log.info(
+                "Secret %s/%s was %s while the watch was down: checking it now",
+                self.config.namespace,
+                self.config.secret_name,
+                "deleted" if current is None else "changed",
+            )
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._wake.set)
 
     # -- one check -------------------------------------------------------------------------------
 
     def _report(self, outcome: Outcome) -> None:
         names = " ".join(outcome.spec.names)
+        # The engine's hints name `certkeeper issue`'s flags; `run` is configured by the seed's variables.
+        detail = outcome.detail.replace("check --server", "check LETSENCRYPT_ENDPOINT").replace(
+            "with --ca-bundle", "with --ca-bundle (CERTKEEPER_CA_BUNDLE)"
+        )
+        outcome = dataclasses.replace(outcome, detail=detail)
         secret = f"{self.config.namespace}/{self.config.secret_name}"
         if outcome.status in ("issued", "renewed"):
             assert outcome.info is not None
@@ -185,9 +219,9 @@ class Controller:
                 _when(outcome.next_check),
             )
         else:
-            log.error(
-                "could not get a certificate for %s: %s; next try %s", names, outcome.detail, _when(outcome.next_check)
-            )
+            # The engine gives no time when it failed before the CA was asked: the loop's backoff applies.
+            upcoming = _when(outcome.next_check) if outcome.next_check else "after a backoff (10 s up to 15 min)"
+            log.error("could not get a certificate for %s: %s; next try %s", names, outcome.detail, upcoming)
             self.events.emit(
                 "Secret",
                 self.config.secret_name,
@@ -196,12 +230,42 @@ class Controller:
                 warning=True,
             )
 
+    def _not_an_rc(self, name: str) -> str:
+        """For an RC_NAMES entry that is no ReplicationController: what it is instead, and what to set."""
+        for kind, resource in KINDS.items():
+            try:
+                self.client.get(resource, name, namespace=self.config.namespace)
+            except Exception:  # not that kind (or not readable): try the next
+                continue
+            variable = "DEPLOYMENTS" if kind == "Deployment" else "WORKLOADS"
+            value = name if kind == "Deployment" else f"{kind.lower()}/{name}"
+            return f"; {kind.lower()}/{name} exists: put {value} in {variable}, not RC_NAMES"
+        return ""
+
+    def _check_targets(self) -> None:
+        """Say at start-up when RC_NAMES names something that is not a ReplicationController."""
+        for name in self.config.rc_names:
+            try:
+                self.client.get(ReplicationController, name, namespace=self.config.namespace)
+            except Exception as error:
+                if is_not_found(error):
+                    hint = self._not_an_rc(name)
+                    log.warning(
+                        "RC_NAMES: replicationcontroller/%s not found in namespace %s%s",
+                        name,
+                        self.config.namespace,
+                        hint,
+                    )
+
     def _roll(self) -> list[RolloutResult]:
         results: list[RolloutResult] = []
         ns = self.config.namespace
         for name in self.config.rc_names:
             try:
-                results.append(restart_rc(self.client, ns, name, self.config.rollout_timeout, self._stop.is_set))
+                result = restart_rc(self.client, ns, name, self.config.rollout_timeout, self._stop.is_set)
+                if result.missing:
+                    result = dataclasses.replace(result, message=result.message + self._not_an_rc(name))
+                results.append(result)
             except Exception as error:  # e.g. the API went away mid-rollout: report, keep running
                 message = f"replicationcontroller/{name}: rollout interrupted ({api_error_text(error)})"
                 results.append(RolloutResult("ReplicationController", name, False, False, message))
@@ -261,15 +325,21 @@ class Controller:
                 SecretBackend(self.client, self.config.namespace),
                 parse_limits("auto", self.config.issuer.directory_url),
             ),
+            # The order in flight in a companion Secret: a killed run resumes it instead of ordering again.
+            journal=self.store,
         )
         engine.observers.append(view.tracker)
         try:
             if not await self._wait_for_api():
                 return 0
+            await asyncio.to_thread(self._check_targets)
             threading.Thread(target=self._watch_secret, name="secret-watch", daemon=True).start()
+            self._lease = RunLease(self.kubeconfig, self.config.namespace, self.config.secret_name, self.lease_duration)
             await self._loop_checks(engine)
             return 0
         finally:
+            if self._lease is not None:
+                await self._lease.close()
             await engine.close()
             await self._responder.stop()
             self.client.close()
@@ -278,28 +348,48 @@ class Controller:
         failures = 0
         while not self._stop.is_set():
             self._wake.clear()
-            try:
-                finished, outcomes = await self._unless_stopped(engine.run([self.config.spec]))
-            except Exception as error:  # a bug, not a CA or API answer: keep serving, try again later
-                failures += 1
-                delay = FAILURE_BACKOFF_S[min(failures, len(FAILURE_BACKOFF_S)) - 1]
-                log.error("the check failed unexpectedly (%s: %s); again in %d s", type(error).__name__, error, delay)
-                await self._sleep(delay)
-                continue
-            if not finished or outcomes is None:
+            roll_again: datetime.datetime | None = None
+            assert self._lease is not None
+            # One instance at a time checks, orders and rolls for this Secret (a second one waits).
+            if not (await self._unless_stopped(self._lease.acquire()))[0]:
                 return
-            outcome = outcomes[0]
-            self._report(outcome)
-            if outcome.changed or (outcome.ok and self.store.rollout_pending):
-                if not outcome.changed:
-                    log.info("the stored certificate's consumers were not restarted yet (interrupted?): doing it now")
-                finished, _ = await self._unless_stopped(asyncio.to_thread(self._roll))
-                if not finished:
-                    return
+            try:
                 try:
-                    await asyncio.to_thread(self.store.mark_rolled)
-                except CertkeeperError as error:
-                    log.warning("%s", error)
+                    outcome = await self._check(engine)
+                except _Stopping:
+                    return
+                if outcome is None:
+                    failures += 1
+                    delay = FAILURE_BACKOFF_S[min(failures, len(FAILURE_BACKOFF_S)) - 1]
+                    await self._lease.release()
+                    await self._sleep(delay)
+                    continue
+                self._report(outcome)
+                if outcome.ok and not outcome.changed and self.store.damaged_keys:
+                    await self._repair()
+                if outcome.changed or (outcome.ok and self.store.rollout_pending):
+                    if not outcome.changed:
+                        log.info(
+                            "the stored certificate's consumers were not restarted yet (interrupted?): doing it now"
+                        )
+                    finished, results = await self._unless_stopped(asyncio.to_thread(self._roll))
+                    if not finished:
+                        return
+                    if results is not None and all(r.ok for r in results):
+                        self._roll_failures = 0
+                        try:
+                            await asyncio.to_thread(self.store.mark_rolled)
+                        except CertkeeperError as error:
+                            log.warning("%s", error)
+                    else:
+                        # Still pending on the Secret: tried again (with backoff) and after a restart.
+                        self._roll_failures += 1
+                        delay = FAILURE_BACKOFF_S[min(self._roll_failures, len(FAILURE_BACKOFF_S)) - 1]
+                        roll_again = _now() + datetime.timedelta(seconds=delay)
+                        log.info("the rollout is tried again at %s", _when(roll_again))
+            finally:
+                if not self.abandoned_work:
+                    await self._lease.release()
             now = _now()
             if outcome.ok or (outcome.status == "deferred" and outcome.next_check is not None):
                 failures = 0
@@ -310,9 +400,44 @@ class Controller:
                 fallback = now + datetime.timedelta(seconds=delay)
                 wake_at = outcome.next_check or fallback
             wake_at = min(wake_at, now + MAX_SLEEP)
+            if roll_again is not None:
+                wake_at = min(wake_at, roll_again)
             if self.config.cron is not None:
                 cron_at = self.config.cron.next_after(now)
                 if cron_at is not None and cron_at < wake_at:
                     wake_at = cron_at
                     log.info("next check at %s (CRON_FREQUENCY)", _when(wake_at))
             await self._sleep(max(1.0, (wake_at - _now()).total_seconds()))
+
+    async def _repair(self) -> None:
+        """Keys that do not hold the good certificate in proxycert (garbage in tls.crt, say) are rewritten
+        from it: an Ingress reading tls.* works again, with no new order and no rollout."""
+        secret = f"{self.config.namespace}/{self.config.secret_name}"
+        try:
+            repaired = await asyncio.to_thread(self.store.repair)
+        except CertkeeperError as error:
+            log.error("%s", error)
+            return
+        if repaired:
+            text = (
+                f"{', '.join(repaired)} did not hold the certificate and key in proxycert/proxykey: rewritten from them"
+            )
+            log.warning("Secret %s: %s", secret, text)
+            self.events.emit("Secret", self.config.secret_name, "Repaired", text, warning=True)
+
+    async def _check(self, engine: Engine) -> Outcome | None:
+        """One check by the engine, after proving an account can be kept here; None: it crashed (a bug)."""
+        if engine.account is None:
+            try:
+                await asyncio.to_thread(self.store.check_account_writable)
+            except CertkeeperError as error:
+                # Before the CA is asked: no account registered that could not be kept.
+                return Outcome(self.config.spec, "failed", str(error), None, 0.0)
+        try:
+            finished, outcomes = await self._unless_stopped(engine.run([self.config.spec]))
+        except Exception as error:  # a bug, not a CA or API answer: keep serving, try again later
+            log.error("the check failed unexpectedly (%s: %s)", type(error).__name__, error)
+            return None
+        if not finished or outcomes is None:
+            raise _Stopping
+        return outcomes[0]

@@ -80,7 +80,8 @@ class LeaderElector:
             lease["spec"] = self._spec(transitions, spec.get("acquireTime"))
         else:
             lease["spec"] = self._spec(transitions + 1)
-            log.info("taking over Lease %s/%s from %s", self.namespace, self.name, holder or "nobody")
+            if holder:  # a Lease given back at a clean stop (or by `run` after each check) is no news
+                log.info("taking over Lease %s/%s from %s", self.namespace, self.name, holder)
         updated = await self.http.put(self._path, json=lease)
         if updated.status_code == 409:
             return False

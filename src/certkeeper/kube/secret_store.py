@@ -27,7 +27,7 @@ from lightkube.types import PatchType
 
 from certkeeper.acme.account import Account
 from certkeeper.errors import CertkeeperError
-from certkeeper.kube.api import call_api, fail, is_not_found
+from certkeeper.kube.api import KubeApiError, call_api, fail, is_not_found
 from certkeeper.model import IssuedCert, PendingOrder
 from certkeeper.stores.base import StoredCert, StoreDefaults
 
@@ -71,10 +71,11 @@ def _unb64(text: str | None) -> bytes:
 
 
 def digest_of(secret: Secret | None) -> str:
-    """What identifies the certificate held in a Secret (its full chain), to tell others' edits from ours."""
+    """What identifies the certificate data in a Secret (every key certkeeper writes), to tell others'
+    edits from ours: garbage in ``tls.crt`` with ``proxycert`` still good is an edit too."""
     if secret is None or not secret.data:
         return ""
-    return secret.data.get("proxycert") or secret.data.get("tls.crt") or ""
+    return "|".join(secret.data.get(key) or "" for key in CERT_KEYS)
 
 
 class SecretStore(StoreDefaults):
@@ -106,6 +107,10 @@ class SecretStore(StoreDefaults):
         self._state: dict[str, Any] = {}
         self.last_digest = ""  # proxycert of the last Secret seen or written by us
         self.rollout_pending = False  # stored, but its consumers not yet restarted (e.g. a crash between)
+        # An account registered whose Secret could not be written: reused, never registered again.
+        self._unsaved_account: Account | None = None
+        self.damaged_keys: list[str] = []
+        self._said_no_patch = False  # keys not holding what proxycert/proxykey say (see repair)
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -157,22 +162,59 @@ class SecretStore(StoreDefaults):
         self.rollout_pending = annotations.get(PREFIX + "rollout") == "pending"
         chain = _unb64(data.get("proxycert")) or _unb64(data.get("tls.crt"))
         key = _unb64(data.get("proxykey")) or _unb64(data.get("tls.key"))
+        self.damaged_keys = []
         if not chain or not key:
             return StoredCert(key, chain, b"", None, meta, "the Secret has no proxycert/proxykey")
-        return StoredCert.parse(key, chain, b"", meta if isinstance(meta, dict) else {})
+        stored = StoredCert.parse(key, chain, b"", meta if isinstance(meta, dict) else {})
+        if stored.usable:
+            expected = self._values(chain, key)
+            self.damaged_keys = [k for k in self.keys if _unb64(data.get(k)) != expected[k]]
+        return stored
+
+    @staticmethod
+    def _values(fullchain: bytes, key_pem: bytes) -> dict[str, bytes]:
+        return {
+            "proxycert": fullchain,
+            "proxykey": key_pem,
+            "dhparam": FFDHE2048_PEM,
+            "tls.crt": fullchain,
+            "tls.key": key_pem,
+            "tls.pem": fullchain + key_pem,
+        }
+
+    def repair(self) -> list[str]:
+        """Rewrite the keys that do not hold the good certificate and key the Secret has (no new order).
+
+        Returns the keys rewritten. Consumers of the good keys (``proxycert``) see no change."""
+        stored = self.load(self.secret_name)
+        secret = self._get(self.secret_name)
+        damaged = list(self.damaged_keys)
+        if secret is None or stored is None or not stored.usable or not damaged:
+            return []
+        data = secret.data or {}
+        chain = _unb64(data.get("proxycert")) or _unb64(data.get("tls.crt"))
+        key = _unb64(data.get("proxykey")) or _unb64(data.get("tls.key"))
+        expected = self._values(chain, key)
+        patch = {
+            "metadata": {"resourceVersion": secret.metadata.resourceVersion if secret.metadata else None},
+            "data": {k: _b64(expected[k]) for k in damaged},
+        }
+
+        def write() -> None:
+            self._read.pop(self.secret_name, None)
+            written = self.client.patch(
+                Secret, self.secret_name, patch, namespace=self.namespace, patch_type=PatchType.MERGE
+            )
+            self.last_digest = digest_of(written)
+
+        call_api(f"repair {', '.join(damaged)} in Secret {self.namespace}/{self.secret_name}", write)
+        self.damaged_keys = []
+        return damaged
 
     def _body(self, issued: IssuedCert, meta: dict[str, Any], existing: Secret | None) -> Secret:
         info = issued.info
         data = dict((existing.data or {}) if existing is not None else {})
-        fullchain = issued.fullchain_pem
-        values = {
-            "proxycert": fullchain,
-            "proxykey": issued.key_pem,
-            "dhparam": FFDHE2048_PEM,
-            "tls.crt": fullchain,
-            "tls.key": issued.key_pem,
-            "tls.pem": fullchain + issued.key_pem,
-        }
+        values = self._values(issued.fullchain_pem, issued.key_pem)
         data.update({key: _b64(values[key]) for key in self.keys})
         old_meta = existing.metadata if existing is not None and existing.metadata is not None else ObjectMeta()
         labels = dict(old_meta.labels or {})
@@ -275,7 +317,15 @@ class SecretStore(StoreDefaults):
                 if not is_not_found(error):  # no Secret yet: the state stays in memory
                     raise
 
-        call_api(f"record the renewal state on Secret {self.namespace}/{self.secret_name}", write)
+        try:
+            call_api(f"record the renewal state on Secret {self.namespace}/{self.secret_name}", write)
+        except KubeApiError as error:
+            if error.code != 403:
+                raise
+            # No secrets:patch: the state stays in memory; a stored certificate is still a success.
+            if not self._said_no_patch:
+                log.warning("%s; the renewal state is kept in memory only", error)
+                self._said_no_patch = True
 
     def mark_rolled(self) -> None:
         """Record that the consumers of the stored certificate were restarted."""
@@ -340,10 +390,39 @@ class SecretStore(StoreDefaults):
 
     # -- ACME account ----------------------------------------------------------------------------
 
+    def check_account_writable(self) -> None:
+        """Before registering: the account Secret exists, or can be created here (a dry run).
+
+        A namespace that does not exist or a missing ``secrets:create`` is found before the CA is asked
+        for an account it could then not keep (each retry would register another)."""
+        if self._get(self.account_secret_name) is not None:
+            return
+        body = Secret(
+            metadata=ObjectMeta(name=self.account_secret_name, namespace=self.namespace, labels=dict(MANAGED_BY)),
+            type="Opaque",
+            data={},
+        )
+        try:
+            self.client.create(body, dry_run=True)
+        except ApiError as error:
+            code = error.status.code
+            message = error.status.message or ""
+            if code == 404 and "namespace" in message.lower():
+                raise CertkeeperError(
+                    f'namespace "{self.namespace}" not found: no ACME account registered',
+                    f"create it (kubectl create namespace {self.namespace}) or set NAMESPACE to an existing one",
+                ) from None
+            if code == 409:
+                return  # created meanwhile
+            fail(f"create Secret {self.namespace}/{self.account_secret_name} (the ACME account)", error)
+        except (httpx2.HTTPError, OSError) as error:
+            fail(f"create Secret {self.namespace}/{self.account_secret_name} (the ACME account)", error)
+
     def load_account(self, directory_url: str) -> Account | None:
         secret = self._get(self.account_secret_name)
         if secret is None or not secret.data:
-            return None
+            unsaved = self._unsaved_account
+            return unsaved if unsaved is not None and unsaved.directory_url == directory_url else None
         annotations = (secret.metadata.annotations if secret.metadata else None) or {}
         url = annotations.get(PREFIX + "account-url", "")
         key_pem = _unb64(secret.data.get("key.pem"))
@@ -353,6 +432,7 @@ class SecretStore(StoreDefaults):
 
     def save_account(self, account: Account) -> None:
         what = f"write Secret {self.namespace}/{self.account_secret_name} (the ACME account)"
+        self._unsaved_account = account  # until written: a failed write must not cost a second account
         for attempt in range(CONFLICT_RETRIES):
             existing = self._get(self.account_secret_name)
             metadata = ObjectMeta(
@@ -368,6 +448,7 @@ class SecretStore(StoreDefaults):
                     self.client.create(body)
                 else:
                     self.client.replace(body)
+                self._unsaved_account = None
                 return
             except ApiError as error:
                 if error.status.code == 409 and attempt + 1 < CONFLICT_RETRIES:
