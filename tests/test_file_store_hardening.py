@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from certkeeper.acme.account import Account, account_id
+from certkeeper.acme.account import Account, account_id, key_thumbprint
 from certkeeper.crypto import cert_info
 from certkeeper.model import IssuedCert
 from certkeeper.stores import files as files_module
@@ -189,6 +189,10 @@ def test_meta_that_is_not_an_object_is_reported(store: FileStore, lineage: Path)
     store.rewrite_meta("hard.test", {"names": ["hard.test"]})
     loaded = store.load("hard.test")
     assert loaded is not None and loaded.meta == {"names": ["hard.test"]} and loaded.meta_problem is None
+    meta = {"serial": "0a", "names": ["hard.test"]}
+    store.rewrite_meta("hard.test", meta)
+    written = (lineage / "versions" / "1" / "meta.json").read_text()
+    assert written == json.dumps(meta, indent=2, sort_keys=True) + "\n", "the same layout save() writes"
     assert mode(lineage / "versions" / "1" / "meta.json") == 0o644
 
 
@@ -291,7 +295,8 @@ def test_the_lock_is_exclusive_until_released(store: FileStore) -> None:
     assert mode(lock_file) == 0o600
     assert store.lock("hard.test") is None, "a second run must wait"
     held.release()
-    held.release()  # twice is harmless
+    held.release()  # twice is harmless: it closes nothing else
+    os.fstat(1)
     again = store.lock("hard.test")
     assert again is not None
     again.release()
@@ -513,8 +518,8 @@ def test_account_directories_lists_each_ca_and_skips_damage(store: FileStore) ->
     for url in (DIRECTORY, other):
         store.save_account(Account(directory_url=url, url=f"{url}/acct/1", key_pem=new_key()))
     accounts = store.root / "accounts"
-    (accounts / "broken").mkdir()
-    (accounts / "broken" / "account.json").write_text("[]")
+    (accounts / "000-broken").mkdir()  # sorted first: one damaged entry does not end the list
+    (accounts / "000-broken" / "account.json").write_text("[]")
     (accounts / "nourl").mkdir()
     (accounts / "nourl" / "account.json").write_text("{}")
     (accounts / "empty").mkdir()
@@ -525,9 +530,10 @@ def test_a_corrected_account_url_replaces_only_its_record(store: FileStore) -> N
     key = new_key()
     store.save_account(Account(directory_url=DIRECTORY, url="https://ca.test/acct/1", key_pem=key))
     home = store.root / "accounts" / account_id(DIRECTORY)
-    before = os.stat(home / "key.pem").st_ino
+    (home / "account.json").write_text("{}")
+    os.utime(home / "key.pem", (0, 0))
     store.save_account(Account(directory_url=DIRECTORY, url="https://ca.test/acct/2", key_pem=key))
-    assert os.stat(home / "key.pem").st_ino == before, "the key file is not rewritten"
+    assert os.stat(home / "key.pem").st_mtime == 0, "the key file is not rewritten"
     loaded = store.load_account(DIRECTORY)
     assert loaded is not None and loaded.url == "https://ca.test/acct/2" and loaded.verified
     assert mode(home / "account.json") == 0o600 and mode(home) == 0o700
@@ -553,3 +559,65 @@ def test_an_account_whose_key_does_not_match_its_record_is_not_verified(store: F
     assert loaded is not None and not loaded.verified
     (home / "account.json").write_text(json.dumps({"url": 5}))
     assert store.load_account(DIRECTORY) is None, "a URL that is not text is no account"
+
+
+def test_a_new_account_record_is_private_and_readable(
+    store: FileStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files_module.tempfile, "tempdir", str(tmp_path / "no-such-temp-dir"))  # made beside it
+    account = Account(directory_url=DIRECTORY, url="https://ca.test/acct/1", key_pem=new_key())
+    store.save_account(account)
+    record = store.root / "accounts" / account_id(DIRECTORY) / "account.json"
+    assert mode(record) == 0o600
+    payload = {"url": account.url, "directory_url": DIRECTORY, "key_thumbprint": key_thumbprint(account.key_pem)}
+    assert record.read_text() == json.dumps(payload, indent=2) + "\n"
+
+
+def test_a_failed_account_write_leaves_no_staging_directory(store: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def disk_error(path: Path) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(files_module, "_fsync_dir", disk_error)  # the disk fails before the rename
+    with pytest.raises(OSError, match="Input/output error"):
+        store.save_account(Account(directory_url=DIRECTORY, url="https://ca.test/acct/1", key_pem=new_key()))
+    assert sorted(p.name for p in (store.root / "accounts").iterdir()) == [], "no half-made account is left"
+    monkeypatch.undo()
+    store.tidy_accounts()
+    FileStore(store.root.parent / "none").tidy_accounts()  # no accounts folder: nothing to do
+
+
+def test_a_lineage_name_the_file_system_refuses_is_a_clear_line(store: FileStore) -> None:
+    name = "a" * 300 + ".test"
+    assert refusal(store.check_writable, name) == (
+        f"cannot write to the store at {store.root / name} (File name too long): check the store"
+    )
+
+
+def test_a_directory_where_the_reserve_belongs_is_refused(store: FileStore) -> None:
+    store.save_state("hard.test", {})
+    (store.root / "hard.test" / RESERVE).mkdir()
+    assert refusal(store.check_writable, "hard.test") == (
+        f"cannot write to the store at {store.root / 'hard.test'} (Is a directory): check the store"
+    )
+
+
+def test_a_certificate_filling_the_reserve_exactly_uses_it(store: FileStore) -> None:
+    cert = issued(1)
+    empty_chain = IssuedCert(cert.key_pem, cert.cert_pem, b"", cert.info)
+    base_size = len(json.dumps({"key_pem": cert.key_pem.decode(), "cert_pem": cert.cert_pem.decode(), "chain_pem": ""}))
+    exact = IssuedCert(cert.key_pem, cert.cert_pem, b"x" * (RESERVE_BYTES - base_size), cert.info)
+    assert empty_chain != exact
+    store.check_writable("hard.test")
+    store.save_pending("hard.test", exact)
+    assert not (store.root / "hard.test" / RESERVE).exists(), "a certificate of exactly the reserved size fits"
+    assert store.load_pending("hard.test") == exact
+
+
+def test_a_linked_reserve_is_never_written_through(store: FileStore, tmp_path: Path) -> None:
+    store.save_state("hard.test", {})
+    (tmp_path / "outside").write_bytes(b"mine")
+    os.symlink(tmp_path / "outside", store.root / "hard.test" / RESERVE)
+    with pytest.raises(OSError) as caught:
+        store.save_pending("hard.test", issued(1))
+    assert caught.value.errno == errno.ELOOP
+    assert (tmp_path / "outside").read_bytes() == b"mine"
