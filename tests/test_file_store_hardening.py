@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -306,9 +307,22 @@ def test_a_waiting_lock_is_the_default(store: FileStore, tmp_path: Path) -> None
     held = FileLock(tmp_path / "lock")
     with pytest.raises(files_module.Busy, match=str(tmp_path / "lock")):
         FileLock(tmp_path / "lock", wait=False)
+    got: list[FileLock | BaseException] = []
+
+    def wait_for_it() -> None:
+        try:
+            got.append(FileLock(tmp_path / "lock"))  # blocks until the holder lets go
+        except BaseException as error:
+            got.append(error)
+
+    waiter = threading.Thread(target=wait_for_it, daemon=True)
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive() and got == [], "a waiting lock waits while another holds it"
     held.release()
-    waited = FileLock(tmp_path / "lock")  # free now: a waiting lock returns at once
-    waited.release()
+    waiter.join(10)
+    assert len(got) == 1 and isinstance(got[0], FileLock), got
+    got[0].release()
 
 
 def test_a_linked_lock_file_is_refused(store: FileStore, tmp_path: Path) -> None:
