@@ -14,6 +14,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -266,3 +267,82 @@ def test_a_silent_ca_times_out_with_a_clear_line() -> None:
     assert str(outcome[0]) == (
         f"cannot reach the CA at {url} (ReadTimeout): check --server and that this host can reach it"
     )
+
+
+# -- one deadline for a whole task: no request outlives it ------------------------------------------
+
+
+def _in_thread(call: object) -> BaseException | None:
+    """Run ``call`` with a hang guard far beyond any deadline here; its exception, if any."""
+    assert callable(call)
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as error:
+            outcome.append(error)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(15)
+    assert not worker.is_alive(), "the request outlived its deadline"
+    return outcome[0] if outcome else None
+
+
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """A CA that accepts connections and never answers."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    try:
+        yield f"http://127.0.0.1:{silent.getsockname()[1]}/directory"
+    finally:
+        silent.close()
+
+
+def test_a_silent_ca_ends_the_task_at_its_deadline(silent_url: str) -> None:
+    net = make_network(jwk(), None)  # 30 s per request: the task's 1 s deadline wins
+
+    def ask() -> None:
+        with net.within(1, "the directory request"):
+            net.get(silent_url)
+
+    error = _in_thread(ask)
+    assert isinstance(error, CAError)
+    assert str(error) == (
+        "the CA did not finish the directory request within 1 s: "
+        "the CA is slow or overloaded; certkeeper tries again later (--order-timeout sets the limit)"
+    )
+
+
+def test_a_shorter_timeout_of_a_request_is_kept_inside_a_task(silent_url: str) -> None:
+    net = make_network(jwk(), None)
+
+    def ask() -> None:
+        with net.within(2.0, "the order"):
+            net.get(silent_url, timeout=1.2)
+
+    error = _in_thread(ask)
+    # The request gave up after its own 1.2 s, 0.8 s before the task's deadline: not a deadline error.
+    assert isinstance(error, CAError) and str(error) == (
+        f"cannot reach the CA at {silent_url} (ReadTimeout): check --server and that this host can reach it"
+    )
+
+
+def test_no_request_is_sent_once_the_deadline_has_passed(server: EdgeServer) -> None:
+    net = make_network(jwk(), str(server.ca_file))
+    with net.within(0, "the order") as deadline, pytest.raises(CAError) as caught:
+        net.get(server.url + "/directory")
+    assert deadline <= time.monotonic()
+    assert str(caught.value).startswith("the CA did not finish the order within 0 s: ")
+    assert server.edge.user_agents == [], "nothing reached the CA"
+    assert net.get(server.url + "/directory").json() == {"hello": "ca"}, "outside a task, no deadline applies"
+
+
+def test_less_than_a_second_left_still_allows_a_quick_request(server: EdgeServer) -> None:
+    net = make_network(jwk(), str(server.ca_file))
+    with net.within(0.8, "the order"):
+        assert net.get(server.url + "/directory").json() == {"hello": "ca"}
+    assert net.deadline is None

@@ -237,3 +237,36 @@ def test_a_certificate_with_a_malformed_extension_is_unusable() -> None:
     parsed = StoredCert.parse(key_pem(_KEY), cert, b"CHAIN", meta)
     assert parsed.info is None and parsed.problem is not None and parsed.problem.startswith("unreadable: ")
     assert (parsed.key_pem, parsed.cert_pem, parsed.chain_pem, parsed.meta) == (key_pem(_KEY), cert, b"CHAIN", meta)
+
+
+def test_any_parser_surprise_is_one_short_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from certkeeper.stores import base
+
+    good = issued()
+    long_first_line = "x" * 300 + "\nsecond line"
+
+    def surprise(message: str) -> object:
+        def fail(_: bytes) -> object:
+            raise RuntimeError(message)
+
+        return fail
+
+    monkeypatch.setattr(base, "cert_info", surprise(long_first_line))
+    problem = StoredCert.parse(good.key_pem, good.cert_pem, b"", {}).problem
+    assert problem == "unreadable: " + "x" * 200, "the first line only, at most 200 characters"
+    monkeypatch.setattr(base, "cert_info", surprise(""))
+    assert StoredCert.parse(good.key_pem, good.cert_pem, b"", {}).problem == "unreadable: RuntimeError"
+
+
+def test_a_store_without_files_keeps_an_issued_certificate_in_memory() -> None:
+    from certkeeper.stores.base import StoreDefaults
+
+    first, second = StoreDefaults(), StoreDefaults()
+    cert = issued()
+    assert first.load_pending("a.test") is None
+    assert first.save_pending("a.test", cert) == "memory"
+    assert first.load_pending("a.test") is cert and first.load_pending("b.test") is None
+    assert second.load_pending("a.test") is None, "each store keeps its own"
+    first.drop_pending("b.test")  # nothing kept: no error
+    first.drop_pending("a.test")
+    assert first.load_pending("a.test") is None

@@ -306,3 +306,30 @@ def test_ari_decisions_field_by_field() -> None:
 def test_ari_is_asked_again_within_twelve_hours_even_when_the_ca_says_later() -> None:
     far = RenewalWindow(T0 + 50 * DAY, T0 + 51 * DAY, retry_after=T0 + 3 * DAY)
     assert plan(SPEC, stored(), T0, far).next_check == T0 + 12 * HOUR
+
+
+# -- renewBefore (a Certificate's spec.renewBefore) overrides ARI and the backstop -----------------
+
+
+def test_renew_before_sets_the_moment_whatever_the_backstop_says() -> None:
+    cert = stored()  # 90 days from T0; the backstop would renew near day 60
+    spec = CertSpec(SPEC.names, renew_before=10 * DAY)
+    renew_at = T0 + 80 * DAY
+    # Long before: the moment is given, and the planner still looks again within twelve hours.
+    assert plan(spec, cert, T0 + 70 * DAY) == Plan(False, "before renewBefore", renew_at, T0 + 70 * DAY + 12 * HOUR)
+    # Close to it: the next look is the moment itself, not later.
+    close = renew_at - HOUR
+    assert plan(spec, cert, close) == Plan(False, "before renewBefore", renew_at, renew_at)
+    # Due from the exact moment on (not one tick later).
+    assert plan(spec, cert, renew_at) == Plan(True, "renewBefore reached", None, renew_at)
+
+
+def test_renew_before_wins_over_an_ari_window_either_way() -> None:
+    cert = stored()
+    early = CertSpec(SPEC.names, renew_before=60 * DAY)  # due from day 30
+    late_window = window(T0 + 80 * DAY, T0 + 82 * DAY)
+    assert plan(early, cert, T0 + 31 * DAY, late_window).reason == "renewBefore reached"
+    late = CertSpec(SPEC.names, renew_before=2 * DAY)  # due from day 88
+    past_window = window(T0, T0 + DAY)
+    decision = plan(late, cert, T0 + 5 * DAY, past_window)
+    assert not decision.due and decision.renew_at == T0 + 88 * DAY

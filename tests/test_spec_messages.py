@@ -17,6 +17,7 @@ from certkeeper.spec import (
     KeyType,
     normalize_name,
     normalize_names,
+    plain_http_off_loopback,
     resolve_server,
 )
 
@@ -152,3 +153,52 @@ def test_issuer_email_and_account_binding() -> None:
 def test_cert_spec_defaults() -> None:
     spec = CertSpec(("d.test",))
     assert (spec.key_type, spec.reuse_key, spec.profile, spec.preferred_chain) == (KeyType.EC_P256, False, None, None)
+
+
+def test_internationalized_wildcards_keep_their_star() -> None:
+    assert normalize_name("*.Bücher.test", allow_wildcard=True) == "*.xn--bcher-kva.test"
+    assert normalize_name("*.xn--bcher-kva.test", allow_wildcard=True) == "*.xn--bcher-kva.test"
+
+
+def test_idna_2008_not_2003_and_a_trailing_ideographic_stop() -> None:
+    assert normalize_name("faß.de") == "xn--fa-hia.de", "IDNA 2003 (transitional) would give fass.de"
+    assert normalize_name("bücher.test\u3002") == "xn--bcher-kva.test"
+
+
+def test_every_a_label_is_checked_not_only_the_first() -> None:
+    # xn--u-ccb decodes to "u" and a combining mark: not NFC, so no browser would send it.
+    assert message(normalize_name, "www.xn--u-ccb.test") == (
+        "'www.xn--u-ccb.test' is not a valid internationalized domain name (Label must be in Normalization "
+        "Form C): check the spelling; names are converted by IDNA 2008 (UTS 46) as browsers do"
+    )
+    assert normalize_name("www.xn--bcher-kva.test") == "www.xn--bcher-kva.test"
+
+
+@pytest.mark.parametrize(
+    ("url", "exposed"),
+    [
+        ("https://ca.example/directory", False),
+        ("http://ca.example/directory", True),
+        ("http://10.0.0.1:14000/dir", True),
+        ("http://127.0.0.1:14000/dir", False),
+        ("http://[::1]:14000/dir", False),
+        ("http://localhost:14000/dir", False),
+        ("http://LOCALHOST./dir", False),
+        ("http://pebble.localhost/dir", False),
+        ("http://notlocalhost/dir", True),
+        ("http:///dir", True),
+    ],
+)
+def test_plain_http_is_flagged_unless_it_stays_on_this_host(url: str, exposed: bool) -> None:
+    assert plain_http_off_loopback(url) is exposed
+
+
+@pytest.mark.parametrize("seconds", [0, -1.0])
+def test_the_order_timeout_must_be_positive(seconds: float) -> None:
+    assert message(IssuerSpec, order_timeout_s=seconds) == (
+        f"order timeout {seconds!r} is not a positive number of seconds"
+    )
+
+
+def test_a_short_order_timeout_is_allowed() -> None:
+    assert IssuerSpec(order_timeout_s=0.5).order_timeout_s == 0.5

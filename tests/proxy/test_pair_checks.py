@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,13 +17,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519
 
+from certkeeper.kube.secret_store import FFDHE2048_PEM
+from certkeeper.proxy import certs
 from certkeeper.proxy.certs import (
+    CLOCK_SKEW,
     MAX_FILE_BYTES,
     CertPair,
     PairRefused,
     check_pair,
+    dh_parameters_ok,
     digest,
     find_pair,
+    openssl_loads,
     read_pair,
     source_dir,
 )
@@ -170,3 +176,107 @@ def test_cert_pair_is_a_plain_value() -> None:
     at = datetime.datetime(2030, 1, 1, 12, 30, tzinfo=datetime.UTC)
     value = CertPair(b"chain", b"key", 255, ("a.test",), at)
     assert value.describe() == "serial ff for a.test, valid until 2030-01-01 12:30 UTC"
+
+
+# -- certificates a CA should never have issued: refused with the file and which certificate ----------
+
+
+def patched(der_from: bytes, der_to: bytes, *, serial: int = 1) -> bytes:
+    """A certificate (PEM) whose DER has ``der_from`` replaced by ``der_to``: damage the builder refuses to make."""
+    leaf = _CA.issue(["odd.test"], serial=serial).cert.public_bytes(serialization.Encoding.DER)
+    assert leaf.count(der_from) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cryptography warns about a serial that is not positive
+        return x509.load_der_x509_certificate(leaf.replace(der_from, der_to)).public_bytes(serialization.Encoding.PEM)
+
+
+SERIAL_ONE = bytes.fromhex("020101")
+SAN_OID, AKI_OID = bytes.fromhex("0603551d11"), bytes.fromhex("0603551d23")
+EC_KEY_OID = bytes.fromhex("06072a8648ce3d0201")
+
+
+@pytest.mark.parametrize(
+    ("serial_der", "which"),
+    [(bytes.fromhex("020100"), "zero"), (bytes.fromhex("0201ff"), "negative")],
+    ids=["zero", "negative"],
+)
+def test_a_serial_number_that_is_not_positive_is_refused(serial_der: bytes, which: str) -> None:
+    chain, key, _ = pair()
+    bad = patched(SERIAL_ONE, serial_der)
+    assert refusal((chain + bad, key)) == (
+        "certificate 3 in proxycert has a serial number that is not positive, which RFC 5280 forbids"
+    ), which
+    leaf_only = pair(serial=1)  # serial 1 is the smallest allowed
+    assert check_pair(leaf_only[:2], NAMES).serial == 1
+
+
+def test_duplicate_extensions_are_refused_naming_the_certificate() -> None:
+    chain, key, _ = pair()
+    twice = patched(AKI_OID, SAN_OID)  # two subjectAltName extensions
+    assert refusal((chain + twice, key)) == "certificate 3 in proxycert has malformed or duplicate extensions"
+    with pytest.raises(PairRefused) as caught:
+        check_pair((twice, key), ("tls.crt", "tls.key"))
+    assert str(caught.value) == "the certificate in tls.crt has malformed or duplicate extensions"
+
+
+def test_a_public_key_of_an_unknown_kind_is_refused() -> None:
+    _, key, _ = pair()
+    unknown = patched(EC_KEY_OID, bytes.fromhex("06072a8648ce3d0209"))  # an EC OID no library knows
+    assert refusal((unknown, key)) == "the certificate in proxycert has a public key of an unknown kind"
+
+
+def test_a_damaged_pem_certificate_is_called_malformed() -> None:
+    _, key, _ = pair()
+    damaged = b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
+    assert refusal((damaged, key)) == "proxycert holds a malformed certificate"
+
+
+def test_a_certificate_from_the_future_is_served_only_within_the_clock_skew() -> None:
+    start = NOW.replace(microsecond=0) + datetime.timedelta(hours=1)
+    chain, key, _ = pair(not_before=start)
+    assert check_pair((chain, key), NAMES, start - CLOCK_SKEW).not_after > start, "5 minutes early is fine"
+    assert refusal((chain, key), start - CLOCK_SKEW - datetime.timedelta(seconds=1)) == (
+        f"the certificate in proxycert is not valid before {start:%Y-%m-%d %H:%M} UTC"
+        " (check the clock of the machine that issued it, or wait)"
+    )
+
+
+def test_a_parser_surprise_is_one_line_that_never_quotes_the_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    chain, key, _ = pair()
+
+    def surprise(*args: object) -> None:
+        raise ValueError(key.decode())  # a parser's message may quote what it read
+
+    monkeypatch.setattr(certs, "_check_fields", surprise)
+    assert refusal((chain, key)) == "proxycert or proxykey is malformed and cannot be checked"
+
+
+def test_what_is_not_a_regular_file_is_refused_without_hanging(tmp_path: Path) -> None:
+    write(tmp_path, proxykey=b"k")
+    os.mkfifo(tmp_path / "proxycert")  # opened without blocking although nobody writes to it
+    with pytest.raises(PairRefused) as caught:
+        read_pair((tmp_path / "proxycert", tmp_path / "proxykey"))
+    assert str(caught.value) == "proxycert is not a regular file"
+    with pytest.raises(PairRefused) as caught:
+        read_pair((tmp_path / "tls.crt", tmp_path / "proxykey"))
+    assert str(caught.value) == "cannot read tls.crt: No such file or directory"
+
+
+def test_openssl_must_load_the_pair_as_nginx_will(tmp_path: Path) -> None:
+    chain, key, _ = pair()
+    write(tmp_path, proxycert=chain, proxykey=key)
+    openssl_loads(tmp_path / "proxycert", tmp_path / "proxykey")
+    (tmp_path / "proxykey").write_bytes(key_pem(ec.generate_private_key(ec.SECP256R1())))
+    with pytest.raises(PairRefused) as caught:
+        openssl_loads(tmp_path / "proxycert", tmp_path / "proxykey")
+    assert str(caught.value) == "OpenSSL, which nginx uses, cannot load the pair (KEY_VALUES_MISMATCH)"
+    (tmp_path / "proxycert").write_bytes(b"junk")
+    with pytest.raises(PairRefused) as caught:
+        openssl_loads(tmp_path / "proxycert", tmp_path / "proxykey")
+    assert str(caught.value) == "OpenSSL, which nginx uses, cannot load the pair (no reason given)"
+
+
+def test_dh_parameters_are_checked() -> None:
+    assert dh_parameters_ok(FFDHE2048_PEM) is True
+    assert dh_parameters_ok(b"-----BEGIN DH PARAMETERS-----\nAAAA\n-----END DH PARAMETERS-----\n") is False
+    assert dh_parameters_ok(b"") is False
