@@ -167,8 +167,6 @@ def status(
     With --kube, the cluster's Certificates; with --kube NAME, one Certificate's conditions and Events.
     """
     if (name or namespace or all_namespaces) and not kube:
-        from certkeeper.clikit import fail
-
         fail("NAME, -n and -A are for a cluster's Certificates: add --kube (a host's store takes no NAME)")
     try:
         parse_limits(rate_limits, "")
