@@ -117,6 +117,7 @@ class AcmeFront:
     # Share (0..1) of POSTs whose connection is closed without an answer (after Pebble got them).
     reset_rate: float = 0.0
     reset_paths: list[str] = field(default_factory=list)  # the requests whose connection was dropped
+    orders_lost: int = 0  # orders the CA created whose answer was dropped (the client never heard of them)
     # time.time() of every newOrder request received (answered or not): to count them against a Retry-After.
     new_order_times: list[float] = field(default_factory=list)
     _random: random.Random = field(default_factory=lambda: random.Random(11))
@@ -183,6 +184,7 @@ class AcmeFront:
             self.unavailable_retry_after = None
             self.reset_rate = 0.0
             self.reset_paths.clear()
+            self.orders_lost = 0
             self.new_order_times.clear()
             self.requests.clear()
             self.orders.clear()
@@ -355,6 +357,7 @@ class AcmeFront:
                     self.reset_paths.append(request.path)
                     if order is not None and upstream.status == 201:
                         self.orders.append(order)
+                        self.orders_lost += 1
                 assert request.transport is not None
                 request.transport.abort()
                 raise ConnectionResetError("connection reset (test front)")

@@ -386,9 +386,20 @@ class Engine:
         recorded = [in_flight is not None]
 
         def placed(url: str) -> None:
-            if self.journal is not None:
-                recorded[0] = True
+            if self.journal is None:
+                return
+            try:
                 self.journal.save_order(lineage, PendingOrder(url, spec.names, key_pem))
+            except CertkeeperError as error:
+                # The CA has the order now: finishing it costs nothing more, abandoning it costs an order.
+                log.warning(
+                    "could not record the order in flight for %s (%s): finishing it anyway; if this process "
+                    "stops before the certificate is stored, the next run orders again",
+                    " ".join(spec.names),
+                    error,
+                )
+                return
+            recorded[0] = True
 
         replaces = usable.info.ari_id if usable is not None and usable.info and window is not None else None
         log.info("ordering %s (%s)", " ".join(spec.names), decision.reason if decision.due else "forced")

@@ -44,7 +44,8 @@ def test_a_refused_secret_write_is_retried_without_a_second_order(
     kube_client: Client, namespace: str, kubeconfig: Path, kubectl: Kubectl, ari: AcmeFront, tmp_path: Path
 ) -> None:
     existing = len(json.loads(kubectl("get", "secrets", "-o", "json").stdout)["items"])
-    # Room for the ACME account and the order record, not for the certificate's Secret.
+    # Room for the ACME account and the rate-limit ledger, not for the order record nor the certificate's
+    # Secret: both writes are refused; the order placed is finished and kept in memory, never placed again.
     kubectl("create", "quota", "secrets", f"--hard=count/secrets={existing + 2}")
 
     def counted() -> Any:
@@ -53,9 +54,10 @@ def test_a_refused_secret_write_is_retried_without_a_second_order(
 
     wait_for("the quota counted", counted)
     with certkeeper_run(env_for(ari, namespace, kubeconfig, RC_NAMES=""), tmp_path / "run.log") as run:
-        wait_for("the refused write reported", lambda: "exceeded quota" in run.log, timeout=60, run=run)
+        wait_for("both refused writes reported", lambda: run.log.count("exceeded quota") >= 2, timeout=60, run=run)
         assert get_secret(kube_client, namespace) is None
         assert len(ari.recorded_orders()) == 1
+        assert "could not record the order in flight" in run.log and "finishing it anyway" in run.log
         kubectl("delete", "quota", "secrets")
         wait_for("the Secret written", lambda: get_secret(kube_client, namespace), timeout=90, run=run)
         assert len(ari.recorded_orders()) == 1, "the certificate was ordered again"
