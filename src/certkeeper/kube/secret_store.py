@@ -355,27 +355,12 @@ class SecretStore(StoreDefaults):
         return PendingOrder(url, names, key_pem) if url and key_pem and names else None
 
     def save_order(self, lineage: str, pending: PendingOrder) -> None:
-        what = f"record the order in flight in Secret {self.namespace}/{self.order_secret_name}"
-        for attempt in range(CONFLICT_RETRIES):
-            existing = self._get(self.order_secret_name)
-            metadata = ObjectMeta(
-                name=self.order_secret_name,
-                namespace=self.namespace,
-                labels=dict(MANAGED_BY),
-                annotations={PREFIX + "order-url": pending.url, PREFIX + "names": " ".join(pending.names)},
-                resourceVersion=existing.metadata.resourceVersion if existing and existing.metadata else None,
-            )
-            body = Secret(metadata=metadata, type="Opaque", data={"key.pem": _b64(pending.key_pem)})
-            try:
-                self._read.pop(self.order_secret_name, None)
-                self.client.create(body) if existing is None else self.client.replace(body)
-                return
-            except ApiError as error:
-                if error.status.code == 409 and attempt + 1 < CONFLICT_RETRIES:
-                    continue
-                fail(what, error)
-            except (httpx2.HTTPError, OSError) as error:
-                fail(what, error)
+        self._write_key_secret(
+            self.order_secret_name,
+            {PREFIX + "order-url": pending.url, PREFIX + "names": " ".join(pending.names)},
+            pending.key_pem,
+            f"record the order in flight in Secret {self.namespace}/{self.order_secret_name}",
+        )
 
     def clear_order(self, lineage: str) -> None:
         def delete() -> None:
@@ -431,24 +416,33 @@ class SecretStore(StoreDefaults):
         return Account(directory_url=directory_url, url=url, key_pem=key_pem)
 
     def save_account(self, account: Account) -> None:
-        what = f"write Secret {self.namespace}/{self.account_secret_name} (the ACME account)"
         self._unsaved_account = account  # until written: a failed write must not cost a second account
+        self._write_key_secret(
+            self.account_secret_name,
+            {PREFIX + "account-url": account.url, PREFIX + "directory-url": account.directory_url},
+            account.key_pem,
+            f"write Secret {self.namespace}/{self.account_secret_name} (the ACME account)",
+        )
+        self._unsaved_account = None
+
+    def _write_key_secret(self, name: str, annotations: dict[str, str], key_pem: bytes, what: str) -> None:
+        """Create or replace a Secret holding one private key (``key.pem``) and its annotations.
+
+        The account and the order in flight are each one key the CA knows: retried on a conflict (409)
+        with a fresh read, never merged with what someone else wrote."""
         for attempt in range(CONFLICT_RETRIES):
-            existing = self._get(self.account_secret_name)
+            existing = self._get(name)
             metadata = ObjectMeta(
-                name=self.account_secret_name,
+                name=name,
                 namespace=self.namespace,
                 labels=dict(MANAGED_BY),
-                annotations={PREFIX + "account-url": account.url, PREFIX + "directory-url": account.directory_url},
+                annotations=annotations,
                 resourceVersion=existing.metadata.resourceVersion if existing and existing.metadata else None,
             )
-            body = Secret(metadata=metadata, type="Opaque", data={"key.pem": _b64(account.key_pem)})
+            body = Secret(metadata=metadata, type="Opaque", data={"key.pem": _b64(key_pem)})
             try:
-                if existing is None:
-                    self.client.create(body)
-                else:
-                    self.client.replace(body)
-                self._unsaved_account = None
+                self._read.pop(name, None)  # the next read (a retry's, a later check's) sees the change
+                self.client.create(body) if existing is None else self.client.replace(body)
                 return
             except ApiError as error:
                 if error.status.code == 409 and attempt + 1 < CONFLICT_RETRIES:
