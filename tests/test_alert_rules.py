@@ -47,15 +47,19 @@ def test_a_broken_expectation_fails_the_unit_tests(tmp_path: Path) -> None:
 
 
 def test_rules_and_dashboard_use_only_exposed_metrics() -> None:
-    exposed = {name for name, _, _ in CERT_FAMILIES} | {
-        "certkeeper_certificate_checks_total",
-        "certkeeper_controller_leader",
-        "certkeeper_controller_queue_depth",
-        "certkeeper_controller_reconciles_total",
-        "certkeeper_controller_watch_relists_total",
-        "certkeeper_controller_orders_total",
-        "certkeeper_textfile_timestamp_seconds",
-    } | {name for name, _ in RateLimitCollector.FAMILIES}
+    exposed = (
+        {name for name, _, _ in CERT_FAMILIES}
+        | {
+            "certkeeper_certificate_checks_total",
+            "certkeeper_controller_leader",
+            "certkeeper_controller_queue_depth",
+            "certkeeper_controller_reconciles_total",
+            "certkeeper_controller_watch_relists_total",
+            "certkeeper_controller_orders_total",
+            "certkeeper_textfile_timestamp_seconds",
+        }
+        | {name for name, _ in RateLimitCollector.FAMILIES}
+    )
     for path in (MONITORING / "prometheusrule.yaml", MONITORING / "grafana-dashboard.json"):
         used = set(re.findall(r"certkeeper_[a-z_]+", path.read_text()))
         assert used and used <= exposed, f"{path.name}: {sorted(used - exposed)}"
