@@ -67,4 +67,5 @@ def test_no_headroom_series_for_a_ca_without_limits(env: Env, certkeeper: Run, t
     assert done.returncode == 0, done.stderr
     samples = parse(prom.read_text())
     assert not [k for k in samples if k[0].startswith("certkeeper_ratelimit_")]
+    assert "certkeeper_ratelimit_" not in prom.read_text()  # no empty families either
     assert value(samples, "certkeeper_certificate_expiration_timestamp_seconds", name="free.test") is not None

@@ -144,6 +144,8 @@ class RateLimitCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         rows, now = self._read()
+        if not rows:
+            return  # a CA without limits (or an unreadable ledger): no empty families either
         families = [GaugeMetricFamily(name, help_text) for name, help_text in self.FAMILIES]
         for row in rows:
             labels = {"limit": row.limit} | ({row.label: row.subject} if row.label else {})
