@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from certkeeper.observe.prom import CERT_FAMILIES
+from certkeeper.observe.prom import CERT_FAMILIES, RateLimitCollector
 
 ROOT = Path(__file__).resolve().parent.parent
 MONITORING = ROOT / "deploy" / "monitoring"
@@ -30,7 +30,7 @@ def test_rules_pass_promtool_check_and_unit_tests(tmp_path: Path) -> None:
     rules = rules_file(tmp_path)
     check = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "4 rules found" in check.stdout
+    assert "5 rules found" in check.stdout
     tested = subprocess.run(["promtool", "test", "rules", "rules-test.yaml"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=120)  # fmt: skip
     assert tested.returncode == 0, tested.stdout + tested.stderr
@@ -47,15 +47,19 @@ def test_a_broken_expectation_fails_the_unit_tests(tmp_path: Path) -> None:
 
 
 def test_rules_and_dashboard_use_only_exposed_metrics() -> None:
-    exposed = {name for name, _, _ in CERT_FAMILIES} | {
-        "certkeeper_certificate_checks_total",
-        "certkeeper_controller_leader",
-        "certkeeper_controller_queue_depth",
-        "certkeeper_controller_reconciles_total",
-        "certkeeper_controller_watch_relists_total",
-        "certkeeper_controller_orders_total",
-        "certkeeper_textfile_timestamp_seconds",
-    }
+    exposed = (
+        {name for name, _, _ in CERT_FAMILIES}
+        | {
+            "certkeeper_certificate_checks_total",
+            "certkeeper_controller_leader",
+            "certkeeper_controller_queue_depth",
+            "certkeeper_controller_reconciles_total",
+            "certkeeper_controller_watch_relists_total",
+            "certkeeper_controller_orders_total",
+            "certkeeper_textfile_timestamp_seconds",
+        }
+        | {name for name, _ in RateLimitCollector.FAMILIES}
+    )
     for path in (MONITORING / "prometheusrule.yaml", MONITORING / "grafana-dashboard.json"):
         used = set(re.findall(r"certkeeper_[a-z_]+", path.read_text()))
         assert used and used <= exposed, f"{path.name}: {sorted(used - exposed)}"
@@ -72,3 +76,13 @@ def test_dashboard_queries_parse(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(rules))
     check = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_headroom_alert_fires_below_ten_percent_only(tmp_path: Path) -> None:
+    """The unit test can fail: at 12 % the alert would fire at 5 of 50 left, where the test expects none."""
+    rules = rules_file(tmp_path)
+    rules.write_text(rules.read_text().replace("0.1 * certkeeper_ratelimit_limit", "0.12 * certkeeper_ratelimit_limit"))
+    tested = subprocess.run(["promtool", "test", "rules", "rules-test.yaml"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert tested.returncode != 0
+    assert "CertkeeperRateLimitHeadroomLow" in tested.stdout + tested.stderr

@@ -13,7 +13,7 @@ from acme import messages
 from certkeeper.errors import ConfigError
 from certkeeper.ledger import FileBackend, Ledger, RateLimited
 from certkeeper.psl import registered_domain
-from certkeeper.ratelimits import DAY, LETSENCRYPT_LIMITS, parse_limits
+from certkeeper.ratelimits import DAY, LETSENCRYPT_LIMITS, Event, Usage, parse_limits, usage
 from certkeeper.spec import LETSENCRYPT, LETSENCRYPT_STAGING
 
 ACCOUNT = "https://ca.test/acct/1"
@@ -189,3 +189,38 @@ def test_a_refusal_for_one_registered_domain_holds_only_that_domain(tmp_path: Pa
         raise account_wide
     with pytest.raises(RateLimited):
         issue(ledger, "www.elsewhere.example")
+
+
+def test_usage_for_metrics_counts_each_registered_domain_in_its_window_only() -> None:
+    """What certkeeper_ratelimit_* shows: certificates and orders in flight per registered domain (a closed
+    order is not a second count), orders per account, accounts per host; a domain a week idle drops out."""
+    now = START
+    events = [
+        Event("cert", now - 8 * DAY, ACCOUNT, ("old.gone.example",), ("gone.example",)),
+        Event("cert", now - 2 * DAY, ACCOUNT, ("a.shop.example", "b.blog.example"), ("blog.example", "shop.example")),
+        Event("order", now - 2 * DAY, ACCOUNT, ("a.shop.example",), ("shop.example",)),
+        Event("order", now - 60, ACCOUNT, ("c.shop.example",), ("shop.example",), open=True),
+        Event("account", now - 3 * 3600 - 1, ACCOUNT),
+    ]
+    rows = {(u.limit, u.subject): u for u in usage(LETSENCRYPT_LIMITS, events, now)}
+    domain = "certificates_per_registered_domain"
+    assert rows[(domain, "shop.example")] == Usage(
+        domain, "registered_domain", "shop.example", 50, 2, now - 2 * DAY + 7 * DAY
+    )
+    assert rows[(domain, "blog.example")].used == 1
+    assert (domain, "gone.example") not in rows
+    # Of the two orders only the one a minute ago is inside the 3-hour window.
+    assert rows[("new_orders_per_account", ACCOUNT)].used == 1
+    assert rows[("new_orders_per_account", ACCOUNT)].reset_at == now - 60 + 3 * 3600
+    # The account registered just over 3 hours ago no longer counts, but the host's series stays.
+    assert rows[("accounts_per_ip_address", "")] == Usage("accounts_per_ip_address", "", "", 10, 0, now)
+    assert len(rows) == 4
+
+
+def test_usage_when_full_says_when_one_more_fits() -> None:
+    limits = parse_limits("per-domain=2/7d", "")
+    at = [START - 3 * DAY, START - 2 * DAY, START - DAY]
+    events = [Event("cert", t, ACCOUNT, (f"n{i}.shop.example",), ("shop.example",)) for i, t in enumerate(at)]
+    (row,) = usage(limits, events, START)
+    # 3 of 2 (an exempt renewal went past): room for one more once two have left, 5 days from now.
+    assert (row.used, row.allowed, row.reset_at) == (3, 2, START - 2 * DAY + 7 * DAY)

@@ -231,3 +231,55 @@ def retry_after_wait(events: Iterable[Event], account: str, now: float) -> float
     """Seconds until the CA's last rateLimited answer for ``account`` stops holding, if it still does."""
     until = max((e.until for e in events if e.kind == "limited" and e.account == account), default=0.0)
     return until - now if until > now else None
+
+
+# The label each limit has in metrics (``certkeeper_ratelimit_*{limit=...}``).
+METRIC_NAMES: dict[Scope, str] = {
+    "orders": "new_orders_per_account", "domain": "certificates_per_registered_domain",
+    "duplicate": "duplicate_certificates", "failed": "failed_authorizations_per_hostname",
+    "accounts": "accounts_per_ip_address",
+}  # fmt: skip
+
+
+class Usage(NamedTuple):
+    """How much of one limit one subject (an account, a registered domain, this host) has used."""
+
+    limit: str  # METRIC_NAMES' value
+    label: str  # "account", "registered_domain", or "" (the limit has one subject: this host / ledger)
+    subject: str
+    allowed: int
+    used: int
+    reset_at: float  # when the headroom grows by one (the oldest event still needed to fill it ages out)
+
+
+def usage(limits: Sequence[Limit], events: Iterable[Event], now: float) -> list[Usage]:
+    """Each limit's use per subject, for the subjects with events inside its window (and the account
+    limit's one subject always): a domain or account idle for a week drops out, so the series are bounded
+    by what was ordered, not by what the ledger ever saw. Duplicate certificates (per name set) and failed
+    authorizations (per hostname) are left out: one series per certificate or name is a cardinality the
+    per-domain limit already sums up."""
+    recent = list(events)
+    rows: list[Usage] = []
+    for limit in limits:
+        start = now - limit.window_s
+        times: dict[str, list[float]] = {}
+        for event in recent:
+            if event.at <= start:
+                continue
+            if limit.scope == "orders" and event.kind == "order":
+                times.setdefault(event.account, []).append(event.at)
+            elif limit.scope == "domain" and (event.kind == "cert" or (event.kind == "order" and event.open)):
+                for domain in event.domains:
+                    times.setdefault(domain, []).append(event.at)
+            elif limit.scope == "accounts" and event.kind == "account":
+                times.setdefault("", []).append(event.at)
+        if limit.scope == "accounts":
+            times.setdefault("", [])
+        elif limit.scope not in ("orders", "domain"):
+            continue
+        label = {"orders": "account", "domain": "registered_domain"}.get(limit.scope, "")
+        for subject, seen in sorted(times.items()):
+            seen.sort()
+            reset_at = seen[max(0, len(seen) - limit.count)] + limit.window_s if seen else now
+            rows.append(Usage(METRIC_NAMES[limit.scope], label, subject, limit.count, len(seen), reset_at))
+    return rows

@@ -113,7 +113,7 @@ def engine_options(fn: F) -> F:
             return fn(engine=engine, **kwargs)
         finally:
             # Whatever the run's result: the file says what the store holds now.
-            _write_metrics(metrics_file, kwargs["store"])
+            _write_metrics(metrics_file, kwargs["store"], engine.rate_limits)
 
     decorators = [
         option("--ca-bundle", type=click.Path(exists=True, dir_okay=False),
@@ -148,11 +148,11 @@ def engine_options(fn: F) -> F:
     return cast(F, wrapped)
 
 
-def _write_metrics(path: str, store: str) -> None:
+def _write_metrics(path: str, store: str, rate_limits: str) -> None:
     from certkeeper.observe.host import write_metrics_file
 
     try:
-        write_metrics_file(FileStore(store), path)
+        write_metrics_file(FileStore(store), path, rate_limits)
     except CertkeeperError as error:
         fail(str(error))
 

@@ -25,6 +25,7 @@ from certkeeper.kube.rollout import KINDS, RolloutResult, restart_rc, restart_wo
 from certkeeper.kube.run_lease import RunLease
 from certkeeper.kube.secret_store import SecretStore, digest_of
 from certkeeper.ledger import Ledger
+from certkeeper.observe.ratelimit_view import usage_reader
 from certkeeper.observe.records import ca_host
 from certkeeper.observe.serving import ProcessView
 from certkeeper.ratelimits import parse_limits
@@ -313,6 +314,11 @@ class Controller:
             self.config.namespace,
             self.config.secret_name,
         )
+        # The rate-limit ledger beside the certificate: every run in the namespace shares it.
+        ledger = Ledger(
+            SecretBackend(self.client, self.config.namespace), parse_limits("auto", self.config.issuer.directory_url)
+        )
+        view.metrics.rate_limits(usage_reader(ledger, lambda: ledger.limits))
         engine = Engine(
             self.config.issuer,
             self.store,
@@ -320,11 +326,7 @@ class Controller:
             concurrency=2,
             challenges=self.challenges,
             solvers=SolverSetup(self.config.solvers, self.config.dns_state_dir),
-            # The rate-limit ledger beside the certificate: every run in the namespace shares it.
-            ledger=Ledger(
-                SecretBackend(self.client, self.config.namespace),
-                parse_limits("auto", self.config.issuer.directory_url),
-            ),
+            ledger=ledger,
             # The order in flight in a companion Secret: a killed run resumes it instead of ordering again.
             journal=self.store,
         )

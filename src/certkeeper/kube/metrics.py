@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from certkeeper.kube.ledger_secret import SecretBackend
+from certkeeper.ledger import Ledger
+from certkeeper.observe.ratelimit_view import merged, usage_reader
 from certkeeper.observe.serving import ProcessView
+from certkeeper.ratelimits import Limit, parse_limits
 from certkeeper.spec import CertSpec
 
 if TYPE_CHECKING:
@@ -26,11 +30,19 @@ def lineage_of(cert: CertificateObj) -> str:
     return f"{cert.namespace}/{cert.spec.get('secretName')}"
 
 
+def ledger_limits(manager: Manager) -> tuple[Limit, ...]:
+    """--rate-limits when it names limits; with auto, those of the issuers this replica has ordered with
+    (Let's Encrypt's for its production CA, none for others)."""
+    if manager.config.rate_limits.strip().lower() != "auto":
+        return parse_limits(manager.config.rate_limits, "")
+    return merged(manager.reconciler.ledger_limits()) if manager.reconciler is not None else ()
+
+
 def controller_view(manager: Manager) -> ProcessView:
     def leader() -> float:
         return 1.0 if manager.counters()["leader"] else 0.0
 
-    return ProcessView(
+    view = ProcessView(
         lambda spec: _labels(manager, spec),
         {
             "certkeeper_controller_leader": ("1 while this replica holds the Lease (or runs without election).",
@@ -46,3 +58,7 @@ def controller_view(manager: Manager) -> ProcessView:
                                                    lambda: float(manager.counters()["orders"])),
         },
     )  # fmt: skip
+    # The cluster's ledger Secret, read once per scrape (one GET).
+    ledger = Ledger(SecretBackend(manager.client, manager.config.namespace), ())
+    view.metrics.rate_limits(usage_reader(ledger, lambda: ledger_limits(manager)))
+    return view

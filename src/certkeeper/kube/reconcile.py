@@ -52,7 +52,7 @@ from certkeeper.kube.sources import (
 )
 from certkeeper.ledger import Ledger
 from certkeeper.model import IssuedCert, PendingOrder
-from certkeeper.ratelimits import parse_limits
+from certkeeper.ratelimits import Limit, parse_limits
 from certkeeper.solvers.config import SolverSetup
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.solvers.httproute import RouteChallenges, RouteKeeper, route_parents
@@ -354,6 +354,10 @@ class Reconciler:
         if not config.route_parents or self.routes is None:
             return self.challenges
         return RouteChallenges(self.challenges, self.routes, config.route_parents)
+
+    def ledger_limits(self) -> list[tuple[Limit, ...]]:
+        """The limits each issuer's engine enforces (the headroom metrics show these)."""
+        return [engine.ledger.limits for _, engine, _ in list(self._engines.values()) if engine.ledger is not None]
 
     def certificate_of(self, lineage: str) -> CertificateObj | None:
         """The Certificate whose run is in progress for ``lineage`` (namespace/secretName)."""

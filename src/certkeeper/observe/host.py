@@ -9,17 +9,27 @@ import signal
 import time
 
 from certkeeper.errors import ConfigError
+from certkeeper.ledger import FileBackend, Ledger
 from certkeeper.observe.prom import Metrics
+from certkeeper.observe.ratelimit_view import merged, usage_reader
 from certkeeper.observe.records import CertRecord, from_store
 from certkeeper.observe.routes import observe_routes
+from certkeeper.ratelimits import Limit, parse_limits
 from certkeeper.stores.files import FileStore
 from certkeeper.web import start_responder
 
 
-def store_metrics(files: FileStore) -> Metrics:
+def store_limits(files: FileStore, rate_limits: str) -> tuple[Limit, ...]:
+    """The limits of the CAs this store has accounts at (``--rate-limits`` as renew reads it)."""
+    return merged(parse_limits(rate_limits, url) for url in files.account_directories())
+
+
+def store_metrics(files: FileStore, rate_limits: str = "auto") -> Metrics:
     metrics = Metrics()
     metrics.certificates(lambda: list(from_store(files)))
     metrics.acme_client()  # this process's requests to the CA (issue/renew: this run's)
+    # The host's ledger (ratelimits.json), shared by every run on this host.
+    metrics.rate_limits(usage_reader(Ledger(FileBackend(files.root), ()), lambda: store_limits(files, rate_limits)))
     read = ("When these figures were read from the store.", time.time)
     metrics.gauges({"certkeeper_textfile_timestamp_seconds": read})
     return metrics
@@ -38,9 +48,9 @@ def check_metrics_file(path: str) -> None:
         raise ConfigError(f"--metrics-file {path}: cannot write in {directory}", "fix its permissions")
 
 
-def write_metrics_file(files: FileStore, path: str) -> None:
+def write_metrics_file(files: FileStore, path: str, rate_limits: str = "auto") -> None:
     try:
-        store_metrics(files).write_textfile(path)
+        store_metrics(files, rate_limits).write_textfile(path)
     except OSError as error:
         raise ConfigError(f"cannot write --metrics-file {path} ({error.strerror})", "check the path") from None
 

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from certkeeper.observe.acme_stats import BUCKETS, STATS
 from certkeeper.observe.records import CertRecord
+from certkeeper.ratelimits import Usage
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 LABELS = ["name", "namespace", "issuer_name"]
@@ -125,6 +126,35 @@ class AcmeCollector(Collector):
         yield waits
 
 
+class RateLimitCollector(Collector):
+    """The CA's limits against the rate-limit ledger, read at scrape time: for each limit and subject (an
+    account, a registered domain with events in the window, this host) what is allowed, what is left and
+    when one more frees. ``read`` gives the rows and the time they were computed at (``ratelimits.usage``)."""
+
+    FAMILIES = (
+        ("certkeeper_ratelimit_limit", "What the CA allows per window for this limit and subject."),
+        ("certkeeper_ratelimit_remaining", "How many more fit now under this limit for this subject (the ledger's "
+                                           "count of what certkeeper sent; 0 when full)."),
+        ("certkeeper_ratelimit_reset_seconds", "Seconds until the headroom grows by one (the oldest counted event "
+                                               "leaves the window); 0 with nothing counted."),
+    )  # fmt: skip
+
+    def __init__(self, read: Callable[[], tuple[list[Usage], float]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        rows, now = self._read()
+        if not rows:
+            return  # a CA without limits (or an unreadable ledger): no empty families either
+        families = [GaugeMetricFamily(name, help_text) for name, help_text in self.FAMILIES]
+        for row in rows:
+            labels = {"limit": row.limit} | ({row.label: row.subject} if row.label else {})
+            values = (row.allowed, max(0, row.allowed - row.used), max(0.0, round(row.reset_at - now, 3)))
+            for family, figure in zip(families, values, strict=True):
+                family.add_sample(family.name, labels, float(figure))
+        yield from families
+
+
 class ValuesCollector(Collector):
     """Single values read at scrape time (queue depth, leader, proxy generation...): name -> (help, read).
     A name ending in _total is a counter (the suffix is the library's to add)."""
@@ -159,6 +189,9 @@ class Metrics:
 
     def acme_client(self) -> None:
         self.registry.register(AcmeCollector())
+
+    def rate_limits(self, read: Callable[[], tuple[list[Usage], float]]) -> None:
+        self.registry.register(RateLimitCollector(read))
 
     def gauges(self, gauges: dict[str, tuple[str, Callable[[], float | None]]]) -> None:
         self.registry.register(ValuesCollector(gauges))
