@@ -17,7 +17,7 @@ from lightkube.resources.core_v1 import ReplicationController, Secret
 
 from certkeeper.engine import Engine, Outcome
 from certkeeper.errors import CertkeeperError
-from certkeeper.kube.api import api_error_text, is_not_found, load_kubeconfig
+from certkeeper.kube.api import KubeApiError, api_error_text, is_not_found, load_kubeconfig
 from certkeeper.kube.config import RunConfig
 from certkeeper.kube.events import Recorder
 from certkeeper.kube.ledger_secret import SecretBackend
@@ -47,6 +47,14 @@ def _now() -> datetime.datetime:
 
 def _when(moment: datetime.datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
+
+
+def api_wait_message(server: str, error: CertkeeperError, delay: float, attempt: int) -> str:
+    """The start-up line while the Secret cannot be read: unreachable, or an answer (403: which rule)."""
+    again = f"retrying in {delay:g} s (attempt {attempt})"
+    if isinstance(error, KubeApiError) and error.code is not None:
+        return f"the Kubernetes API at {server} answered: {error}; {again}"
+    return f"cannot reach the Kubernetes API at {server}: {error}; {again}"
 
 
 class _Stopping(Exception):
@@ -121,13 +129,7 @@ class Controller:
                 return True
             except CertkeeperError as error:
                 delay = API_BACKOFF_S[min(attempt, len(API_BACKOFF_S)) - 1]
-                log.error(
-                    "cannot reach the Kubernetes API at %s: %s; retrying in %d s (attempt %d)",
-                    self.server,
-                    error,
-                    delay,
-                    attempt,
-                )
+                log.error("%s", api_wait_message(self.server, error, delay, attempt))
                 await self._sleep(delay)
         return False
 

@@ -28,6 +28,7 @@ from lightkube.types import PatchType
 from certkeeper.acme.account import Account
 from certkeeper.errors import CertkeeperError
 from certkeeper.kube.api import KubeApiError, call_api, fail, is_not_found
+from certkeeper.kube.names import companion_name
 from certkeeper.model import IssuedCert, PendingOrder
 from certkeeper.stores.base import StoredCert, StoreDefaults
 
@@ -103,7 +104,7 @@ class SecretStore(StoreDefaults):
         self.namespace = namespace
         self.secret_name = secret_name
         self.secret_type = secret_type or "kubernetes.io/tls"
-        self.account_secret_name = account_secret_name or f"{secret_name}-acme-account"
+        self.account_secret_name = account_secret_name or companion_name(secret_name, "-acme-account")
         self._state: dict[str, Any] = {}
         self.last_digest = ""  # proxycert of the last Secret seen or written by us
         self.rollout_pending = False  # stored, but its consumers not yet restarted (e.g. a crash between)
@@ -342,7 +343,7 @@ class SecretStore(StoreDefaults):
 
     @property
     def order_secret_name(self) -> str:
-        return f"{self.secret_name}-order"[:253]
+        return companion_name(self.secret_name, "-order")
 
     def load_order(self, lineage: str) -> PendingOrder | None:
         secret = self._get(self.order_secret_name)
