@@ -33,6 +33,11 @@ def rbac_fix(message: str) -> str:
     if found is None:
         return RBAC_HINT
     verb, resource, group = found.groups()
+    return rbac_rule(verb, resource, group)
+
+
+def rbac_rule(verb: str, resource: str, group: str = "") -> str:
+    """The fix for a missing permission: the rule to add, and where."""
     return (
         f'add verbs: ["{verb}"] for resources: ["{resource}"] '
         f'(apiGroups: ["{group}"]) to the ServiceAccount\'s Role ({RBAC_FILES})'

@@ -107,6 +107,7 @@ class SecretStore(StoreDefaults):
         self.account_secret_name = account_secret_name or companion_name(secret_name, "-acme-account")
         self._state: dict[str, Any] = {}
         self.last_digest = ""  # proxycert of the last Secret seen or written by us
+        self.writing_digest = ""  # of the data being written now (its watch event can come before the answer)
         self.rollout_pending = False  # stored, but its consumers not yet restarted (e.g. a crash between)
         # An account registered whose Secret could not be written: reused, never registered again.
         self._unsaved_account: Account | None = None
@@ -265,6 +266,7 @@ class SecretStore(StoreDefaults):
                 ):
                     return False
             body = self._body(issued, meta, existing)
+            self.writing_digest = digest_of(body)
             try:
                 self._read.pop(self.secret_name, None)
                 written = self.client.create(body) if existing is None else self.client.replace(body)
