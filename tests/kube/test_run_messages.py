@@ -152,3 +152,34 @@ def test_without_one_permission_the_certificate_is_stored_and_the_missing_one_sa
         assert run.stop() == 0
     assert get_secret(kube_client, namespace) is not None
     assert len(ari.recorded_orders()) == (2 if removed == "secrets watch" else 1)
+
+
+def test_a_forbidden_read_at_start_names_the_rule_not_an_unreachable_api(
+    kube_client: Client,
+    namespace: str,
+    kubectl: Kubectl,
+    ari: AcmeFront,
+    tmp_path: Path,
+    cluster: Cluster,
+) -> None:
+    from test_run import service_account_kubeconfig
+
+    role = (ROOT / "deploy" / "certkeeper" / "rbac.yaml").read_text()
+    old = '["get", "list", "watch", "create", "update", "patch", "delete"]'
+    assert old in role
+    (tmp_path / "rbac.yaml").write_text(
+        role.replace(old, '["list", "watch", "create", "update", "patch", "delete"]', 1)
+    )
+    kubectl("create", "serviceaccount", "certkeeper")
+    kubectl("apply", "-f", str(tmp_path / "rbac.yaml"))
+    config = service_account_kubeconfig(kube_client, namespace, cluster.server, cluster.ca_file, tmp_path / "sa")
+    env = seed_env(ari.pebble, namespace, config, LETSENCRYPT_ENDPOINT=ari.directory_url, RC_NAMES="")
+    with certkeeper_run(env, tmp_path / "run.log") as run:
+        wait_for("the refusal", lambda: "retrying in" in run.log, timeout=30, run=run)
+        assert run.stop() == 0
+    line = next(line for line in run.log.splitlines() if "retrying in" in line)
+    assert "cannot reach" not in line, line
+    assert f"cannot read Secret {namespace}/{SECRET} (403 Forbidden" in line, line
+    assert 'add verbs: ["get"] for resources: ["secrets"] (apiGroups: [""])' in line, line
+    assert "deploy/certkeeper/rbac.yaml" in line, line
+    assert ari.recorded_accounts() == []
