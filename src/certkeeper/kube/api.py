@@ -9,6 +9,7 @@ Secret's data must not reach a log line).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -21,6 +22,26 @@ from certkeeper.errors import CertkeeperError, ConfigError
 
 T = TypeVar("T")
 RBAC_HINT = "grant the ServiceAccount this permission (see deploy/)"
+RBAC_FILES = "deploy/certkeeper/rbac.yaml; the controller's: deploy/controller/rbac.yaml"
+# The apiserver's 403 text: ... cannot get resource "secrets" in API group "" in the namespace "ns"
+_FORBIDDEN = re.compile(r'cannot (\S+) resource "([^"]+)" in API group "([^"]*)"')
+
+
+def rbac_fix(message: str) -> str:
+    """For a 403's message: the verb on the resource that is missing and the rule that grants it."""
+    found = _FORBIDDEN.search(message)
+    if found is None:
+        return RBAC_HINT
+    verb, resource, group = found.groups()
+    return rbac_rule(verb, resource, group)
+
+
+def rbac_rule(verb: str, resource: str, group: str = "") -> str:
+    """The fix for a missing permission: the rule to add, and where."""
+    return (
+        f'add verbs: ["{verb}"] for resources: ["{resource}"] '
+        f'(apiGroups: ["{group}"]) to the ServiceAccount\'s Role ({RBAC_FILES})'
+    )
 
 
 class KubeApiError(CertkeeperError):
@@ -83,7 +104,8 @@ def translate(what: str, error: BaseException) -> KubeApiError:
         return error
     if isinstance(error, ApiError):
         code = error.status.code
-        return KubeApiError(f"cannot {what} ({api_error_text(error)})", RBAC_HINT if code == 403 else "", code)
+        fix = rbac_fix(error.status.message or "") if code == 403 else ""
+        return KubeApiError(f"cannot {what} ({api_error_text(error)})", fix, code)
     return KubeApiError(f"cannot {what}: the Kubernetes API is unreachable ({api_error_text(error)})")
 
 
@@ -112,4 +134,4 @@ def check_response(what: str, response: httpx2.Response) -> Any:
     except ValueError:
         pass
     text = f"{code} {response.reason_phrase}" + (f": {message.strip()}" if message else "")
-    raise KubeApiError(f"cannot {what} ({text[:300]})", RBAC_HINT if code == 403 else "", code)
+    raise KubeApiError(f"cannot {what} ({text[:300]})", rbac_fix(message) if code == 403 else "", code)

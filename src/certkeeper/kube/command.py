@@ -21,6 +21,23 @@ import click
 from certkeeper.clikit import dns_options, option
 from certkeeper.errors import CertkeeperError
 
+# The HTTP clients (httpx2/httpcore2 log every request and connection step), ACME, JOSE and Kubernetes.
+LIBRARY_LOGGERS = (
+    "acme",
+    "josepy",
+    "httpx",
+    "httpx2",
+    "httpcore",
+    "httpcore2",
+    "h11",
+    "h2",
+    "hpack",
+    "urllib3",
+    "lightkube",
+    "aiohttp",
+    "asyncio",
+)
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -43,9 +60,12 @@ def setup_logging(log_format: str, verbose: int) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s certkeeper %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # -v: certkeeper's own debug lines; -vv: every library's too. A library not named below (hpack logs
+    # each header it decodes) stays at INFO under -v, since the root logger does.
+    root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.getLogger("certkeeper").setLevel(logging.DEBUG if verbose else logging.INFO)
     # Libraries that log whole requests (and ACME's JWS bodies) stay quiet unless asked for twice.
-    for name in ("acme", "httpx", "httpx2", "httpcore", "urllib3", "lightkube"):
+    for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
 
 

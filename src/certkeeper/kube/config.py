@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from certkeeper.errors import CertkeeperError, ConfigError
 from certkeeper.kube.cron import Cron
+from certkeeper.kube.names import MAX_NAME, companion_name
 from certkeeper.solvers.config import build_solvers
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.spec import LETSENCRYPT, CertSpec, IssuerSpec, KeyType, normalize_names, resolve_server
@@ -74,7 +75,7 @@ class RunConfig:
 
     @property
     def account_secret_name(self) -> str:
-        return f"{self.secret_name}-acme-account"[:253]
+        return companion_name(self.secret_name, "-acme-account")
 
 
 def default_namespace(path: str = SERVICE_ACCOUNT_NAMESPACE) -> str:
@@ -176,8 +177,15 @@ def load_config(
     def secret_name() -> str:
         # A Secret name cannot hold "*": a wildcard first name gives certs-wildcard.<rest>.
         first = names[0].replace("*.", "wildcard.", 1) if names else ""
-        value = env.get("SECRET_NAME", "").strip() or (f"certs-{first}" if first else "")
-        if value and (not _SUBDOMAIN.match(value) or len(value) > 253):
+        given = env.get("SECRET_NAME", "").strip()
+        value = given or (f"certs-{first}" if first else "")
+        if not given and len(value) > MAX_NAME:
+            raise ConfigError(
+                f"the Secret name certs-<first of DOMAINS> would be {len(value)} characters, over Kubernetes' "
+                f"{MAX_NAME}",
+                "set SECRET_NAME to a shorter name",
+            )
+        if value and (not _SUBDOMAIN.match(value) or len(value) > MAX_NAME):
             raise ConfigError(
                 f"SECRET_NAME {value!r} is not a valid Secret name", "use lower-case letters, digits, '-', '.'"
             )

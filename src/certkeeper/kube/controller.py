@@ -13,11 +13,12 @@ from typing import TypeVar
 
 import httpx2
 from lightkube import Client
+from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import ReplicationController, Secret
 
 from certkeeper.engine import Engine, Outcome
 from certkeeper.errors import CertkeeperError
-from certkeeper.kube.api import api_error_text, is_not_found, load_kubeconfig
+from certkeeper.kube.api import KubeApiError, api_error_text, is_not_found, load_kubeconfig, rbac_rule
 from certkeeper.kube.config import RunConfig
 from certkeeper.kube.events import Recorder
 from certkeeper.kube.ledger_secret import SecretBackend
@@ -39,6 +40,7 @@ API_BACKOFF_S = (1, 2, 4, 8, 15, 30)
 # When the engine gives no time to try again (e.g. the CA's directory was unreachable).
 FAILURE_BACKOFF_S = (10, 30, 60, 300, 900)
 API_TIMEOUT_S = 10.0
+WATCH_RETRY_MAX_S = 30  # between attempts to watch the Secret, each followed by a re-read
 MAX_SLEEP = datetime.timedelta(hours=12)
 
 
@@ -48,6 +50,29 @@ def _now() -> datetime.datetime:
 
 def _when(moment: datetime.datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
+
+
+def api_wait_message(server: str, error: CertkeeperError, delay: float, attempt: int) -> str:
+    """The start-up line while the Secret cannot be read: unreachable, or an answer (403: which rule)."""
+    again = f"retrying in {delay:g} s (attempt {attempt})"
+    if isinstance(error, KubeApiError) and error.code is not None:
+        return f"the Kubernetes API at {server} answered: {error}; {again}"
+    return f"cannot reach the Kubernetes API at {server}: {error}; {again}"
+
+
+def is_forbidden(error: BaseException) -> bool:
+    """A 403, as lightkube raises it for a request (ApiError) or for a watch (the HTTP client's error)."""
+    if isinstance(error, ApiError):
+        return error.status.code == 403
+    return isinstance(error, httpx2.HTTPStatusError) and error.response.status_code == 403
+
+
+def watch_forbidden_message(namespace: str, name: str) -> str:
+    """Said once when the watch on the Secret is refused: what is missing, and what happens meanwhile."""
+    return (
+        f"cannot watch Secret {namespace}/{name} (403 Forbidden): an edit or deletion is noticed by re-reading "
+        f"it every {WATCH_RETRY_MAX_S} s instead; {rbac_rule('watch', 'secrets')}"
+    )
 
 
 class _Stopping(Exception):
@@ -116,19 +141,15 @@ class Controller:
         while not self._stop.is_set():
             attempt += 1
             try:
-                await asyncio.to_thread(self.store._get, self.config.secret_name)
+                found = await asyncio.to_thread(self.store._get, self.config.secret_name)
+                # What the Secret holds at start is nobody's edit: the watch's first event shows it again.
+                self.store.last_digest = digest_of(found)
                 if attempt > 1:
                     log.info("the Kubernetes API at %s answers now (attempt %d)", self.server, attempt)
                 return True
             except CertkeeperError as error:
                 delay = API_BACKOFF_S[min(attempt, len(API_BACKOFF_S)) - 1]
-                log.error(
-                    "cannot reach the Kubernetes API at %s: %s; retrying in %d s (attempt %d)",
-                    self.server,
-                    error,
-                    delay,
-                    attempt,
-                )
+                log.error("%s", api_wait_message(self.server, error, delay, attempt))
                 await self._sleep(delay)
         return False
 
@@ -136,6 +157,7 @@ class Controller:
         """Wake the loop when the Secret is deleted or its certificate is changed by someone else."""
         client = Client(self.kubeconfig, namespace=self.config.namespace, timeout=httpx2.Timeout(330.0))
         failures = 0
+        said_forbidden = False  # no secrets:watch: said once, then the Secret is re-read every 30 s
         stopped = threading.Event()
         while not self._stop.is_set():
             try:
@@ -146,7 +168,7 @@ class Controller:
                     server_timeout=300,
                 ):
                     failures = 0
-                    changed = kind in ("ADDED", "MODIFIED") and digest_of(obj) != self.store.last_digest
+                    changed = kind in ("ADDED", "MODIFIED") and not self._ours(digest_of(obj))
                     if kind == "DELETED" or changed:
                         log.info(
                             "Secret %s/%s was %s by someone else: checking it now",
@@ -158,25 +180,35 @@ class Controller:
                             self._loop.call_soon_threadsafe(self._wake.set)
             except Exception as error:  # the watch is an optimisation: the loop still checks on schedule
                 failures += 1
-                log.debug("watching the Secret failed (%s); again in a moment", error)
-                stopped.wait(min(30, 2**failures))
+                if is_forbidden(error):
+                    if not said_forbidden:
+                        log.warning("%s", watch_forbidden_message(self.config.namespace, self.config.secret_name))
+                        said_forbidden = True
+                else:
+                    log.debug("watching the Secret failed (%s); again in a moment", error)
+                stopped.wait(min(WATCH_RETRY_MAX_S, 2 ** min(failures, 8)))
                 # List, then watch: a change or deletion while the watch was down (an API restart, a 410)
                 # would otherwise be seen only at the next scheduled check, hours later.
-                self._compare_after_gap(client)
+                self._compare_after_gap(client, "(seen on a re-read)" if said_forbidden else "while the watch was down")
 
-    def _compare_after_gap(self, client: Client) -> None:
+    def _ours(self, digest: str) -> bool:
+        """The Secret's data as we last saw or wrote it (or are writing it: the watch may see it first)."""
+        return digest in (self.store.last_digest, self.store.writing_digest)
+
+    def _compare_after_gap(self, client: Client, when: str) -> None:
         try:
             current = client.get(Secret, self.config.secret_name, namespace=self.config.namespace)
         except Exception as error:
             if not is_not_found(error):
                 return  # still down: the next attempt compares again
             current = None
-        if digest_of(current) != self.store.last_digest:
+        if not self._ours(digest_of(current)):
             log.info(
-                "Secret %s/%s was %s while the watch was down: checking it now",
+                "Secret %s/%s was %s %s: checking it now",
                 self.config.namespace,
                 self.config.secret_name,
                 "deleted" if current is None else "changed",
+                when,
             )
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self._wake.set)

@@ -87,7 +87,7 @@ class Cron:
         parts = text.split()
         if len(parts) != 5:
             raise ConfigError(
-                f"CRON_FREQUENCY {expression!r} has {len(parts)} fields, not 5",
+                f"CRON_FREQUENCY {expression!r} has {len(parts)} field{'' if len(parts) == 1 else 's'}, not 5",
                 "give minute hour day-of-month month day-of-week, e.g. 0 3 * * *",
             )
         sets = [

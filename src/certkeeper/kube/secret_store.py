@@ -28,6 +28,7 @@ from lightkube.types import PatchType
 from certkeeper.acme.account import Account
 from certkeeper.errors import CertkeeperError
 from certkeeper.kube.api import KubeApiError, call_api, fail, is_not_found
+from certkeeper.kube.names import companion_name
 from certkeeper.model import IssuedCert, PendingOrder
 from certkeeper.stores.base import StoredCert, StoreDefaults
 
@@ -103,9 +104,10 @@ class SecretStore(StoreDefaults):
         self.namespace = namespace
         self.secret_name = secret_name
         self.secret_type = secret_type or "kubernetes.io/tls"
-        self.account_secret_name = account_secret_name or f"{secret_name}-acme-account"
+        self.account_secret_name = account_secret_name or companion_name(secret_name, "-acme-account")
         self._state: dict[str, Any] = {}
         self.last_digest = ""  # proxycert of the last Secret seen or written by us
+        self.writing_digest = ""  # of the data being written now (its watch event can come before the answer)
         self.rollout_pending = False  # stored, but its consumers not yet restarted (e.g. a crash between)
         # An account registered whose Secret could not be written: reused, never registered again.
         self._unsaved_account: Account | None = None
@@ -264,6 +266,7 @@ class SecretStore(StoreDefaults):
                 ):
                     return False
             body = self._body(issued, meta, existing)
+            self.writing_digest = digest_of(body)
             try:
                 self._read.pop(self.secret_name, None)
                 written = self.client.create(body) if existing is None else self.client.replace(body)
@@ -342,7 +345,7 @@ class SecretStore(StoreDefaults):
 
     @property
     def order_secret_name(self) -> str:
-        return f"{self.secret_name}-order"[:253]
+        return companion_name(self.secret_name, "-order")
 
     def load_order(self, lineage: str) -> PendingOrder | None:
         secret = self._get(self.order_secret_name)
