@@ -290,6 +290,10 @@ class Engine:
     def _renewal_window(self, stored: StoredCert | None) -> RenewalWindow | None:
         if stored is None or stored.info is None or stored.problem:
             return None
+        if stored.meta.get("issued_by_directory_url"):
+            # A fallback CA issued it: this CA knows nothing of it, and ``replaces`` would name a
+            # certificate it did not issue (refused). The lifetime rule decides; the order starts here.
+            return None
         try:
             return self._client().renewal_window(stored.info)
         except CertkeeperError as error:

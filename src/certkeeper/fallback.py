@@ -32,21 +32,23 @@ def falls_back(error: CertkeeperError) -> bool:
 
 
 class Fallback:
-    def __init__(self, issuers: Sequence[IssuerSpec], store: AccountStore) -> None:
+    def __init__(self, issuers: Sequence[IssuerSpec], store: AccountStore, stores: Sequence[AccountStore] = ()) -> None:
         self.issuers = tuple(issuers)
         self.store = store
+        # One account store per CA where each keeps its own (the controller's privateKeySecretRef each).
+        self.stores = tuple(stores)
 
     def order(
         self, spec: CertSpec, key_pem: bytes, solvers: Solvers, first: CertkeeperError
     ) -> tuple[IssuedCert, IssuerSpec]:
         """Order from each fallback CA in turn; the certificate and the CA that issued it, or the last error."""
         failure = first
-        for issuer in self.issuers:
+        for index, issuer in enumerate(self.issuers):
             log.warning(
                 "%s: %s; ordering from the fallback CA %s", spec.names[0], failure.problem, issuer.directory_url
             )
             try:
-                account = ensure_account(issuer, self.store)
+                account = ensure_account(issuer, self.stores[index] if self.stores else self.store)
                 return AcmeClient(issuer, account).order(spec, key_pem, solvers), issuer
             except CertkeeperError as error:
                 failure = error
