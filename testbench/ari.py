@@ -14,7 +14,8 @@ downloaded in one of the ways in ``CERTIFICATE_FAULTS``; ``delay_s`` / ``post_de
 request (or every POST) late; ``new_order_html_status`` answers new orders with an HTML error page;
 ``bad_nonce_rate`` rejects that share of POSTs as ``badNonce`` (as Pebble's ``PEBBLE_WFE_NONCEREJECT``
 does, but counted here);
-``unavailable_retry_after`` answers new orders 503 with a Retry-After; ``reset_rate`` drops that
+``authorizations_expire`` reports that many validated authorizations ``expired`` (the CA's clock ran
+out mid-order); ``unavailable_retry_after`` answers new orders 503 with a Retry-After; ``reset_rate`` drops that
 share of POST connections without an answer. ``new_order_times`` holds when each newOrder arrived.
 
 The front runs its own event loop on a background thread; the test drives a client (typically the
@@ -93,6 +94,9 @@ class AcmeFront:
     rate_limit_retry_after: int | None = None
     # When set, every authorization is reported pending, however Pebble's validation went.
     authorizations_stay_pending: bool = False
+    # How many validated authorizations to report ``expired`` instead (the CA's clock ran out mid-order).
+    authorizations_expire: int = 0
+    authorizations_expired: int = 0  # how many were
     # When set (a key of CERTIFICATE_FAULTS), every certificate downloaded is spoiled that way.
     certificate_fault: str | None = None
     _last_chain: bytes | None = None
@@ -174,6 +178,8 @@ class AcmeFront:
             self.profiles.clear()
             self.rate_limit_retry_after = None
             self.authorizations_stay_pending = False
+            self.authorizations_expire = 0
+            self.authorizations_expired = 0
             self.certificate_fault = None
             self.delay_s = 0.0
             self.post_delay_s = 0.0
@@ -256,6 +262,18 @@ class AcmeFront:
         for challenge in body["challenges"]:
             challenge["status"] = "pending"
             challenge.pop("validated", None)
+        return json.dumps(body).encode()
+
+    def _authorization_expired(self, payload: bytes) -> bytes:
+        body = json.loads(payload)
+        if not (isinstance(body, dict) and "identifier" in body and "challenges" in body):
+            return payload  # not an authorization
+        with self._lock:
+            if body.get("status") != "valid" or self.authorizations_expire <= 0:
+                return payload
+            self.authorizations_expire -= 1
+            self.authorizations_expired += 1
+        body["status"] = "expired"
         return json.dumps(body).encode()
 
     async def _renewal_info(self, request: web.Request) -> web.Response:
@@ -351,6 +369,8 @@ class AcmeFront:
                 and content_type.startswith("application/json")
             ):
                 payload = self._authorization_pending(payload)
+            if self.authorizations_expire and upstream.status == 200 and content_type.startswith("application/json"):
+                payload = self._authorization_expired(payload)
             if reset:
                 # The CA did the work; the client never hears of it (a load balancer dropping the connection).
                 with self._lock:

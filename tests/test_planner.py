@@ -324,6 +324,13 @@ def test_renew_before_sets_the_moment_whatever_the_backstop_says() -> None:
     assert plan(spec, cert, renew_at) == Plan(True, "renewBefore reached", None, renew_at)
 
 
+def test_a_renew_before_as_long_as_the_lifetime_is_ignored_instead_of_renewing_in_a_loop() -> None:
+    cert = stored()  # 90 days: a fresh one would be due at once, and its renewal too, and so on
+    for renew_before in (90 * DAY, 4000 * DAY):
+        decision = plan(CertSpec(SPEC.names, renew_before=renew_before), cert, T0 + HOUR)
+        assert not decision.due and decision == plan(SPEC, cert, T0 + HOUR)
+
+
 def test_renew_before_wins_over_an_ari_window_either_way() -> None:
     cert = stored()
     early = CertSpec(SPEC.names, renew_before=60 * DAY)  # due from day 30

@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from certkeeper.acme import Account, AccountStore, AcmeClient, ensure_account, register_again
 from certkeeper.crypto import generate_key, key_type_of
 from certkeeper.errors import CAError, CertkeeperError, ConfigError
-from certkeeper.fallback import Fallback, falls_back
+from certkeeper.fallback import Fallback, falls_back, waits_out
 from certkeeper.ledger import Ledger
 from certkeeper.model import CertInfo, IssuedCert, PendingOrder, RenewalState, RenewalWindow
 from certkeeper.planner import plan, retry_at
@@ -290,6 +290,10 @@ class Engine:
     def _renewal_window(self, stored: StoredCert | None) -> RenewalWindow | None:
         if stored is None or stored.info is None or stored.problem:
             return None
+        if stored.meta.get("issued_by_directory_url"):
+            # A fallback CA issued it: this CA knows nothing of it, and ``replaces`` would name a
+            # certificate it did not issue (refused). The lifetime rule decides; the order starts here.
+            return None
         try:
             return self._client().renewal_window(stored.info)
         except CertkeeperError as error:
@@ -424,6 +428,8 @@ class Engine:
             except CertkeeperError as refused:
                 if self.fallback is None or not falls_back(refused):
                     raise
+                if not self.force and waits_out(refused, usable.info if usable is not None else None, _now()):
+                    raise  # the certificate held outlasts the refusal: the first CA again after it
                 await self._in_thread(self._ledger_failure, spec, gate.token if gate else None, refused)
                 gate = None
                 issued, issued_by = await self._in_thread(self.fallback.order, spec, key_pem, self.solvers, refused)

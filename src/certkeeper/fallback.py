@@ -10,19 +10,24 @@ only burn the next one's limits.
 
 from __future__ import annotations
 
+import datetime
 import logging
 from collections.abc import Sequence
 
 from certkeeper.acme import AccountStore, AcmeClient, ensure_account
 from certkeeper.acme.network import Unreachable
 from certkeeper.errors import CAError, CertkeeperError
-from certkeeper.model import IssuedCert
+from certkeeper.model import CertInfo, IssuedCert
 from certkeeper.solvers.base import Solvers
 from certkeeper.spec import CertSpec, IssuerSpec
 
 log = logging.getLogger(__name__)
 # Refusals another CA may well not share: its limits, its availability, its policy.
 FALLBACK_PROBLEMS = frozenset({"rateLimited", "serverInternal", "rejectedIdentifier", "caa"})
+# Refusals that waiting does not end: the next CA at once.
+POLICY_PROBLEMS = frozenset({"rejectedIdentifier", "caa"})
+# The renewal deadline: this share of its lifetime before the held certificate expires (15 days of 90).
+DEADLINE_SHARE = 6
 
 
 def falls_back(error: CertkeeperError) -> bool:
@@ -31,22 +36,38 @@ def falls_back(error: CertkeeperError) -> bool:
     return isinstance(error, CAError) and (error.acme_type in FALLBACK_PROBLEMS or error.retry_after is not None)
 
 
+def waits_out(error: CertkeeperError, held: CertInfo | None, now: datetime.datetime) -> bool:
+    """True when the refusal passes (a rate limit, a CA down) before the held certificate's renewal deadline.
+
+    The first CA is then asked again when its Retry-After (or the backoff) ends, rather than moving
+    the certificate to another CA over a passing refusal; a CA still down at the deadline, a Retry-After
+    beyond it, no certificate held, or a policy refusal: the fallback CA now.
+    """
+    if held is None or (isinstance(error, CAError) and error.acme_type in POLICY_PROBLEMS):
+        return False
+    retry_after = error.retry_after if isinstance(error, CAError) and error.retry_after else 0.0
+    deadline = held.not_after - held.lifetime / DEADLINE_SHARE
+    return now + datetime.timedelta(seconds=retry_after) < deadline
+
+
 class Fallback:
-    def __init__(self, issuers: Sequence[IssuerSpec], store: AccountStore) -> None:
+    def __init__(self, issuers: Sequence[IssuerSpec], store: AccountStore, stores: Sequence[AccountStore] = ()) -> None:
         self.issuers = tuple(issuers)
         self.store = store
+        # One account store per CA where each keeps its own (the controller's privateKeySecretRef each).
+        self.stores = tuple(stores)
 
     def order(
         self, spec: CertSpec, key_pem: bytes, solvers: Solvers, first: CertkeeperError
     ) -> tuple[IssuedCert, IssuerSpec]:
         """Order from each fallback CA in turn; the certificate and the CA that issued it, or the last error."""
         failure = first
-        for issuer in self.issuers:
+        for index, issuer in enumerate(self.issuers):
             log.warning(
                 "%s: %s; ordering from the fallback CA %s", spec.names[0], failure.problem, issuer.directory_url
             )
             try:
-                account = ensure_account(issuer, self.store)
+                account = ensure_account(issuer, self.stores[index] if self.stores else self.store)
                 return AcmeClient(issuer, account).order(spec, key_pem, solvers), issuer
             except CertkeeperError as error:
                 failure = error

@@ -79,7 +79,9 @@ def plan(
         return due(f"key type is not {spec.key_type.value}")
     if now >= info.not_after:
         return due("expired")
-    if spec.renew_before is not None:
+    # A renewBefore as long as the lifetime would make every new certificate due at once: an order
+    # loop that burns the CA's limits. Ignored then (as cert-manager does); ARI or the backstop decide.
+    if spec.renew_before is not None and spec.renew_before < info.lifetime:
         renew_at = info.not_after - spec.renew_before
         if now >= renew_at:
             return due("renewBefore reached")

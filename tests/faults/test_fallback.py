@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import socket
 import time
@@ -37,7 +38,8 @@ def test_a_rate_limited_first_ca_falls_back_and_renewal_returns_to_it(
     renewed = certkeeper(env, "renew", "--force")
     assert renewed.returncode == 0, renewed.stderr
     assert "fallback" not in renewed.stderr
-    assert len(ari.recorded_orders()) == 1
+    (order,) = ari.recorded_orders()
+    assert "replaces" not in order  # the first CA did not issue the certificate it replaces
     assert "issued_by_directory_url" not in meta(store, "fb.fallback.test")
 
 
@@ -50,3 +52,22 @@ def test_a_validation_failure_does_not_fall_back(ari: AcmeFront, ari_env: Env, c
     run = certkeeper(env, "issue", "invalid.fb.test")
     assert run.returncode == 1
     assert "CA error connection" in run.stderr and "ordering from the fallback CA" not in run.stderr
+
+
+def test_a_passing_refusal_before_the_renewal_deadline_waits_for_the_first_ca_instead(
+    ari: AcmeFront, ari_env: Env, certkeeper: Run, store: Path
+) -> None:
+    env = {**ari_env, "CERTKEEPER_FALLBACK_SERVER": ari.pebble.directory_url}
+    assert certkeeper(env, "issue", "wait.fallback.test").returncode == 0
+    serial = meta(store, "wait.fallback.test")["serial"]
+    # The first CA asks for the renewal now (ARI), then refuses it for an hour: the certificate held
+    # is good for years, so the renewal waits for the first CA rather than move to the fallback.
+    now = datetime.datetime.now(datetime.UTC)
+    ari.window = (now - datetime.timedelta(hours=2), now - datetime.timedelta(hours=1))
+    ari.rate_limit_retry_after = 3600
+    run = certkeeper(env, "renew")
+    said = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 1 and len(said) == 1, said  # one line: rate limited, will wait (Retry-After)
+    assert "ordering from the fallback CA" not in said[0] and "rateLimited" in said[0], said
+    assert meta(store, "wait.fallback.test")["serial"] == serial
+    assert "issued_by_directory_url" not in meta(store, "wait.fallback.test")

@@ -43,6 +43,24 @@ SHORT_LIVED = "shortlived"
 # deadline): each is safe to repeat (RFC 8555: POST-as-GET, a challenge's {}, finalize), and giving up
 # would cost a whole new order. newOrder itself is never repeated blind: the CA may have created it.
 RESEND_PAUSES_S = (0.2, 1.0, 3.0)
+# Authorization states that say nothing about the names: the CA let it lapse or withdrew it mid-order.
+GONE_AUTHZ = frozenset({"expired", "deactivated", "revoked"})
+
+
+class AuthorizationGone(Exception):
+    """An authorization the CA reports expired (or withdrawn) mid-order: a new order gets fresh ones."""
+
+    def __init__(self, name: str, status: str) -> None:
+        super().__init__(f"authorization for {name} is {status}")
+        self.name = name
+        self.status = status
+
+
+def _gone(body: dict[str, Any]) -> str | None:
+    """The authorization's status when it lapsed rather than failed validation (no challenge error), else None."""
+    status = str(body.get("status", ""))
+    failed = any(c.get("error") for c in body.get("challenges", []) if isinstance(c, dict))
+    return status if status in GONE_AUTHZ or (status == "invalid" and not failed) else None
 
 
 class NewOrder(messages.NewOrder):
@@ -157,6 +175,9 @@ class AcmeClient:
     def _authorize(self, authz_url: str, solvers: Solvers, presented: list[Presented]) -> str | None:
         """Present one authorization's challenge with the solver chosen for its name; returns its URL to poll."""
         response = self._post_again(authz_url, None)
+        lapsed = _gone(response.json())
+        if lapsed:
+            raise AuthorizationGone(str(response.json().get("identifier", {}).get("value", "?")), lapsed)
         authz = messages.Authorization.from_json(response.json())
         if authz.status == messages.STATUS_VALID:
             log.info("%s: already validated", authz.identifier.value)
@@ -253,21 +274,24 @@ class AcmeClient:
             spec = self._profile_for_addresses(spec)
             self._check_profile(spec.profile)
             solvers.prepare(spec.names)
-            order = self._resume(resume_url, spec) if resume_url else None
-            if order is not None and resume_url is not None:
-                order_url = resume_url
-            else:
-                order_url, order = self._new_order(spec, replaces, gate)
-                if on_placed is not None:
-                    on_placed(order_url)
-            if order.get("status") == "pending":
-                pending = [u for u in (self._authorize(a, solvers, presented) for a in order["authorizations"]) if u]
-                for authz_url in pending:
-                    body = self._poll(authz_url, lambda b: b.get("status") != "pending", deadline, "validation")
-                    if body["status"] != "valid":
-                        failed_name = body.get("identifier", {}).get("value", spec.names[0])
-                        raise _authz_error(body, failed_name)
-                order["status"] = "ready"
+            try:
+                order_url, order = self._authorized(spec, solvers, replaces, deadline, resume_url, on_placed,
+                                                    gate, presented)  # fmt: skip
+            except AuthorizationGone as lapsed:
+                # Not a validation failure: the CA let the authorization lapse (its clock, a slow
+                # validation, an order resumed too late). One new order, with fresh authorizations.
+                log.warning("%s: the CA reports the authorization %s mid-order; placing one new order",
+                            lapsed.name, lapsed.status)  # fmt: skip
+                self._cleanup(presented)
+                presented.clear()
+                try:
+                    order_url, order = self._authorized(spec, solvers, replaces, deadline, None, on_placed,
+                                                        gate, presented)  # fmt: skip
+                except AuthorizationGone as again:
+                    raise CAError(
+                        f"authorization for {again.name} is {again.status} again, in a new order",
+                        "the CA's authorizations lapse before validation ends: check the CA's clock and status",
+                    ) from None
             if order.get("status") == "ready":
                 log.info("finalizing %s", spec.names[0])
                 csr = load_csr(make_csr(key_pem, spec.names))
@@ -302,6 +326,38 @@ class AcmeClient:
         info = cert_info(parts[0])
         log.info("downloaded %s: serial %s, expires %s", spec.names[0], info.serial, info.not_after.date())
         return IssuedCert(key_pem=key_pem, cert_pem=parts[0], chain_pem=b"".join(parts[1:]), info=info)
+
+    def _authorized(
+        self,
+        spec: CertSpec,
+        solvers: Solvers,
+        replaces: str | None,
+        deadline: float,
+        resume_url: str | None,
+        on_placed: Callable[[str], None] | None,
+        gate: OrderGate | None,
+        presented: list[Presented],
+    ) -> tuple[str, dict[str, Any]]:
+        """The order (resumed or placed) with its authorizations valid; AuthorizationGone if one lapsed."""
+        order = self._resume(resume_url, spec) if resume_url else None
+        if order is not None and resume_url is not None:
+            order_url = resume_url
+        else:
+            order_url, order = self._new_order(spec, replaces, gate)
+            if on_placed is not None:
+                on_placed(order_url)
+        if order.get("status") == "pending":
+            pending = [u for u in (self._authorize(a, solvers, presented) for a in order["authorizations"]) if u]
+            for authz_url in pending:
+                body = self._poll(authz_url, lambda b: b.get("status") != "pending", deadline, "validation")
+                if body["status"] != "valid":
+                    failed_name = body.get("identifier", {}).get("value", spec.names[0])
+                    lapsed = _gone(body)
+                    if lapsed:
+                        raise AuthorizationGone(failed_name, lapsed)
+                    raise _authz_error(body, failed_name)
+            order["status"] = "ready"
+        return order_url, order
 
     def _finalize(self, url: str, csr: Any, resent: list[bool]) -> requests.Response:
         try:

@@ -32,6 +32,7 @@ from certkeeper.errors import CertkeeperError, ConfigError
 from certkeeper.kube.api import call_api
 from certkeeper.kube.config import Workload
 from certkeeper.kube.events import Recorder
+from certkeeper.kube.fallback_cas import FallbackCA, build_fallback, parse_fallback
 from certkeeper.kube.issuers import Declared, parse_solvers, refuse_names, solver_config
 from certkeeper.kube.ledger_secret import SecretBackend
 from certkeeper.kube.rollout import RolloutResult, restart_rc, restart_workload
@@ -87,6 +88,7 @@ class IssuerConfig:
     preferred_chain: str | None
     solvers: tuple[Declared, ...]  # acme.solvers as declared (Secrets not read yet)
     route_parents: str = ""  # http01.gatewayHTTPRoute: HTTP-01 through temporary HTTPRoutes (route_parents())
+    fallback: tuple[FallbackCA, ...] = ()  # acme.fallback: further CAs, in order (certkeeper.kube.fallback_cas)
 
 
 def issuer_config(obj: IssuerObj, cluster_namespace: str, bundles: Path) -> IssuerConfig | Refusal:
@@ -127,6 +129,7 @@ def issuer_config(obj: IssuerObj, cluster_namespace: str, bundles: Path) -> Issu
             eab_kid=eab.get("keyID") or None,
             eab_hmac_key="-" if eab else None,
         )
+        fallback = parse_fallback(acme, bundles)
     except ConfigError as error:
         return Refusal("InvalidIssuer", f"{obj.kind} {obj.name}: {error}")
     return IssuerConfig(
@@ -138,7 +141,11 @@ def issuer_config(obj: IssuerObj, cluster_namespace: str, bundles: Path) -> Issu
         preferred_chain=acme.get("preferredChain") or None,
         solvers=solvers,
         route_parents=routes,
+        fallback=fallback,
     )
+
+
+FALLBACK_MARK = "fallback:"  # in RoutedStore.issued_by: the URL that follows is a fallback CA's
 
 
 class RoutedStore(StoreDefaults):
@@ -160,6 +167,7 @@ class RoutedStore(StoreDefaults):
         self.stores: dict[str, SecretStore] = {}
         self._lock = threading.Lock()
         self.on_pending = on_pending  # mirrors the order in flight into the Certificate's status
+        self.issued_by: dict[str, str] = {}  # lineage -> the CA that issued what was just stored (status.issuedBy)
 
     def attach(self, lineage: str, store: SecretStore) -> None:
         with self._lock:
@@ -177,7 +185,10 @@ class RoutedStore(StoreDefaults):
         return self._store(lineage).load(lineage)
 
     def save(self, lineage: str, issued: IssuedCert, meta: dict[str, Any]) -> bool:
-        return self._store(lineage).save(lineage, issued, meta)
+        saved = self._store(lineage).save(lineage, issued, meta)
+        fallback = meta.get("issued_by_directory_url")  # only when a fallback CA issued it
+        self.issued_by[lineage] = f"{FALLBACK_MARK}{fallback}" if fallback else str(meta.get("directory_url") or "")
+        return saved
 
     def load_state(self, lineage: str) -> dict[str, Any]:
         return self._store(lineage).load_state(lineage)
@@ -342,6 +353,11 @@ class Reconciler:
                 ledger=Ledger(
                     SecretBackend(self.client, self.cluster_namespace),
                     parse_limits(self.rate_limits, issuer.directory_url),
+                ),
+                fallback=(
+                    await asyncio.to_thread(build_fallback, self.client, config.namespace, config.fallback, account)
+                    if config.fallback
+                    else None
                 ),
             )
             engine.observers.extend(self.observers)
@@ -582,6 +598,7 @@ class Reconciler:
         finally:
             routed.detach(lineage)
             self._in_flight.pop(lineage, None)
+            issued_by = routed.issued_by.pop(lineage, "")
         if engine.account is not None:
             url = engine.account.url
             await self._issuer_status(issuer_obj, True, "ACMEAccountRegistered", f"ACME account {url}", url)
@@ -593,7 +610,7 @@ class Reconciler:
                     await asyncio.to_thread(store.mark_rolled)
                 except CertkeeperError as error:
                     log.warning("%s", error)
-        await self._report(cert, target, store, outcome, rolled, self._written.pop(lineage, None))
+        await self._report(cert, target, store, outcome, rolled, self._written.pop(lineage, None), issued_by)
         return self._next_wake(outcome)
 
     def _claim(self, store: SecretStore, secret: Any) -> None:
@@ -648,6 +665,7 @@ class Reconciler:
         outcome: Outcome,
         rolled: list[RolloutResult],
         written: dict[str, Any] | None,
+        issued_by: str = "",
     ) -> None:
         old_status = written if written is not None else cert.status
         old = list(old_status.get("conditions") or [])
@@ -670,6 +688,9 @@ class Reconciler:
         if outcome.changed or (info is not None and not revision):
             revision += 1
         status["revision"] = revision or None
+        if issued_by and outcome.changed:
+            # The CA's directory URL: the first one's, or a fallback's.
+            status["issuedBy"] = issued_by.removeprefix(FALLBACK_MARK)
         valid_now = info is not None and info.not_after > _now() and set(target.spec.names) <= set(info.names)
         if outcome.ok and valid_now:
             assert info is not None
@@ -702,6 +723,8 @@ class Reconciler:
                 f"{verb.lower()} a certificate for {names}: serial {info.serial}, expires {_stamp(info.not_after)}; "
                 f"stored in Secret {target.secret_name}"
             )
+            if issued_by.startswith(FALLBACK_MARK):
+                text += f"; issued by the fallback CA {issued_by.removeprefix(FALLBACK_MARK)}"
             log.info("Certificate %s: %s", cert.key, text)
             await asyncio.to_thread(self._event, cert, verb, text)
         elif outcome.status == "failed" and changed:

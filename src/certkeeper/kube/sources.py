@@ -51,6 +51,7 @@ KNOWN_ISSUER_FIELDS: dict[str, Any] = {
         "caBundle": None,
         "externalAccountBinding": {"keyID": None, "keySecretRef": {"name": None, "key": None}},
         "solvers": None,
+        "fallback": None,  # each item checked by certkeeper.kube.fallback_cas
     }
 }
 ROLLOUT_KINDS = {
