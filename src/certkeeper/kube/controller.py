@@ -17,13 +17,14 @@ from lightkube.resources.core_v1 import ReplicationController, Secret
 
 from certkeeper.engine import Engine, Outcome
 from certkeeper.errors import CertkeeperError
-from certkeeper.kube.api import api_error_text, is_not_found, load_kubeconfig
+from certkeeper.kube.api import api_error_text, is_not_found, load_kubeconfig, translate
 from certkeeper.kube.config import RunConfig
 from certkeeper.kube.events import Recorder
 from certkeeper.kube.ledger_secret import SecretBackend
 from certkeeper.kube.rollout import KINDS, RolloutResult, restart_rc, restart_workload
 from certkeeper.kube.run_lease import RunLease
 from certkeeper.kube.secret_store import SecretStore, digest_of
+from certkeeper.kube.watch import WATCH_TIMEOUT_S
 from certkeeper.ledger import Ledger
 from certkeeper.observe.records import ca_host
 from certkeeper.observe.serving import ProcessView
@@ -133,16 +134,20 @@ class Controller:
 
     def _watch_secret(self) -> None:
         """Wake the loop when the Secret is deleted or its certificate is changed by someone else."""
-        client = Client(self.kubeconfig, namespace=self.config.namespace, timeout=httpx2.Timeout(330.0))
+        client = Client(
+            self.kubeconfig, namespace=self.config.namespace, timeout=httpx2.Timeout(WATCH_TIMEOUT_S + 30.0)
+        )
         failures = 0
         stopped = threading.Event()
+        since: str | None = None  # the resourceVersion of the last list: the next watch starts there
         while not self._stop.is_set():
             try:
                 for kind, obj in client.watch(
                     Secret,
                     namespace=self.config.namespace,
                     fields={"metadata.name": self.config.secret_name},
-                    server_timeout=300,
+                    server_timeout=WATCH_TIMEOUT_S,
+                    resource_version=since,
                 ):
                     failures = 0
                     changed = kind in ("ADDED", "MODIFIED") and digest_of(obj) != self.store.last_digest
@@ -156,20 +161,35 @@ class Controller:
                         if self._loop is not None:
                             self._loop.call_soon_threadsafe(self._wake.set)
             except Exception as error:  # the watch is an optimisation: the loop still checks on schedule
-                failures += 1
-                log.debug("watching the Secret failed (%s); again in a moment", error)
-                stopped.wait(min(30, 2**failures))
-                # List, then watch: a change or deletion while the watch was down (an API restart, a 410)
-                # would otherwise be seen only at the next scheduled check, hours later.
-                self._compare_after_gap(client)
+                if translate("watch the Secret", error).gone:
+                    # The version the watch resumed from is older than the API server keeps (etcd compacted
+                    # it, or another API server's cache starts later): not a failure, list at once.
+                    log.info("the watch on Secret %s expired (410 Gone): listing again", self.config.secret_name)
+                else:
+                    failures += 1
+                    log.debug("watching the Secret failed (%s); again in a moment", error)
+                    stopped.wait(min(30, 2**failures))
+                # List, then watch from the list's version: a change or deletion while the watch was down (an
+                # API restart, a 410) would otherwise be seen only at the next scheduled check, hours later.
+                since = self._compare_after_gap(client)
 
-    def _compare_after_gap(self, client: Client) -> None:
+    def _compare_after_gap(self, client: Client) -> str | None:
+        """Wake the loop if the Secret changed while unwatched; the resourceVersion to watch from next."""
+        since: str | None = None
         try:
-            current = client.get(Secret, self.config.secret_name, namespace=self.config.namespace)
-        except Exception as error:
-            if not is_not_found(error):
-                return  # still down: the next attempt compares again
-            current = None
+            listed = client.list(
+                Secret, namespace=self.config.namespace, fields={"metadata.name": self.config.secret_name}
+            )
+            items = list(listed)
+            since = listed.resourceVersion
+            current = items[0] if items else None
+        except Exception:
+            try:  # no secrets:list: compare by a get, and watch from now
+                current = client.get(Secret, self.config.secret_name, namespace=self.config.namespace)
+            except Exception as error:
+                if not is_not_found(error):
+                    return None  # still down: the next attempt compares again
+                current = None
         if digest_of(current) != self.store.last_digest:
             log.info(
                 "Secret %s/%s was %s while the watch was down: checking it now",
@@ -179,6 +199,7 @@ class Controller:
             )
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self._wake.set)
+        return since
 
     # -- one check -------------------------------------------------------------------------------
 
