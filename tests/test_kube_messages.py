@@ -9,10 +9,10 @@ import httpx2
 import pytest
 from lightkube.core.exceptions import ApiError
 
-from certkeeper.errors import ConfigError
+from certkeeper.errors import ConfigError, ConfigErrors
 from certkeeper.kube.api import translate
 from certkeeper.kube.command import setup_logging
-from certkeeper.kube.config import ConfigProblems, load_config
+from certkeeper.kube.config import load_config
 from certkeeper.kube.controller import api_wait_message
 from certkeeper.kube.cron import Cron
 from certkeeper.kube.secret_store import SecretStore
@@ -82,7 +82,7 @@ def test_a_long_first_domain_gives_valid_companion_secret_names() -> None:
 
 def test_a_secret_name_that_cannot_exist_is_refused_at_start_naming_secret_name() -> None:
     longest = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 57]) + ".com"
-    with pytest.raises(ConfigProblems) as refused:
+    with pytest.raises(ConfigErrors) as refused:
         load_config(env(longest))
     (line,) = refused.value.problems
     assert "259 characters" in line and "set SECRET_NAME" in line, line

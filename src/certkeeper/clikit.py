@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
+
+from certkeeper.errors import CertkeeperError, problem_lines
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -18,9 +20,10 @@ def option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     return click.option(*decls, **attrs)
 
 
-def fail(message: str, code: int = 2) -> None:
-    """Print one line to stderr and exit non-zero."""
-    click.echo(f"certkeeper: error: {message}", err=True)
+def fail(message: str | CertkeeperError, code: int = 2) -> NoReturn:
+    """Print the problem (one line each, for ConfigErrors) to stderr and exit non-zero."""
+    for line in problem_lines(message) if isinstance(message, CertkeeperError) else [message]:
+        click.echo(f"certkeeper: error: {line}", err=True)
     raise SystemExit(code)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class CertkeeperError(Exception):
     """A problem the user can fix. ``str()`` is one line: what is wrong, then how to fix it."""
@@ -14,6 +16,23 @@ class CertkeeperError(Exception):
 
 class ConfigError(CertkeeperError):
     """Invalid configuration (a flag, an environment variable, a name)."""
+
+
+class ConfigErrors(ConfigError):
+    """Every configuration problem a command found at once, so one run shows them all.
+
+    The one collector for every command (issue, renew, run, controller, proxy): ``problems`` holds
+    one line per problem, each printed on its own line by ``clikit.fail``.
+    """
+
+    def __init__(self, problems: Sequence[CertkeeperError | str]) -> None:
+        self.problems = [str(problem) for problem in problems]
+        super().__init__("; ".join(self.problems))
+
+
+def problem_lines(error: CertkeeperError) -> list[str]:
+    """The lines to print for ``error``: one per problem."""
+    return list(error.problems) if isinstance(error, ConfigErrors) else [str(error)]
 
 
 class CAError(CertkeeperError):

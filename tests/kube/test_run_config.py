@@ -6,8 +6,8 @@ import datetime
 
 import pytest
 
-from certkeeper.errors import ConfigError
-from certkeeper.kube.config import ConfigProblems, Workload, load_config
+from certkeeper.errors import ConfigError, ConfigErrors
+from certkeeper.kube.config import Workload, load_config
 from certkeeper.kube.cron import Cron
 
 UTC = datetime.UTC
@@ -93,6 +93,6 @@ def test_namespace_defaults_to_the_pods_own_else_default() -> None:
 
 
 def test_missing_email_and_domains_are_both_reported() -> None:
-    with pytest.raises(ConfigProblems) as raised:
+    with pytest.raises(ConfigErrors) as raised:
         load_config({})
     assert [p.split(":")[0] for p in raised.value.problems] == ["DOMAINS is empty", "EMAIL is empty"]

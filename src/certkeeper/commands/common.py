@@ -106,7 +106,7 @@ def engine_options(fn: F) -> F:
 
                 check_metrics_file(metrics_file)
         except CertkeeperError as error:
-            fail(str(error))
+            fail(error)
         if not metrics_file:
             return fn(engine=engine, **kwargs)
         try:
@@ -154,7 +154,7 @@ def _write_metrics(path: str, store: str, rate_limits: str) -> None:
     try:
         write_metrics_file(FileStore(store), path, rate_limits)
     except CertkeeperError as error:
-        fail(str(error))
+        fail(error)
 
 
 def check_engine_options(engine: EngineOptions) -> None:

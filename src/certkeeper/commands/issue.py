@@ -120,7 +120,7 @@ def issue(
             resolve_server(server), email or None, eab_kid or None, eab_hmac_key or None, engine.ca_bundle
         )
     except CertkeeperError as error:
-        fail(str(error))
+        fail(error)
         return
     files = FileStore(store)
     raise SystemExit(report(run_engine(issuer, files, specs, engine), files))

@@ -87,7 +87,7 @@ def _kube(as_json: bool, namespace: str | None, all_namespaces: bool, name: str 
 
         rows = certificates(None if all_namespaces else namespace or "", name)
     except CertkeeperError as error:
-        fail(str(error))
+        fail(error)
         return
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
@@ -133,7 +133,7 @@ def _serve(store: str, bind: str) -> None:
     try:
         asyncio.run(serve(FileStore(store), bind, f"certkeeper: {store}"))
     except CertkeeperError as error:
-        fail(str(error))
+        fail(error)
 
 
 @click.command()
@@ -171,7 +171,7 @@ def status(
     try:
         parse_limits(rate_limits, "")
     except ConfigError as error:
-        fail(str(error))
+        fail(error)
     if kube:
         _kube(as_json, namespace, all_namespaces, name)
         return

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from certkeeper.clikit import dns_options, option
+from certkeeper.clikit import dns_options, fail, option
 from certkeeper.errors import CertkeeperError
 
 # The HTTP clients (httpx2/httpcore2 log every request and connection step), ACME, JOSE and Kubernetes.
@@ -140,7 +140,7 @@ def run(
     (CERTKEEPER_DNS=rfc2136, CERTKEEPER_DNS_SERVER, CERTKEEPER_TSIG_KEY_FILE).
     """
     setup_logging(log_format, verbose)
-    from certkeeper.kube.config import ConfigProblems, load_config
+    from certkeeper.kube.config import load_config
     from certkeeper.solvers.config import cli_config
 
     try:
@@ -160,13 +160,8 @@ def run(
             solvers=solvers,
             dns_state_dir=dns_state_dir,
         )
-    except ConfigProblems as problems:
-        for line in problems.problems:
-            click.echo(f"certkeeper: error: {line}", err=True)
-        raise SystemExit(2) from None
-    except CertkeeperError as error:
-        click.echo(f"certkeeper: error: {error}", err=True)
-        raise SystemExit(2) from None
+    except CertkeeperError as error:  # ConfigErrors: one line per problem
+        fail(error)
     from certkeeper.kube.controller import Controller
 
     try:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from certkeeper.errors import CertkeeperError, ConfigError
+from certkeeper.errors import CertkeeperError, ConfigError, ConfigErrors
 from certkeeper.kube.cron import Cron
 from certkeeper.kube.names import MAX_NAME, companion_name
 from certkeeper.solvers.config import build_solvers
@@ -38,14 +38,6 @@ WORKLOAD_KINDS = {
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 SECRET_TYPES = ("kubernetes.io/tls", "Opaque")
-
-
-class ConfigProblems(ConfigError):
-    """Several configuration problems at once; ``problems`` holds one line each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -104,7 +96,7 @@ def load_config(
     solvers: Sequence[dict[str, Any]] = (),
     dns_state_dir: str | None = None,
 ) -> RunConfig:
-    """Build the run configuration from the seed's variables; raises ConfigProblems naming every problem."""
+    """Build the run configuration from the seed's variables; raises ConfigErrors naming every problem."""
     problems: list[str] = []
     notes: list[str] = []
 
@@ -239,7 +231,7 @@ def load_config(
     if not rcs and not wl:
         notes.append("RC_NAMES, DEPLOYMENTS and WORKLOADS are empty: nothing is restarted after a new certificate")
     if problems:
-        raise ConfigProblems(problems)
+        raise ConfigErrors(problems)
     assert issuer is not None
     return RunConfig(
         spec=CertSpec(names, kt, False, profile or None, preferred_chain or None),

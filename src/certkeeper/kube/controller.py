@@ -18,13 +18,14 @@ from lightkube.resources.core_v1 import ReplicationController, Secret
 
 from certkeeper.engine import Engine, Outcome
 from certkeeper.errors import CertkeeperError
-from certkeeper.kube.api import KubeApiError, api_error_text, is_not_found, load_kubeconfig, rbac_rule
+from certkeeper.kube.api import KubeApiError, api_error_text, is_not_found, load_kubeconfig, rbac_rule, translate
 from certkeeper.kube.config import RunConfig
 from certkeeper.kube.events import Recorder
 from certkeeper.kube.ledger_secret import SecretBackend
 from certkeeper.kube.rollout import KINDS, RolloutResult, restart_rc, restart_workload
 from certkeeper.kube.run_lease import RunLease
 from certkeeper.kube.secret_store import SecretStore, digest_of
+from certkeeper.kube.watch import WATCH_TIMEOUT_S
 from certkeeper.ledger import Ledger
 from certkeeper.observe.ratelimit_view import usage_reader
 from certkeeper.observe.records import ca_host
@@ -155,17 +156,21 @@ class Controller:
 
     def _watch_secret(self) -> None:
         """Wake the loop when the Secret is deleted or its certificate is changed by someone else."""
-        client = Client(self.kubeconfig, namespace=self.config.namespace, timeout=httpx2.Timeout(330.0))
+        client = Client(
+            self.kubeconfig, namespace=self.config.namespace, timeout=httpx2.Timeout(WATCH_TIMEOUT_S + 30.0)
+        )
         failures = 0
         said_forbidden = False  # no secrets:watch: said once, then the Secret is re-read every 30 s
         stopped = threading.Event()
+        since: str | None = None  # the resourceVersion of the last list: the next watch starts there
         while not self._stop.is_set():
             try:
                 for kind, obj in client.watch(
                     Secret,
                     namespace=self.config.namespace,
                     fields={"metadata.name": self.config.secret_name},
-                    server_timeout=300,
+                    server_timeout=WATCH_TIMEOUT_S,
+                    resource_version=since,
                 ):
                     failures = 0
                     changed = kind in ("ADDED", "MODIFIED") and not self._ours(digest_of(obj))
@@ -179,29 +184,46 @@ class Controller:
                         if self._loop is not None:
                             self._loop.call_soon_threadsafe(self._wake.set)
             except Exception as error:  # the watch is an optimisation: the loop still checks on schedule
-                failures += 1
-                if is_forbidden(error):
-                    if not said_forbidden:
-                        log.warning("%s", watch_forbidden_message(self.config.namespace, self.config.secret_name))
-                        said_forbidden = True
+                if translate("watch the Secret", error).gone:
+                    # The version the watch resumed from is older than the API server keeps (etcd compacted
+                    # it, or another API server's cache starts later): not a failure, list at once.
+                    log.info("the watch on Secret %s expired (410 Gone): listing again", self.config.secret_name)
                 else:
-                    log.debug("watching the Secret failed (%s); again in a moment", error)
-                stopped.wait(min(WATCH_RETRY_MAX_S, 2 ** min(failures, 8)))
-                # List, then watch: a change or deletion while the watch was down (an API restart, a 410)
-                # would otherwise be seen only at the next scheduled check, hours later.
-                self._compare_after_gap(client, "(seen on a re-read)" if said_forbidden else "while the watch was down")
+                    failures += 1
+                    if is_forbidden(error):
+                        if not said_forbidden:
+                            log.warning("%s", watch_forbidden_message(self.config.namespace, self.config.secret_name))
+                            said_forbidden = True
+                    else:
+                        log.debug("watching the Secret failed (%s); again in a moment", error)
+                    stopped.wait(min(WATCH_RETRY_MAX_S, 2 ** min(failures, 8)))
+                # List, then watch from the list's version: a change or deletion while the watch was down (an
+                # API restart, a 410) would otherwise be seen only at the next scheduled check, hours later.
+                since = self._compare_after_gap(
+                    client, "(seen on a re-read)" if said_forbidden else "while the watch was down"
+                )
 
     def _ours(self, digest: str) -> bool:
         """The Secret's data as we last saw or wrote it (or are writing it: the watch may see it first)."""
         return digest in (self.store.last_digest, self.store.writing_digest)
 
-    def _compare_after_gap(self, client: Client, when: str) -> None:
+    def _compare_after_gap(self, client: Client, when: str) -> str | None:
+        """Wake the loop if the Secret changed while unwatched; the resourceVersion to watch from next."""
+        since: str | None = None
         try:
-            current = client.get(Secret, self.config.secret_name, namespace=self.config.namespace)
-        except Exception as error:
-            if not is_not_found(error):
-                return  # still down: the next attempt compares again
-            current = None
+            listed = client.list(
+                Secret, namespace=self.config.namespace, fields={"metadata.name": self.config.secret_name}
+            )
+            items = list(listed)
+            since = listed.resourceVersion
+            current = items[0] if items else None
+        except Exception:
+            try:  # no secrets:list: compare by a get, and watch from now
+                current = client.get(Secret, self.config.secret_name, namespace=self.config.namespace)
+            except Exception as error:
+                if not is_not_found(error):
+                    return None  # still down: the next attempt compares again
+                current = None
         if not self._ours(digest_of(current)):
             log.info(
                 "Secret %s/%s was %s %s: checking it now",
@@ -212,6 +234,7 @@ class Controller:
             )
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self._wake.set)
+        return since
 
     # -- one check -------------------------------------------------------------------------------
 

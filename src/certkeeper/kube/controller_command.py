@@ -8,8 +8,8 @@ import sys
 
 import click
 
-from certkeeper.clikit import option
-from certkeeper.errors import CertkeeperError
+from certkeeper.clikit import fail, option
+from certkeeper.errors import CertkeeperError, ConfigErrors
 from certkeeper.kube.command import setup_logging
 
 
@@ -96,10 +96,8 @@ def controller(
     service_name, _, service_port = service.partition(":")
     if not service_name or not service_port.isdigit() or not 0 < int(service_port) < 65536:
         problems.append(f"--service {service!r} is not NAME:PORT: e.g. certkeeper-controller:80")
-    for line in problems:
-        click.echo(f"certkeeper: error: {line}", err=True)
     if problems:
-        raise SystemExit(2)
+        fail(ConfigErrors(problems))
     own_namespace = namespace or default_namespace()
     if not namespace and own_namespace == "default":
         own_namespace = "certkeeper"

@@ -8,17 +8,15 @@ import sys
 
 import click
 
+from certkeeper.clikit import fail
 from certkeeper.errors import ConfigError
 from certkeeper.proxy.render import RunPaths, render
-from certkeeper.proxy.settings import ConfigErrors, load_settings
+from certkeeper.proxy.settings import load_settings
 from certkeeper.proxy.supervisor import Supervisor
 
 
 def _fail(error: ConfigError) -> None:
-    problems = error.problems if isinstance(error, ConfigErrors) else [error]
-    for problem in problems:
-        click.echo(f"certkeeper: error: {problem}", err=True)
-    raise SystemExit(2)
+    fail(error)
 
 
 @click.command()

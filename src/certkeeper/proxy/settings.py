@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from certkeeper.errors import ConfigError
+from certkeeper.errors import ConfigError, ConfigErrors
 
 T = TypeVar("T")
 
@@ -24,14 +24,6 @@ _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9]*_[A-Z0-9_]*$")
 _SERVER_NAME = re.compile(r"^(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9])?(\.\*)?$")
 _LOG_PATH = re.compile(r"^/[A-Za-z0-9_./-]*$")
-
-
-class ConfigErrors(ConfigError):
-    """Several problems at once; each is still one line, printed on its own."""
-
-    def __init__(self, problems: list[ConfigError]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(str(p) for p in problems))
 
 
 @dataclass(frozen=True)
@@ -246,7 +238,7 @@ def _poll_seconds(env: Mapping[str, str]) -> float:
 def load_settings(env: Mapping[str, str] | None = None) -> ProxySettings:
     """Parse the environment; raise ConfigErrors listing every problem found, one line each."""
     env = os.environ if env is None else env
-    problems: list[ConfigError] = []
+    problems: list[ConfigError | str] = []
 
     def field(parse: Callable[[], T], fallback: T) -> T:
         try:
