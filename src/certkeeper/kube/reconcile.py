@@ -168,6 +168,9 @@ class RoutedStore(StoreDefaults):
         self._lock = threading.Lock()
         self.on_pending = on_pending  # mirrors the order in flight into the Certificate's status
         self.issued_by: dict[str, str] = {}  # lineage -> the CA that issued what was just stored (status.issuedBy)
+        # Orders placed whose record could not be written (the API down at that moment): the next attempt of
+        # this process resumes them instead of ordering again.
+        self._unrecorded: dict[str, PendingOrder] = {}
 
     def attach(self, lineage: str, store: SecretStore) -> None:
         with self._lock:
@@ -200,15 +203,25 @@ class RoutedStore(StoreDefaults):
         return self._store(lineage).location(lineage)
 
     def load_order(self, lineage: str) -> PendingOrder | None:
+        with self._lock:
+            unrecorded = self._unrecorded.get(lineage)
+        if unrecorded is not None:
+            return unrecorded
         if not self.may_have_pending(lineage):
             return None
         return self._store(lineage).load_order(lineage)
 
     def save_order(self, lineage: str, pending: PendingOrder) -> None:
+        with self._lock:
+            self._unrecorded[lineage] = pending
         self._store(lineage).save_order(lineage, pending)
         self.on_pending(lineage, pending)
+        with self._lock:
+            self._unrecorded.pop(lineage, None)
 
     def clear_order(self, lineage: str) -> None:
+        with self._lock:
+            self._unrecorded.pop(lineage, None)
         self._store(lineage).clear_order(lineage)
         self.on_pending(lineage, None)
 
