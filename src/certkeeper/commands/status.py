@@ -192,8 +192,15 @@ def status(
     columns = ("names", "key", "issuer", "expires", "days left", "renews", "next attempt", "headroom",
                "problem / last error")  # fmt: skip
     for column in columns:
-        # Names, dates and counts stay on one line; the issuer and the problem fold.
-        table.add_column(column, no_wrap=column not in ("issuer", "headroom", "problem / last error"), overflow="fold")
+        # Dates and counts stay on one line; names wrap between names, the issuer and the problem fold.
+        # A floor on the issuer's width: folded into a 7-character column it took five lines a row.
+        table.add_column(
+            column,
+            no_wrap=column not in ("names", "issuer", "headroom", "problem / last error"),
+            overflow="fold",
+            min_width={"issuer": 24, "problem / last error": 20}.get(column),
+            max_width=40 if column == "names" else None,
+        )
     for r in rows:
         table.add_row(
             " ".join(r["names"]),
