@@ -11,8 +11,9 @@ from pathlib import Path
 
 from lightkube import Client, KubeConfig
 from lightkube.resources.core_v1 import Secret
-from runkit import certificate_manifest, certkeeper_controller, controller_args, issuer_manifest, secret_bytes, wait_for
-from test_controller_outage import ROOT, apply, kubectl, private_cluster, ready
+from private_plane import apply, install_controller_resources, ready
+from runkit import certificate_manifest, certkeeper_controller, controller_args, secret_bytes, wait_for
+from test_controller_outage import private_cluster
 
 from certkeeper.crypto import key_matches_cert, split_pem_chain
 from testbench import cluster as bench
@@ -26,11 +27,7 @@ def test_three_api_server_restarts_mid_run_cause_no_duplicate_order(
     private_cluster: bench.Cluster, ari: AcmeFront, tmp_path: Path
 ) -> None:
     cluster = private_cluster
-    assert kubectl(cluster, "apply", "-k", str(ROOT / "deploy" / "crds")).returncode == 0
-    for name in ("certificates", "issuers", "clusterissuers"):
-        kubectl(cluster, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}.certkeeper.io")
-    assert kubectl(cluster, "create", "namespace", "ctl").returncode == 0
-    apply(cluster, issuer_manifest("pebble", ari.directory_url, ari.ca_bundle))
+    install_controller_resources(cluster, ari)
     ari.post_delay_s = 0.05  # spread the orders over the restarts
     started = time.monotonic()
     args = controller_args("ctl", ari.http_port, "--concurrency=4")

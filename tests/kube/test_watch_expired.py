@@ -12,10 +12,8 @@ restart must not disturb the other tests' cluster.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,16 +22,15 @@ from typing import Any
 import pytest
 from lightkube import Client, KubeConfig
 from lightkube.resources.core_v1 import Secret
+from private_plane import apply, install_controller_resources, kubectl, ready, running_plane
 from runkit import (
     SECRET,
     Run,
     certificate_manifest,
     certkeeper_run,
-    condition,
     controller_args,
     controller_env,
     get_secret,
-    issuer_manifest,
     seed_env,
     wait_for,
 )
@@ -41,37 +38,12 @@ from runkit import (
 from testbench import cluster as bench
 from testbench.ari import AcmeFront
 
-ROOT = Path(__file__).resolve().parents[2]
 WATCH_TIMEOUT = "2"
 
 
 @pytest.fixture(scope="module")
 def private_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[bench.Cluster]:
-    bench.build()
-    with bench.running(tmp_path_factory.mktemp("watch410") / "kube") as running:
-        yield running
-
-
-def kubectl(cluster: bench.Cluster, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-    return subprocess.run(
-        [str(cluster.kubectl), *args], env=env, input=stdin, capture_output=True, text=True, timeout=60,
-        check=False,
-    )  # fmt: skip
-
-
-def apply(cluster: bench.Cluster, manifest: dict[str, Any]) -> None:
-    result = kubectl(cluster, "--namespace=ctl", "apply", "-f", "-", stdin=json.dumps(manifest))
-    assert result.returncode == 0, result.stderr
-
-
-def ready(cluster: bench.Cluster, name: str) -> bool:
-    result = kubectl(cluster, "--namespace=ctl", "get", "certificate.certkeeper.io", name, "-o", "json")
-    if result.returncode != 0:
-        return False
-    cert = json.loads(result.stdout)
-    found = condition(cert)
-    return found.get("status") == "True" and found.get("observedGeneration") == cert["metadata"]["generation"]
+    yield from running_plane(tmp_path_factory.mktemp("watch410") / "kube")
 
 
 def expire_watches(cluster: bench.Cluster, run: Run, while_frozen: Any) -> float:
@@ -93,11 +65,7 @@ def test_controller_lists_again_on_410_and_misses_nothing(
     private_cluster: bench.Cluster, ari: AcmeFront, tmp_path: Path
 ) -> None:
     cluster = private_cluster
-    assert kubectl(cluster, "apply", "-k", str(ROOT / "deploy" / "crds")).returncode == 0
-    for name in ("certificates", "issuers", "clusterissuers"):
-        kubectl(cluster, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}.certkeeper.io")
-    assert kubectl(cluster, "create", "namespace", "ctl").returncode == 0
-    apply(cluster, issuer_manifest("pebble", ari.directory_url, ari.ca_bundle))
+    install_controller_resources(cluster, ari)
     apply(cluster, certificate_manifest("kept", ["kept.example.com"]))
     client = Client(KubeConfig.from_file(cluster.kubeconfig), namespace="ctl")
     env = {**controller_env(cluster.kubeconfig), "CERTKEEPER_WATCH_TIMEOUT": WATCH_TIMEOUT}

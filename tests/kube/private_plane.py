@@ -1,0 +1,59 @@
+"""Helpers for tests that run the controller on a private control plane (tests that restart kube-apiserver
+or freeze the controller, which must not disturb the shared cluster): kubectl in namespace ``ctl``, the
+CRDs and the Pebble Issuer installed, a Certificate's readiness."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from runkit import condition, issuer_manifest
+
+from testbench import cluster as bench
+from testbench.ari import AcmeFront
+
+ROOT = Path(__file__).resolve().parents[2]
+NAMESPACE = "ctl"
+
+
+def running_plane(workdir: Path) -> Iterator[bench.Cluster]:
+    """A private control plane for one fixture (whatever scope it has)."""
+    bench.build()
+    with bench.running(workdir) as running:
+        yield running
+
+
+def kubectl(cluster: bench.Cluster, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    return subprocess.run(
+        [str(cluster.kubectl), f"--namespace={NAMESPACE}", *args], env=env, input=stdin, capture_output=True,
+        text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def apply(cluster: bench.Cluster, manifest: dict[str, Any]) -> None:
+    result = kubectl(cluster, "apply", "-f", "-", stdin=json.dumps(manifest))
+    assert result.returncode == 0, result.stderr
+
+
+def install_controller_resources(cluster: bench.Cluster, ari: AcmeFront) -> None:
+    """certkeeper's CRDs, namespace ``ctl`` and an Issuer for the ACME front's Pebble."""
+    assert kubectl(cluster, "apply", "-k", str(ROOT / "deploy" / "crds")).returncode == 0
+    for name in ("certificates", "issuers", "clusterissuers"):
+        kubectl(cluster, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}.certkeeper.io")
+    assert kubectl(cluster, "create", "namespace", NAMESPACE).returncode == 0
+    apply(cluster, issuer_manifest("pebble", ari.directory_url, ari.ca_bundle))
+
+
+def ready(cluster: bench.Cluster, name: str) -> bool:
+    """The Certificate is Ready for its current generation."""
+    result = kubectl(cluster, "get", "certificate.certkeeper.io", name, "-o", "json")
+    if result.returncode != 0:
+        return False
+    cert = json.loads(result.stdout)
+    found = condition(cert)
+    return found.get("status") == "True" and found.get("observedGeneration") == cert["metadata"]["generation"]
