@@ -32,7 +32,8 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from multidict import CIMultiDict
 
-from testbench.pebble import Pebble
+from testbench.pebble import Pebble, start_pebble
 from testbench.pki import TestCA
 
 RENEWAL_INFO_PATH = "/renewal-info"
@@ -448,3 +449,15 @@ def start_front(pebble: Pebble) -> AcmeFront:
         front.stop()
         raise
     return front
+
+
+@contextmanager
+def private_front(workdir: Path, env: Mapping[str, str] | None = None) -> Iterator[AcmeFront]:
+    """A Pebble of its own behind a front, for a test that restarts the CA or changes how it behaves (``env``)."""
+    pebble = start_pebble(workdir, env=dict(env or {}))
+    front = start_front(pebble)
+    try:
+        yield front
+    finally:
+        front.stop()
+        pebble.stop()

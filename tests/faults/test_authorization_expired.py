@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from testbench.ari import AcmeFront, start_front
+from testbench.ari import AcmeFront, private_front
 from testbench.command import Env, Run
-from testbench.pebble import start_pebble
 
 if TYPE_CHECKING:
     from conftest import MakeEnv
@@ -52,13 +51,8 @@ def test_a_failed_validation_is_not_taken_for_a_lapse_and_places_no_second_order
 @pytest.fixture
 def fresh_authz_front(tmp_path: Path) -> Iterator[AcmeFront]:
     # A Pebble that never reuses a valid authorization: the new order gets fresh ones, which can lapse too.
-    pebble = start_pebble(tmp_path / "pebble", env={"PEBBLE_AUTHZREUSE": "0"})
-    front = start_front(pebble)
-    try:
+    with private_front(tmp_path / "pebble", env={"PEBBLE_AUTHZREUSE": "0"}) as front:
         yield front
-    finally:
-        front.stop()
-        pebble.stop()
 
 
 def test_authorizations_lapsing_again_in_the_new_order_end_in_one_error_without_a_third_order(

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from testbench.ari import AcmeFront, start_front
+from testbench.ari import AcmeFront
+from testbench.ari import private_front as own_front
 from testbench.command import Run
-from testbench.pebble import start_pebble
 
 if TYPE_CHECKING:
     from conftest import MakeEnv
@@ -20,13 +20,8 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 def private_front(tmp_path: Path) -> Iterator[AcmeFront]:
-    pebble = start_pebble(tmp_path / "pebble")
-    front = start_front(pebble)
-    try:
+    with own_front(tmp_path / "pebble") as front:
         yield front
-    finally:
-        front.stop()
-        pebble.stop()
 
 
 def test_a_ca_restarted_mid_order_is_recovered_with_one_new_order_and_one_line(
