@@ -433,23 +433,7 @@ def test_restart_trusts_good_status_and_repairs_a_secret_edited_meanwhile(
 def test_the_shipped_rbac_is_enough_for_a_cluster_issuer_certificate(
     cluster: bench.Cluster, kube_client: Client, namespace: str, kubectl: Kubectl, ari: AcmeFront, tmp_path: Path
 ) -> None:
-    deploy = ROOT / "deploy" / "controller"
-    kubectl("apply", "-f", str(deploy / "namespace.yaml"))
-    kubectl(
-        "apply", "--namespace=certkeeper", "-f", str(deploy / "serviceaccount.yaml"), "-f", str(deploy / "rbac.yaml")
-    )
-
-    def token() -> str | None:
-        found = kubectl("get", "secrets", "--namespace=certkeeper", "-o", "json").stdout
-        for item in json.loads(found)["items"]:
-            annotations = item["metadata"].get("annotations") or {}
-            if annotations.get("kubernetes.io/service-account.name") == "certkeeper-controller":
-                return base64.b64decode(item["data"]["token"]).decode()
-        return None
-
-    sa_config = tmp_path / "sa-kubeconfig"
-    bench.write_kubeconfig(sa_config, cluster.server, cluster.ca_file, "certkeeper-controller",
-                           wait_for("the ServiceAccount's token", token))  # fmt: skip
+    sa_config = shipped_rbac_kubeconfig(cluster, kubectl, tmp_path / "sa-kubeconfig")
     issuer_name = f"pebble-{namespace}"
     apply(kubectl, issuer_manifest(issuer_name, ari.directory_url, ari.ca_bundle, kind="ClusterIssuer"))
     cert = certificate_manifest("rbac", ["rbac.example.com"], issuer=issuer_name)
@@ -532,3 +516,24 @@ def test_a_certificate_the_secret_write_refused_is_stored_later_without_a_second
         # Kept in memory since the refused write (or, after a restart, fetched again from its order).
         assert "storing the certificate issued at an earlier run" in run.log or "resuming the order" in run.log
         assert run.stop() == 0
+
+
+def shipped_rbac_kubeconfig(cluster: bench.Cluster, kubectl: Kubectl, path: Path) -> Path:
+    """deploy/controller's namespace, ServiceAccount and RBAC applied; a kubeconfig acting as that ServiceAccount."""
+    deploy = ROOT / "deploy" / "controller"
+    kubectl("apply", "-f", str(deploy / "namespace.yaml"))
+    kubectl(
+        "apply", "--namespace=certkeeper", "-f", str(deploy / "serviceaccount.yaml"), "-f", str(deploy / "rbac.yaml")
+    )
+
+    def token() -> str | None:
+        found = kubectl("get", "secrets", "--namespace=certkeeper", "-o", "json").stdout
+        for item in json.loads(found)["items"]:
+            annotations = item["metadata"].get("annotations") or {}
+            if annotations.get("kubernetes.io/service-account.name") == "certkeeper-controller":
+                return base64.b64decode(item["data"]["token"]).decode()
+        return None
+
+    bench.write_kubeconfig(path, cluster.server, cluster.ca_file, "certkeeper-controller",
+                           wait_for("the ServiceAccount's token", token))  # fmt: skip
+    return path

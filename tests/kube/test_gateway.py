@@ -6,7 +6,6 @@ Pebble; the Gateway's data plane is ``testbench.gateway.FakeGateway`` (no implem
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -25,7 +24,7 @@ from runkit import (
     issuer_manifest,
     wait_for,
 )
-from test_controller import apply, get, ready, start, verify_secret
+from test_controller import apply, get, ready, shipped_rbac_kubeconfig, start, verify_secret
 
 from certkeeper.solvers.httproute import ROUTE_LABELS
 from testbench import cluster as bench
@@ -166,23 +165,7 @@ def test_http01_through_a_temporary_httproute_under_the_shipped_rbac(
 ) -> None:
     """The controller runs as its ServiceAccount with deploy/controller/rbac.yaml, in the certkeeper namespace;
     the CA reaches it only through an HTTPRoute on the Gateway, which is gone once the certificate is in."""
-    deploy = ROOT / "deploy" / "controller"
-    kubectl("apply", "-f", str(deploy / "namespace.yaml"))
-    kubectl(
-        "apply", "--namespace=certkeeper", "-f", str(deploy / "serviceaccount.yaml"), "-f", str(deploy / "rbac.yaml")
-    )
-
-    def token() -> str | None:
-        found = kubectl("get", "secrets", "--namespace=certkeeper", "-o", "json").stdout
-        for item in json.loads(found)["items"]:
-            annotations = item["metadata"].get("annotations") or {}
-            if annotations.get("kubernetes.io/service-account.name") == "certkeeper-controller":
-                return base64.b64decode(item["data"]["token"]).decode()
-        return None
-
-    sa_config = tmp_path / "sa-kubeconfig"
-    bench.write_kubeconfig(sa_config, cluster.server, cluster.ca_file, "certkeeper-controller",
-                           wait_for("the ServiceAccount's token", token))  # fmt: skip
+    sa_config = shipped_rbac_kubeconfig(cluster, kubectl, tmp_path / "sa-kubeconfig")
     issuer = issuer_manifest("pebble", ari.directory_url, ari.ca_bundle)
     issuer["spec"]["acme"]["solvers"] = [{"http01": {"gatewayHTTPRoute": {"parentRefs": [{"name": "edge",
                                          "sectionName": "http"}]}}}]  # fmt: skip
