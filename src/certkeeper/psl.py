@@ -8,13 +8,19 @@ The only module that imports tldextract.
 from __future__ import annotations
 
 import functools
-
-import tldextract
+from typing import Any
 
 from certkeeper.spec import ip_of
 
-# No suffix-list URLs and no cache directory: the snapshot shipped with the package, read once.
-_EXTRACT = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, include_psl_private_domains=True)
+
+@functools.cache
+def _extractor() -> Any:
+    # Imported and read at the first name, not at start: `status` and a `renew` with nothing due never
+    # need the list (about 10 ms of import and the snapshot's parse). No suffix-list URLs and no cache
+    # directory: the snapshot shipped with the package.
+    import tldextract
+
+    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, include_psl_private_domains=True)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -27,6 +33,6 @@ def registered_domain(name: str) -> str:
     name = name.lower().rstrip(".").removeprefix("*.")
     if ip_of(name):
         return name
-    parts = _EXTRACT(name)
+    parts = _extractor()(name)
     domain = f"{parts.domain}.{parts.suffix}" if parts.domain and parts.suffix else ""
     return domain or ".".join(name.split(".")[-2:])
