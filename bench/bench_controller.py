@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import argparse
 import base64
-import datetime
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -35,24 +32,16 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from lightkube import Client, KubeConfig
+from clusterbench import OUT, control_plane, header, kubectl
+from lightkube import Client
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Secret
 
 from certkeeper.kube.reconcile import CertificateResource
 from testbench import cluster as bench
-from testbench.ari import start_front
-from testbench.pebble import start_pebble
 from testbench.pki import TestCA
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "out"
 CERTKEEPER = str(Path(sys.executable).with_name("certkeeper"))
-
-
-def kubectl(cluster: bench.Cluster, *args: str, stdin: str | None = None) -> None:
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-    subprocess.run([str(cluster.kubectl), *args], env=env, input=stdin, text=True, check=True, capture_output=True)
 
 
 CONCURRENCY = 16
@@ -312,41 +301,22 @@ def main() -> int:
     CONCURRENCY = args.concurrency
     sizes = [int(s) for s in args.sizes.split(",") if s]
     OUT.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.platform()}",
-        "load_at_start": os.getloadavg(),
-        "concurrency": args.concurrency,
-        "sizes": [],
-    }
-    # Kept afterwards: the controller logs are the first thing to read when a figure looks wrong.
-    work = Path(tempfile.mkdtemp(prefix="bench-controller-"))
-    print(f"work directory (controller logs): {work}", flush=True)
-    pebble = start_pebble(work / "pebble", env={"PEBBLE_WFE_NONCEREJECT": "0"})
-    front = start_front(pebble)
-    try:
-        with bench.running(work / "kube") as cluster:
-            kubectl(cluster, "apply", "-k", str(ROOT / "deploy" / "crds"))
-            for name in ("certificates", "issuers", "clusterissuers"):
-                kubectl(cluster, "wait", "--for=condition=Established", f"crd/{name}.certkeeper.io")
-            client = Client(KubeConfig.from_file(cluster.kubeconfig), field_manager="bench")
-            proc: subprocess.Popen[bytes] | None = None
-            namespace = ""
-            for size in sizes:
-                if proc is not None:
-                    stop(proc)
-                result, proc, namespace = one_size(cluster, client, front, size, args.idle_s, work)
-                results["sizes"].append(result)
-            if args.unrelated and proc is not None:
-                results["unrelated"] = unrelated_secrets(client, namespace, args.unrelated, proc)
-                print(json.dumps(results["unrelated"]), flush=True)
+    results: dict[str, Any] = header(concurrency=args.concurrency, sizes=[])
+    with control_plane("bench-controller-") as (work, cluster, client, front):
+        proc: subprocess.Popen[bytes] | None = None
+        namespace = ""
+        for size in sizes:
             if proc is not None:
                 stop(proc)
-            if args.adopt:
-                results["adopt"] = adopt(cluster, client, front, args.adopt, work)
-    finally:
-        front.stop()
-        pebble.stop()
+            result, proc, namespace = one_size(cluster, client, front, size, args.idle_s, work)
+            results["sizes"].append(result)
+        if args.unrelated and proc is not None:
+            results["unrelated"] = unrelated_secrets(client, namespace, args.unrelated, proc)
+            print(json.dumps(results["unrelated"]), flush=True)
+        if proc is not None:
+            stop(proc)
+        if args.adopt:
+            results["adopt"] = adopt(cluster, client, front, args.adopt, work)
     results["load_at_end"] = os.getloadavg()
     (OUT / "controller.json").write_text(json.dumps(results, indent=1) + "\n")
     print(f"{'N':>6} {'all Ready':>10} {'orders':>7} {'restart pass':>13} {'restart orders':>15} {'RSS MB':>7} "

@@ -19,39 +19,27 @@ from __future__ import annotations
 
 import argparse
 import base64
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
-from lightkube import Client, KubeConfig
+from clusterbench import OUT, ROOT, control_plane, header, kubectl
+from lightkube import Client
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace
 
 from certkeeper.kube.reconcile import CertificateResource
 from testbench import cluster as bench
-from testbench.ari import start_front
 from testbench.gateway import FakeGateway, HTTPRouteResource, serving
-from testbench.pebble import free_port, start_pebble
+from testbench.pebble import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "out"
 CERTKEEPER = str(Path(sys.executable).with_name("certkeeper"))
 PER_GATEWAY = 63  # 64 listeners at most (upstream and the bench CRD), one of them HTTP
-
-
-def kubectl(cluster: bench.Cluster, *args: str, stdin: str | None = None) -> None:
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-    done = subprocess.run([str(cluster.kubectl), *args], env=env, input=stdin, text=True, capture_output=True)
-    if done.returncode != 0:
-        raise SystemExit(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
 
 
 def issuer_body(namespace: str, front: Any, via_route: bool) -> dict[str, Any]:
@@ -183,30 +171,13 @@ def main() -> int:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     OUT.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.platform()}",
-        "load_at_start": os.getloadavg(),
-        "runs": [],
-    }
-    work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
-    print(f"work directory (controller logs): {work}", flush=True)
-    pebble = start_pebble(work / "pebble", env={"PEBBLE_WFE_NONCEREJECT": "0"})
-    front = start_front(pebble)
-    try:
-        with bench.running(work / "kube") as cluster:
-            kubectl(cluster, "apply", "-k", str(ROOT / "deploy" / "crds"))
-            kubectl(cluster, "apply", "-f", str(ROOT / "testbench" / "crds" / "gateway-api.yaml"))
-            for name in ("certificates.certkeeper.io", "issuers.certkeeper.io", "gateways.gateway.networking.k8s.io",
-                         "httproutes.gateway.networking.k8s.io"):  # fmt: skip
-                kubectl(cluster, "wait", "--for=condition=Established", f"crd/{name}")
-            client = Client(KubeConfig.from_file(cluster.kubeconfig), field_manager="bench")
-            for size in sizes:
-                for via_route in (False, True):
-                    results["runs"].append(one_run(cluster, client, front, size, via_route, work))
-    finally:
-        front.stop()
-        pebble.stop()
+    results: dict[str, Any] = header(runs=[])
+    gateway_crds = ("gateways.gateway.networking.k8s.io", "httproutes.gateway.networking.k8s.io")
+    gateway_api = (ROOT / "testbench" / "crds" / "gateway-api.yaml",)
+    with control_plane("bench-gateway-", gateway_api, gateway_crds) as (work, cluster, client, front):
+        for size in sizes:
+            for via_route in (False, True):
+                results["runs"].append(one_run(cluster, client, front, size, via_route, work))
     results["load_at_end"] = os.getloadavg()
     (OUT / "gateway.json").write_text(json.dumps(results, indent=1) + "\n")
     print(f"{'mode':>10} {'N':>5} {'all Ready':>10} {'orders':>7} {'routes made':>12} {'left':>5} {'CPU':>6}")

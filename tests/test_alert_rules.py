@@ -26,13 +26,18 @@ def rules_file(tmp_path: Path) -> Path:
     return path
 
 
+def promtool_test(tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """The alert rules' unit tests (rules-test.yaml beside the rules in ``tmp_path``)."""
+    return subprocess.run(["promtool", "test", "rules", "rules-test.yaml"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+
+
 def test_rules_pass_promtool_check_and_unit_tests(tmp_path: Path) -> None:
     rules = rules_file(tmp_path)
     check = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "5 rules found" in check.stdout
-    tested = subprocess.run(["promtool", "test", "rules", "rules-test.yaml"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120)  # fmt: skip
+    tested = promtool_test(tmp_path)
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
@@ -40,8 +45,7 @@ def test_a_broken_expectation_fails_the_unit_tests(tmp_path: Path) -> None:
     """The unit tests can fail: with the 7-day threshold at 5 days, the expiry test does."""
     rules = rules_file(tmp_path)
     rules.write_text(rules.read_text().replace("7 * 86400", "5 * 86400"))
-    tested = subprocess.run(["promtool", "test", "rules", "rules-test.yaml"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120)  # fmt: skip
+    tested = promtool_test(tmp_path)
     assert tested.returncode != 0
     assert "CertkeeperCertificateExpiresSoon" in tested.stdout + tested.stderr
 
@@ -82,7 +86,6 @@ def test_headroom_alert_fires_below_ten_percent_only(tmp_path: Path) -> None:
     """The unit test can fail: at 12 % the alert would fire at 5 of 50 left, where the test expects none."""
     rules = rules_file(tmp_path)
     rules.write_text(rules.read_text().replace("0.1 * certkeeper_ratelimit_limit", "0.12 * certkeeper_ratelimit_limit"))
-    tested = subprocess.run(["promtool", "test", "rules", "rules-test.yaml"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120)  # fmt: skip
+    tested = promtool_test(tmp_path)
     assert tested.returncode != 0
     assert "CertkeeperRateLimitHeadroomLow" in tested.stdout + tested.stderr

@@ -95,6 +95,13 @@ class CountsCollector(Collector):
         yield counts
 
 
+def _per_host(name: str, documentation: str, counts: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=["host"])
+    for host, count in sorted(counts.items()):
+        family.add_metric([host], count)
+    return family
+
+
 class AcmeCollector(Collector):
     """The ACME client's requests (certkeeper.observe.acme_stats), read at scrape time."""
 
@@ -112,18 +119,11 @@ class AcmeCollector(Collector):
             buckets.append(("+Inf", row[-2]))
             durations.add_metric(list(key), buckets, row[-1])
         yield durations
-        nonces = CounterMetricFamily("certkeeper_acme_client_bad_nonce_retries",
-                                     "Requests sent again because the CA rejected the nonce.",
-                                     labels=["host"])  # fmt: skip
-        for host, count in sorted(bad_nonce.items()):
-            nonces.add_metric([host], count)
-        yield nonces
-        waits = CounterMetricFamily("certkeeper_acme_client_retry_after_responses",
-                                    "Answers from the CA carrying Retry-After (honoured before the next try).",
-                                    labels=["host"])  # fmt: skip
-        for host, count in sorted(retry_after.items()):
-            waits.add_metric([host], count)
-        yield waits
+        yield _per_host("certkeeper_acme_client_bad_nonce_retries",
+                        "Requests sent again because the CA rejected the nonce.", bad_nonce)  # fmt: skip
+        yield _per_host("certkeeper_acme_client_retry_after_responses",
+                        "Answers from the CA carrying Retry-After (honoured before the next try).",
+                        retry_after)  # fmt: skip
 
 
 class RateLimitCollector(Collector):
