@@ -26,7 +26,7 @@ from certkeeper.fallback import Fallback, falls_back, waits_out
 from certkeeper.ledger import Ledger
 from certkeeper.model import CertInfo, IssuedCert, PendingOrder, RenewalState, RenewalWindow
 from certkeeper.planner import plan, retry_at
-from certkeeper.solvers.base import HTTP01
+from certkeeper.solvers.base import HTTP01, Solvers
 from certkeeper.solvers.config import SolverSetup
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.spec import CertSpec, IssuerSpec
@@ -133,7 +133,7 @@ class Engine:
         before_order: Callable[[CertSpec], None] | None = None,
         journal: OrderJournal | None = None,
         ledger: Ledger | None = None,
-        rehearsal: Callable[[CertSpec], None] | None = None,
+        rehearsal: Callable[[CertSpec, Solvers], None] | None = None,
         fallback: Fallback | None = None,
     ) -> None:
         self.issuer = issuer
@@ -408,7 +408,7 @@ class Engine:
         replaces = usable.info.ari_id if usable is not None and usable.info and window is not None else None
         log.info("ordering %s (%s)", " ".join(spec.names), decision.reason if decision.due else "forced")
         if self.rehearsal is not None and stored is None and resume_url is None:
-            await self._in_thread(self.rehearsal, spec)
+            await self._in_thread(self.rehearsal, spec, self.solvers)
         if self.before_order is not None:
             await self._in_thread(self.before_order, spec)
         gate = None
