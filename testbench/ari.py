@@ -201,6 +201,20 @@ class AcmeFront:
             self.windows.clear()
         self.window_in_future()
 
+    def restart_ca_at(self, path_part: str = "/finalize-order/") -> list[bool]:
+        """Once, at the first request whose path holds ``path_part`` (before it reaches the CA, on the front's
+        loop, which waits meanwhile): Pebble SIGKILLed and started again, a CA that lost its database. The
+        list returned gets True when that happened."""
+        restarted: list[bool] = []
+
+        def lose_the_database(method: str, path: str) -> None:
+            if path_part in path and not restarted:
+                restarted.append(True)
+                self.pebble.restart()
+
+        self.before_request = lose_the_database
+        return restarted
+
     def recorded_orders(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self.orders)

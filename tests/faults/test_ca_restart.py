@@ -4,24 +4,14 @@ order, and says so in one log line. A private Pebble: the restart must not distu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pytest
-
 from testbench.ari import AcmeFront
-from testbench.ari import private_front as own_front
 from testbench.command import Run
 
 if TYPE_CHECKING:
     from conftest import MakeEnv
-
-
-@pytest.fixture
-def private_front(tmp_path: Path) -> Iterator[AcmeFront]:
-    with own_front(tmp_path / "pebble") as front:
-        yield front
 
 
 def test_a_ca_restarted_mid_order_is_recovered_with_one_new_order_and_one_line(
@@ -30,15 +20,7 @@ def test_a_ca_restarted_mid_order_is_recovered_with_one_new_order_and_one_line(
     front = private_front
     env = make_env(front.directory_url, front.ca_bundle, front.http_port, tmp_path / "store")
     assert certkeeper(env, "issue", "before.restart.test").returncode == 0
-    restarted: list[bool] = []
-
-    def lose_the_database(method: str, path: str) -> None:
-        # At the finalize request, before it reaches the CA (on the front's loop, which waits meanwhile).
-        if "/finalize-order/" in path and not restarted:
-            restarted.append(True)
-            front.pebble.restart()
-
-    front.before_request = lose_the_database
+    restarted = front.restart_ca_at("/finalize-order/")
     first = certkeeper(env, "issue", "mid.restart.test")
     front.before_request = None
     runs = [first]
