@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable
 
 from certkeeper.acme import AccountStore, AcmeClient, ensure_account
@@ -50,11 +51,15 @@ class Rehearsal:
         self.issuer = issuer  # the rehearsal's CA (its own account, no EAB)
         self.store = store
         self.on_passed = on_passed  # told the line said when it passed (e.g. to record a Kubernetes Event)
+        # The controller rehearses several new certificates at once, and a Secret has no lock of its own:
+        # one registration at the rehearsal's CA, not one per certificate.
+        self._account_lock = threading.Lock()
 
     def __call__(self, spec: CertSpec, solvers: Solvers) -> None:
         """Order ``spec`` at the rehearsal CA; raises a one-line error (production not asked) if it fails."""
         try:
-            account = ensure_account(self.issuer, self.store)
+            with self._account_lock:
+                account = ensure_account(self.issuer, self.store)
             client = AcmeClient(self.issuer, account)
             key_pem = generate_key(spec.key_type)  # not the production key: nothing of it leaves for staging
             issued = client.order(dataclasses.replace(spec, profile=None), key_pem, solvers)

@@ -1,7 +1,8 @@
 """The staging rehearsal in a cluster, for ``certkeeper run`` (CERTKEEPER_REHEARSAL) and for an Issuer
 (``spec.acme.rehearsal``), against the real control plane and real Pebble as both CAs: "production" is
-Pebble behind the ACME front (which counts its orders), "staging" Pebble itself, or a second Pebble
-that cannot validate (it connects to a port nobody answers on).
+Pebble behind the ACME front, "staging" a second Pebble behind a front of its own (both count the
+orders their CA created, and when), or a second Pebble that cannot validate (it connects to a port
+nobody answers on).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from runkit import (
 from test_controller import apply, events_for, get, ready, start
 
 from certkeeper.crypto import cert_info, split_pem_chain
-from testbench.ari import AcmeFront
+from testbench.ari import AcmeFront, private_front
 from testbench.pebble import Pebble, free_port, start_pebble
 
 if TYPE_CHECKING:
@@ -46,6 +47,20 @@ def blind_staging(tmp_path: Path, ari: AcmeFront) -> Iterator[Pebble]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def staging(tmp_path: Path, ari: AcmeFront) -> Iterator[AcmeFront]:
+    """A second Pebble (its own TLS root) behind a front, validating HTTP-01 where the first one does."""
+    with private_front(tmp_path / "staging", http_port=ari.http_port) as front:
+        yield front
+
+
+def rehearsed_first(staging: AcmeFront, production: AcmeFront, names: list[str]) -> None:
+    """Each name was ordered at staging, and only after that at production."""
+    at_staging, at_production = staging.recorded_order_times(), production.recorded_order_times()
+    for name in names:
+        assert at_staging[name] < at_production[name], (name, at_staging, at_production)
 
 
 def both_roots(tmp_path: Path, *cas: Pebble) -> Path:
@@ -85,23 +100,25 @@ def error_lines(log: str) -> list[str]:
 
 
 def test_run_rehearses_a_new_name_set_then_orders_from_production_and_a_renewal_is_not_rehearsed(
-    kube_client: Client, namespace: str, kubeconfig: Path, ari: AcmeFront, tmp_path: Path
+    kube_client: Client, namespace: str, kubeconfig: Path, ari: AcmeFront, staging: AcmeFront, tmp_path: Path
 ) -> None:
-    staging = ari.pebble.directory_url
     env = seed_env(ari.pebble, namespace, kubeconfig, LETSENCRYPT_ENDPOINT=ari.directory_url,
-                   CERTKEEPER_REHEARSAL=staging, RC_NAMES="")  # fmt: skip
+                   CERTKEEPER_REHEARSAL=staging.directory_url, RC_NAMES="",
+                   CERTKEEPER_CA_BUNDLE=str(both_roots(tmp_path, ari.pebble, staging.pebble)))  # fmt: skip
     with certkeeper_run(env, tmp_path / "first.log") as run:
         first = wait_for("the Secret", lambda: get_secret(kube_client, namespace), timeout=90, run=run)
         assert run.stop() == 0
     said = [line for line in run.log.splitlines() if "rehearsal" in line]
-    assert len(said) == 1 and f"example.com: {PASSED.format(staging)}" in said[0], run.log
-    assert len(ari.recorded_orders()) == 1  # production: one order, after the rehearsal passed
-    assert any(PASSED.format(staging) in m for m in secret_events(kube_client, namespace, "Rehearsed"))
+    assert len(said) == 1 and f"example.com: {PASSED.format(staging.directory_url)}" in said[0], run.log
+    assert len(staging.recorded_orders()) == len(ari.recorded_orders()) == 1
+    rehearsed_first(staging, ari, ["example.com", "foo.example.com"])
+    events = secret_events(kube_client, namespace, "Rehearsed")
+    assert any(PASSED.format(staging.directory_url) in m for m in events), events
     # Two accounts, each in its own Secret: the production one untouched by the rehearsal.
     production = account_secret(kube_client, namespace, f"{SECRET}-acme-account")
     rehearsal = account_secret(kube_client, namespace, f"{SECRET}-acme-account-rehearsal")
     assert production["certkeeper.io/directory-url"] == ari.directory_url
-    assert rehearsal["certkeeper.io/directory-url"] == staging
+    assert rehearsal["certkeeper.io/directory-url"] == staging.directory_url
     assert production["certkeeper.io/account-url"] != rehearsal["certkeeper.io/account-url"]
 
     # The CA asks for a renewal: the name set is held, so production is asked directly.
@@ -115,7 +132,7 @@ def test_run_rehearses_a_new_name_set_then_orders_from_production_and_a_renewal_
         wait_for("the renewed certificate", renewed, timeout=90, run=run)
         assert run.stop() == 0
     assert "rehearsal" not in run.log, run.log
-    assert len(ari.recorded_orders()) == 2
+    assert len(ari.recorded_orders()) == 2 and len(staging.recorded_orders()) == 1
 
 
 def test_run_with_a_failing_rehearsal_asks_production_nothing_and_says_so_in_one_line(
@@ -146,35 +163,48 @@ def rehearsing_issuer(ari: AcmeFront, rehearsal: dict[str, Any]) -> dict[str, An
 
 
 @pytest.mark.usefixtures("crds")
-def test_an_issuer_rehearses_a_new_certificate_at_staging_and_not_its_renewal(
-    kube_client: Client, namespace: str, kubeconfig: Path, kubectl: Kubectl, ari: AcmeFront, tmp_path: Path
+def test_an_issuer_rehearses_new_certificates_at_staging_and_not_their_renewal(
+    kube_client: Client,
+    namespace: str,
+    kubeconfig: Path,
+    kubectl: Kubectl,
+    ari: AcmeFront,
+    staging: AcmeFront,
+    tmp_path: Path,
 ) -> None:
-    staging = ari.pebble.directory_url
-    apply(kubectl, rehearsing_issuer(ari, {"server": staging}), certificate_manifest("reh", ["reh.example.com"]))
+    names = [f"reh{i}.example.com" for i in range(3)]
+    bundle = base64.b64encode(staging.ca_bundle.read_bytes()).decode()
+    apply(kubectl, rehearsing_issuer(ari, {"server": staging.directory_url, "caBundle": bundle}),
+          *[certificate_manifest(f"reh{i}", [name]) for i, name in enumerate(names)])  # fmt: skip
     with start(kubeconfig, tmp_path, namespace, ari) as run:
-        cert = wait_for("the Certificate Ready", lambda: ready(kubectl, "reh"), timeout=90, run=run)
-        rehearsed = [e.message or "" for e in events_for(kube_client, namespace, "reh") if e.reason == "Rehearsed"]
-        assert len(rehearsed) == 1 and PASSED.format(staging) in rehearsed[0], rehearsed
-        assert len(ari.recorded_orders()) == 1
+        certs = [wait_for(f"reh{i} Ready", lambda i=i: ready(kubectl, f"reh{i}"), timeout=90, run=run)  # type: ignore[misc]
+                 for i in range(len(names))]  # fmt: skip
+        for i in range(len(names)):
+            rehearsed = [e.message or "" for e in events_for(kube_client, namespace, f"reh{i}")
+                         if e.reason == "Rehearsed"]  # fmt: skip
+            assert len(rehearsed) == 1 and PASSED.format(staging.directory_url) in rehearsed[0], rehearsed
+        assert len(staging.recorded_orders()) == len(ari.recorded_orders()) == len(names)
+        rehearsed_first(staging, ari, names)
+        # Rehearsed at once by the controller's workers, under one account at staging, in its own Secret.
+        assert len(staging.recorded_accounts()) == 1
         rehearsal = account_secret(kube_client, namespace, "pebble-account-rehearsal")
-        assert rehearsal["certkeeper.io/directory-url"] == staging
-        assert account_secret(kube_client, namespace, "pebble-account")["certkeeper.io/directory-url"] == (
-            ari.directory_url
-        )
-        # A new key type makes the held certificate due: a renewal of the same names, not rehearsed.
-        kubectl("patch", "certificate.certkeeper.io", "reh", "--type=merge", "-p",
+        assert rehearsal["certkeeper.io/directory-url"] == staging.directory_url
+        production = account_secret(kube_client, namespace, "pebble-account")
+        assert production["certkeeper.io/directory-url"] == ari.directory_url
+        # A new key type makes a held certificate due: a renewal of the same names, not rehearsed.
+        kubectl("patch", "certificate.certkeeper.io", "reh0", "--type=merge", "-p",
                 '{"spec": {"privateKey": {"algorithm": "RSA", "size": 2048}}}')  # fmt: skip
-        generation = cert["metadata"]["generation"]
+        generation = certs[0]["metadata"]["generation"]
 
         def renewal_stored() -> dict[str, Any] | None:
-            found = ready(kubectl, "reh")
+            found = ready(kubectl, "reh0")
             return found if found and found["metadata"]["generation"] > generation else None
 
         wait_for("the renewal stored", renewal_stored, timeout=90, run=run)
         assert run.stop() == 0
-    assert len(ari.recorded_orders()) == 2
-    assert run.log.count("rehearsal at") == 1, run.log
-    reasons = [e.reason for e in events_for(kube_client, namespace, "reh")]
+    assert len(ari.recorded_orders()) == len(names) + 1 and len(staging.recorded_orders()) == len(names)
+    assert run.log.count("rehearsal at") == len(names), run.log
+    reasons = [e.reason for e in events_for(kube_client, namespace, "reh0")]
     assert reasons.count("Rehearsed") == 1, reasons
 
 
