@@ -159,8 +159,8 @@ class Engine:
         self.before_order = before_order  # called in the worker thread (e.g. to report Issuing)
         self.journal = journal
         self.ledger = ledger  # the rate-limit ledger: refuses an order a CA's limit would refuse
-        # Called (in a worker thread) before the first order for a name set held by no certificate yet:
-        # an order at a staging CA that must succeed first (certkeeper.rehearsal).
+        # Called (in a worker thread) before an order for names the certificate does not hold yet: an
+        # order at a staging CA that must succeed first (certkeeper.rehearsal).
         self.rehearsal = rehearsal
         self.fallback = fallback  # other CAs to order from when this one refuses (certkeeper.fallback)
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="acme")
@@ -407,13 +407,14 @@ class Engine:
 
         replaces = usable.info.ari_id if usable is not None and usable.info and window is not None else None
         log.info("ordering %s (%s)", " ".join(spec.names), decision.reason if decision.due else "forced")
-        if self.rehearsal is not None and stored is None and resume_url is None:
+        held = usable.info.names if usable is not None and usable.info else ()
+        if self.rehearsal is not None and not set(spec.names) <= set(held) and resume_url is None:
+            # A name this certificate does not hold yet (a first issuance, a name added): staging first.
             await self._in_thread(self.rehearsal, spec, self.solvers)
         if self.before_order is not None:
             await self._in_thread(self.before_order, spec)
         gate = None
         if self.ledger is not None and self._account is not None:
-            held = usable.info.names if usable is not None and usable.info else ()
             gate = self.ledger.gate(self._account.url, spec.names, ari_renewal=replaces is not None,
                                     same_names_renewal=sorted(held) == sorted(spec.names))  # fmt: skip
         issued_by: IssuerSpec | None = None
