@@ -43,7 +43,7 @@ def rehearsal_server(choice: str, directory_url: str, field: str = "--rehearsal"
 
 
 class Rehearsal:
-    """Called by the engine (in a worker thread, with its solvers) before the first order for a name set."""
+    """Called by the engine (in a worker thread, with its solvers) before an order for names not held yet."""
 
     def __init__(
         self, issuer: IssuerSpec, store: AccountStore, on_passed: Callable[[CertSpec, str], None] | None = None

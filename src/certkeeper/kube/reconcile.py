@@ -91,7 +91,7 @@ class IssuerConfig:
     solvers: tuple[Declared, ...]  # acme.solvers as declared (Secrets not read yet)
     route_parents: str = ""  # http01.gatewayHTTPRoute: HTTP-01 through temporary HTTPRoutes (route_parents())
     fallback: tuple[FallbackCA, ...] = ()  # acme.fallback: further CAs, in order (certkeeper.kube.fallback_cas)
-    # acme.rehearsal: the first order for a new name set made at this CA first (certkeeper.kube.rehearsals).
+    # acme.rehearsal: an order for names not held yet is made at this CA first (certkeeper.kube.rehearsals).
     rehearsal: str = "auto"
     rehearsal_ca_bundle: str | None = None
 
