@@ -88,6 +88,7 @@ class AcmeFront:
     windows: dict[str, tuple[datetime.datetime, datetime.datetime]] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) as received
     orders: list[dict[str, Any]] = field(default_factory=list)  # decoded newOrder JWS payloads
+    order_times: list[float] = field(default_factory=list)  # time.time() when the CA created each of ``orders``
     renewal_info_queries: list[str] = field(default_factory=list)  # certificate ids asked about
     # ACME profiles advertised in the directory's meta (Pebble 2.4 has none and ignores the order field).
     profiles: dict[str, str] = field(default_factory=dict)
@@ -195,15 +196,40 @@ class AcmeFront:
             self.new_order_times.clear()
             self.requests.clear()
             self.orders.clear()
+            self.order_times.clear()
             self.accounts_created.clear()
             self.before_request = None
             self.renewal_info_queries.clear()
             self.windows.clear()
         self.window_in_future()
 
+    def restart_ca_at(self, path_part: str = "/finalize-order/") -> list[bool]:
+        """Once, at the first request whose path holds ``path_part`` (before it reaches the CA, on the front's
+        loop, which waits meanwhile): Pebble SIGKILLed and started again, a CA that lost its database. The
+        list returned gets True when that happened."""
+        restarted: list[bool] = []
+
+        def lose_the_database(method: str, path: str) -> None:
+            if path_part in path and not restarted:
+                restarted.append(True)
+                self.pebble.restart()
+
+        self.before_request = lose_the_database
+        return restarted
+
     def recorded_orders(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self.orders)
+
+    def recorded_order_times(self) -> dict[str, float]:
+        """When the CA created the first order for each name (a name's later orders are not shown)."""
+        with self._lock:
+            pairs = list(zip(self.orders, self.order_times, strict=True))
+        first: dict[str, float] = {}
+        for order, at in pairs:
+            for identifier in order.get("identifiers", []):
+                first.setdefault(str(identifier.get("value", "")), at)
+        return first
 
     def recorded_accounts(self) -> list[str]:
         with self._lock:
@@ -378,6 +404,7 @@ class AcmeFront:
                     self.reset_paths.append(request.path)
                     if order is not None and upstream.status == 201:
                         self.orders.append(order)
+                        self.order_times.append(time.time())
                         self.orders_lost += 1
                 assert request.transport is not None
                 request.transport.abort()
@@ -390,6 +417,7 @@ class AcmeFront:
                 # some at random) and sent again is one order, not two.
                 with self._lock:
                     self.orders.append(order)
+                    self.order_times.append(time.time())
             out = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE)
             if request.method == "GET" and request.path == urlsplit(self.pebble.directory_url).path:
                 directory = json.loads(payload)
@@ -452,9 +480,12 @@ def start_front(pebble: Pebble) -> AcmeFront:
 
 
 @contextmanager
-def private_front(workdir: Path, env: Mapping[str, str] | None = None) -> Iterator[AcmeFront]:
-    """A Pebble of its own behind a front, for a test that restarts the CA or changes how it behaves (``env``)."""
-    pebble = start_pebble(workdir, env=dict(env or {}))
+def private_front(
+    workdir: Path, env: Mapping[str, str] | None = None, http_port: int | None = None
+) -> Iterator[AcmeFront]:
+    """A Pebble of its own behind a front, for a test that restarts the CA or changes how it behaves (``env``),
+    or that needs a second CA validating HTTP-01 at the same ``http_port`` as the first."""
+    pebble = start_pebble(workdir, env=dict(env or {}), http_port=http_port)
     front = start_front(pebble)
     try:
         yield front

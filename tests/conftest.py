@@ -2,6 +2,7 @@
 
 - ``pebble`` (session): a running ``testbench.pebble.Pebble``.
 - ``front`` (session) / ``ari`` (per test, reset): ``testbench.ari.AcmeFront`` over ``pebble``.
+- ``private_front``: an ``AcmeFront`` over a Pebble of the test's own (which the test may restart).
 - ``store``: a fresh store directory (not created: certkeeper makes it).
 - ``env`` / ``ari_env``: the environment that points ``certkeeper`` at ``pebble`` / ``ari`` and ``store``.
 - ``make_env(directory_url, ca_bundle, http_port, store)``: the same for a special Pebble.
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from testbench.ari import AcmeFront, start_front
+from testbench.ari import private_front as own_front
 from testbench.bind import Bind, start_bind
 from testbench.command import CERTKEEPER
 from testbench.pebble import Pebble, start_pebble
@@ -89,6 +91,12 @@ def front(pebble: Pebble) -> Iterator[AcmeFront]:
 def ari(front: AcmeFront) -> AcmeFront:
     front.reset()
     return front
+
+
+@pytest.fixture
+def private_front(tmp_path: Path) -> Iterator[AcmeFront]:
+    with own_front(tmp_path / "pebble") as server:
+        yield server
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from certkeeper.fallback import Fallback, falls_back, waits_out
 from certkeeper.ledger import Ledger
 from certkeeper.model import CertInfo, IssuedCert, PendingOrder, RenewalState, RenewalWindow
 from certkeeper.planner import plan, retry_at
-from certkeeper.solvers.base import HTTP01
+from certkeeper.solvers.base import HTTP01, Solvers
 from certkeeper.solvers.config import SolverSetup
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.spec import CertSpec, IssuerSpec
@@ -133,7 +133,7 @@ class Engine:
         before_order: Callable[[CertSpec], None] | None = None,
         journal: OrderJournal | None = None,
         ledger: Ledger | None = None,
-        rehearsal: Callable[[CertSpec], None] | None = None,
+        rehearsal: Callable[[CertSpec, Solvers], None] | None = None,
         fallback: Fallback | None = None,
     ) -> None:
         self.issuer = issuer
@@ -159,8 +159,8 @@ class Engine:
         self.before_order = before_order  # called in the worker thread (e.g. to report Issuing)
         self.journal = journal
         self.ledger = ledger  # the rate-limit ledger: refuses an order a CA's limit would refuse
-        # Called (in a worker thread) before the first order for a name set held by no certificate yet:
-        # an order at a staging CA that must succeed first (certkeeper.rehearsal).
+        # Called (in a worker thread) before an order for names the certificate does not hold yet: an
+        # order at a staging CA that must succeed first (certkeeper.rehearsal).
         self.rehearsal = rehearsal
         self.fallback = fallback  # other CAs to order from when this one refuses (certkeeper.fallback)
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="acme")
@@ -407,13 +407,14 @@ class Engine:
 
         replaces = usable.info.ari_id if usable is not None and usable.info and window is not None else None
         log.info("ordering %s (%s)", " ".join(spec.names), decision.reason if decision.due else "forced")
-        if self.rehearsal is not None and stored is None and resume_url is None:
-            await self._in_thread(self.rehearsal, spec)
+        held = usable.info.names if usable is not None and usable.info else ()
+        if self.rehearsal is not None and not set(spec.names) <= set(held) and resume_url is None:
+            # A name this certificate does not hold yet (a first issuance, a name added): staging first.
+            await self._in_thread(self.rehearsal, spec, self.solvers)
         if self.before_order is not None:
             await self._in_thread(self.before_order, spec)
         gate = None
         if self.ledger is not None and self._account is not None:
-            held = usable.info.names if usable is not None and usable.info else ()
             gate = self.ledger.gate(self._account.url, spec.names, ari_renewal=replaces is not None,
                                     same_names_renewal=sorted(held) == sorted(spec.names))  # fmt: skip
         issued_by: IssuerSpec | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import threading
 from collections.abc import Sequence
 
 from certkeeper.acme import AccountStore, AcmeClient, ensure_account
@@ -56,6 +57,9 @@ class Fallback:
         self.store = store
         # One account store per CA where each keeps its own (the controller's privateKeySecretRef each).
         self.stores = tuple(stores)
+        # Several certificates fall back at once (the controller's workers) and a Secret has no lock of its
+        # own: one registration per fallback CA, not one per certificate.
+        self._account_lock = threading.Lock()
 
     def order(
         self, spec: CertSpec, key_pem: bytes, solvers: Solvers, first: CertkeeperError
@@ -67,7 +71,8 @@ class Fallback:
                 "%s: %s; ordering from the fallback CA %s", spec.names[0], failure.problem, issuer.directory_url
             )
             try:
-                account = ensure_account(issuer, self.stores[index] if self.stores else self.store)
+                with self._account_lock:
+                    account = ensure_account(issuer, self.stores[index] if self.stores else self.store)
                 return AcmeClient(issuer, account).order(spec, key_pem, solvers), issuer
             except CertkeeperError as error:
                 failure = error

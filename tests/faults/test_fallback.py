@@ -29,9 +29,11 @@ def test_a_rate_limited_first_ca_falls_back_and_renewal_returns_to_it(
     assert recorded["issued_by_directory_url"] == ari.pebble.directory_url
     assert recorded["directory_url"] == ari.directory_url
     assert not ari.recorded_orders()  # the first CA created none
-    # Within its Retry-After the first CA is not asked again: the fallback serves.
+    # Within its Retry-After the first CA is not asked again: the fallback serves. (On a loaded machine the
+    # first run can outlast the 2 s: then asking the first CA again is right, and it refuses again.)
     assert certkeeper(env, "issue", "--force", "fb.fallback.test").returncode == 0
-    assert not ari.recorded_new_order_times()[1:]
+    (refused_at, *later) = ari.recorded_new_order_times()
+    assert all(t >= refused_at + 2 for t in later), (refused_at, later)
     # The first CA is healthy again and its Retry-After has passed: the next renewal goes back to it.
     ari.rate_limit_retry_after = None
     time.sleep(2.5)

@@ -9,6 +9,8 @@ import stat
 import time
 from pathlib import Path
 
+import pytest
+
 from testbench.ari import AcmeFront
 from testbench.command import Env, Run, one_error_line
 
@@ -126,3 +128,49 @@ def test_dropped_connections_cost_an_order_only_when_the_new_order_itself_was_lo
     assert not missing and len(resets) > resets.count(ari.new_order_path)  # resets hit the rest of the order too
     # Every other dropped request (challenge, finalize, poll, download) was sent again: no order lost to it.
     assert orders == 20 + lost_orders
+
+
+def serials(store: Path, names: list[str]) -> dict[str, str]:
+    return {n: json.loads((store / n / "meta.json").read_text())["serial"] for n in names}
+
+
+def test_renew_under_half_the_nonces_rejected_takes_one_order_per_certificate(
+    ari: AcmeFront, ari_env: Env, certkeeper: Run, store: Path, tmp_path: Path
+) -> None:
+    names = [f"r{i}.renonce.test" for i in range(20)]
+    first = certkeeper(ari_env, "issue", "--file", str(name_file(tmp_path / "names", names)), timeout=300)
+    assert first.returncode == 0, first.stderr
+    issued = serials(store, names)
+    ari.window_in_past()  # the CA asks for every one of them to be renewed now (ARI)
+    ari.bad_nonce_rate = 0.5
+    run = certkeeper(ari_env, "renew", timeout=300)
+    renewals = [o for o in ari.recorded_orders() if o.get("replaces")]
+    print(f"renew, badNonce 50 %: {ari.bad_nonces_sent} rejected, 20 certificates, {len(renewals)} orders")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert ari.bad_nonces_sent > 40
+    renewed = serials(store, names)
+    assert all(renewed[n] != issued[n] for n in names)
+    assert len(renewals) <= 22  # ≤ 1.1 × certificates
+
+
+@pytest.mark.parametrize("fault", ["rateLimited", "unavailable"])
+def test_a_refused_renewal_is_not_asked_again_before_its_retry_after(
+    fault: str, ari: AcmeFront, ari_env: Env, certkeeper: Run, store: Path, tmp_path: Path
+) -> None:
+    names = [f"r{i}.{fault.lower()}-renew.test" for i in range(5)]
+    assert certkeeper(ari_env, "issue", "--file", str(name_file(tmp_path / "names", names))).returncode == 0
+    issued = serials(store, names)
+    ari.window_in_past()
+    ari.new_order_times.clear()
+    if fault == "rateLimited":
+        ari.rate_limit_retry_after = 3600
+    else:
+        ari.unavailable_retry_after = 3600
+    runs = [certkeeper(ari_env, "renew"), certkeeper(ari_env, "renew"), certkeeper(ari_env, "renew", "--force")]
+    times = ari.recorded_new_order_times()
+    print(f"renew, {fault} with Retry-After 3600: 5 certificates, 3 runs, {len(times)} newOrder request(s)")
+    assert [r.returncode for r in runs] == [1, 1, 1]
+    assert len(times) == 1, times  # the first renewal got the refusal; nothing more before the Retry-After
+    assert serials(store, names) == issued  # every certificate kept
+    held = [line for line in runs[2].stderr.splitlines() if "not ordering: the CA's Retry-After" in line]
+    assert len(held) == 5, runs[2].stderr

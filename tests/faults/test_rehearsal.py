@@ -24,6 +24,11 @@ def test_a_new_name_set_is_rehearsed_first_and_said_so(ari: AcmeFront, ari_env: 
     again = certkeeper(env, "issue", "--force", "new.rehearsal.test")
     assert again.returncode == 0 and "rehearsal" not in again.stderr
     assert production_orders(ari) == 2
+    # A name added is a name set not held yet: rehearsed again, then ordered from production.
+    added = certkeeper(env, "issue", "new.rehearsal.test", "www.new.rehearsal.test")
+    assert added.returncode == 0, added.stderr
+    assert f"new.rehearsal.test: rehearsal at {ari.pebble.directory_url} passed" in added.stderr
+    assert production_orders(ari) == 3
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ from lightkube import Client
 from runkit import certificate_manifest, condition, get_secret, issuer_manifest, wait_for
 from test_controller import apply, events_for, get, ready, start, verify_secret
 
-from testbench.ari import AcmeFront
+from testbench.ari import AcmeFront, private_front
 from testbench.pebble import Pebble, start_pebble
 
 if TYPE_CHECKING:
@@ -35,11 +35,12 @@ def second_ca(tmp_path: Path, ari: AcmeFront) -> Iterator[Pebble]:
         server.stop()
 
 
-def fallback_issuer(ari: AcmeFront, second: Pebble) -> dict[str, Any]:
+def fallback_issuer(ari: AcmeFront, second: Pebble, server: str = "") -> dict[str, Any]:
+    """The first CA behind ``ari``, then ``second`` (at ``server``: its URL unless it is behind a front)."""
     manifest = issuer_manifest("pebble", ari.directory_url, ari.ca_bundle)
     manifest["spec"]["acme"]["fallback"] = [
         {
-            "server": second.directory_url,
+            "server": server or second.directory_url,
             "privateKeySecretRef": {"name": "second-account"},
             "caBundle": base64.b64encode(second.ca_bundle.read_bytes()).decode(),
         }
@@ -120,3 +121,20 @@ def test_a_wrong_fallback_list_is_refused_in_the_status_with_no_order(
         issuer = condition(get(kubectl, "issuer.certkeeper.io", "pebble"))
         assert issuer["status"] == "False" and issuer["reason"] == "InvalidIssuer", issuer
         assert not ari.recorded_new_order_times()
+
+
+def test_certificates_falling_back_at_once_register_one_account_at_the_second_ca(
+    namespace: str, kubeconfig: Path, kubectl: Kubectl, ari: AcmeFront, tmp_path: Path
+) -> None:
+    # The second CA behind a front of its own, which counts the accounts it registered.
+    with private_front(tmp_path / "second", http_port=ari.http_port) as second:
+        ari.rate_limit_retry_after = 3600
+        names = [f"fb{i}.together.example.com" for i in range(3)]
+        apply(kubectl, fallback_issuer(ari, second.pebble, second.directory_url),
+              *[certificate_manifest(f"fb{i}", [name]) for i, name in enumerate(names)])  # fmt: skip
+        with start(kubeconfig, tmp_path, namespace, ari) as run:
+            for i in range(len(names)):
+                wait_for(f"fb{i} Ready", lambda i=i: ready(kubectl, f"fb{i}"), timeout=90, run=run)  # type: ignore[misc]
+            assert run.stop() == 0
+        assert len(second.recorded_orders()) == len(names)
+        assert len(second.recorded_accounts()) == 1, second.recorded_accounts()

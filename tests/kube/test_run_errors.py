@@ -62,6 +62,7 @@ def test_every_configuration_problem_is_reported_at_once(tmp_path: Path) -> None
         "NAMESPACE": "Not_A_Namespace",
         "LETSENCRYPT_ENDPOINT": "not a url",
         "CERTKEEPER_HTTP_BIND": "localhost",
+        "CERTKEEPER_REHEARSAL": "staging please",
         "PATH": "/usr/bin:/bin",
     }
     result = run_to_exit(env)
@@ -75,6 +76,7 @@ def test_every_configuration_problem_is_reported_at_once(tmp_path: Path) -> None
         "NAMESPACE 'Not_A_Namespace'",
         "server 'not a url'",
         "bind address 'localhost'",
+        "--rehearsal: server 'staging please' is not a URL",
     ]
     assert len(lines) == len(expected), result.stderr
     for fragment in expected:

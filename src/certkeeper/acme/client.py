@@ -224,7 +224,9 @@ class AcmeClient:
         try:
             order: dict[str, Any] = self._post(url, None).json()
         except Exception as error:  # gone, expired, another account's: place a new order instead
-            log.info("cannot resume the order %s (%s); placing a new one", url, translate(error))
+            # The problem only: the fix a failed order would get (e.g. "remove the account directory") is not
+            # the user's to do here, and names a host's store even under `certkeeper run`.
+            log.info("cannot resume the order %s (%s); placing a new one", url, translate(error).problem)
             return None
         names = sorted(i.get("value", "") for i in order.get("identifiers", []))
         if order.get("status") in ("invalid", None) or names != sorted(spec.names):

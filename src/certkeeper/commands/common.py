@@ -23,7 +23,7 @@ from certkeeper.errors import CertkeeperError, ConfigError
 from certkeeper.fallback import Fallback
 from certkeeper.ledger import FileBackend, Ledger
 from certkeeper.ratelimits import parse_limits
-from certkeeper.rehearsal import Rehearsal, rehearsal_server
+from certkeeper.rehearsal import build_rehearsal, rehearsal_server
 from certkeeper.solvers.base import Solvers
 from certkeeper.solvers.config import SolverConfig, SolverSetup, build_solvers, cli_config
 from certkeeper.solvers.http01 import ChallengeStore
@@ -208,12 +208,8 @@ def run_engine(
     async def go() -> list[Outcome]:
         engine = Engine(issuer, store, http_bind=options.http_bind, concurrency=options.concurrency,
                         deploy_hook=options.deploy_hook, force=options.force,
-                        solvers=setup, ledger=host_ledger(store, issuer, options.rate_limits))  # fmt: skip
-        server = rehearsal_server(options.rehearsal, issuer.directory_url)
-        if server is not None:
-            rehearsal_issuer = IssuerSpec(server, issuer.email, ca_bundle=issuer.ca_bundle,
-                                          order_timeout_s=issuer.order_timeout_s)  # fmt: skip
-            engine.rehearsal = Rehearsal(rehearsal_issuer, store, engine.solvers)
+                        solvers=setup, ledger=host_ledger(store, issuer, options.rate_limits),
+                        rehearsal=build_rehearsal(options.rehearsal, issuer, store))  # fmt: skip
         if options.fallback_server:
             others = [
                 IssuerSpec(

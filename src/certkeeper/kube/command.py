@@ -103,6 +103,15 @@ def setup_logging(log_format: str, verbose: int) -> None:
     show_default=True,
     help="Log lines as text or JSON.",
 )
+@option(
+    "--rehearsal",
+    default="auto",
+    show_default=True,
+    metavar="SERVER",
+    help="Order a new name set at this CA first, LETSENCRYPT_ENDPOINT only if it succeeds: auto (Let's Encrypt "
+    "staging before Let's Encrypt), off, or a directory URL / letsencrypt-staging. Its account is kept in the "
+    "Secret <account Secret>-rehearsal.",
+)
 @option("-v", "--verbose", count=True, help="Debug output (-vv: also the libraries').")
 @dns_options
 @option(
@@ -121,6 +130,7 @@ def run(
     eab_hmac_key: str | None,
     rollout_timeout: float,
     lease_duration: int,
+    rehearsal: str,
     log_format: str,
     verbose: int,
     dns: str | None,
@@ -159,6 +169,7 @@ def run(
             rollout_timeout=rollout_timeout,
             solvers=solvers,
             dns_state_dir=dns_state_dir,
+            rehearsal=rehearsal,
         )
     except CertkeeperError as error:  # ConfigErrors: one line per problem
         fail(error)

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from certkeeper.errors import CertkeeperError, ConfigError, ConfigErrors
 from certkeeper.kube.cron import Cron
 from certkeeper.kube.names import MAX_NAME, companion_name
+from certkeeper.rehearsal import rehearsal_server
 from certkeeper.solvers.config import build_solvers
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.spec import LETSENCRYPT, CertSpec, IssuerSpec, KeyType, normalize_names, resolve_server
@@ -64,6 +65,7 @@ class RunConfig:
     notes: tuple[str, ...] = field(default=())  # warnings worth a log line at start
     solvers: tuple[dict[str, Any], ...] = ()  # ``solvers.config`` entries; empty: HTTP-01 alone
     dns_state_dir: str | None = None  # where DNS-01 notes presented records; None: the temporary directory
+    rehearsal: str = "auto"  # CERTKEEPER_REHEARSAL: off, auto, letsencrypt-staging or a directory URL
 
     @property
     def account_secret_name(self) -> str:
@@ -95,6 +97,7 @@ def load_config(
     rollout_timeout: float = 300.0,
     solvers: Sequence[dict[str, Any]] = (),
     dns_state_dir: str | None = None,
+    rehearsal: str = "auto",
 ) -> RunConfig:
     """Build the run configuration from the seed's variables; raises ConfigErrors naming every problem."""
     problems: list[str] = []
@@ -143,6 +146,7 @@ def load_config(
         return url
 
     directory_url = check(endpoint, LETSENCRYPT)
+    check(lambda: rehearsal_server(rehearsal, directory_url), None)
 
     def bundle() -> str | None:
         if not ca_bundle:
@@ -247,4 +251,5 @@ def load_config(
         notes=tuple(notes),
         solvers=tuple(solvers),
         dns_state_dir=dns_state_dir or None,
+        rehearsal=rehearsal,
     )

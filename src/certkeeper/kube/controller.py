@@ -22,6 +22,7 @@ from certkeeper.kube.api import KubeApiError, api_error_text, is_not_found, load
 from certkeeper.kube.config import RunConfig
 from certkeeper.kube.events import Recorder
 from certkeeper.kube.ledger_secret import SecretBackend
+from certkeeper.kube.rehearsals import run_rehearsal
 from certkeeper.kube.rollout import KINDS, RolloutResult, restart_rc, restart_workload
 from certkeeper.kube.run_lease import RunLease
 from certkeeper.kube.secret_store import SecretStore, digest_of
@@ -384,6 +385,7 @@ class Controller:
             ledger=ledger,
             # The order in flight in a companion Secret: a killed run resumes it instead of ordering again.
             journal=self.store,
+            rehearsal=run_rehearsal(self.config, self.client, self.events),  # a new name set: staging first
         )
         engine.observers.append(view.tracker)
         try:

@@ -32,9 +32,10 @@ from certkeeper.errors import CertkeeperError, ConfigError
 from certkeeper.kube.api import call_api
 from certkeeper.kube.config import Workload
 from certkeeper.kube.events import Recorder
-from certkeeper.kube.fallback_cas import FallbackCA, build_fallback, parse_fallback
+from certkeeper.kube.fallback_cas import FallbackCA, build_fallback, parse_fallback, write_bundle
 from certkeeper.kube.issuers import Declared, parse_solvers, refuse_names, solver_config
 from certkeeper.kube.ledger_secret import SecretBackend
+from certkeeper.kube.rehearsals import kube_rehearsal
 from certkeeper.kube.rollout import RolloutResult, restart_rc, restart_workload
 from certkeeper.kube.secret_store import MANAGED_BY, SecretStore, data_digest
 from certkeeper.kube.sources import (
@@ -54,6 +55,7 @@ from certkeeper.kube.sources import (
 from certkeeper.ledger import Ledger
 from certkeeper.model import IssuedCert, PendingOrder
 from certkeeper.ratelimits import Limit, parse_limits
+from certkeeper.rehearsal import rehearsal_server
 from certkeeper.solvers.config import SolverSetup
 from certkeeper.solvers.http01 import ChallengeStore
 from certkeeper.solvers.httproute import RouteChallenges, RouteKeeper, route_parents
@@ -89,6 +91,9 @@ class IssuerConfig:
     solvers: tuple[Declared, ...]  # acme.solvers as declared (Secrets not read yet)
     route_parents: str = ""  # http01.gatewayHTTPRoute: HTTP-01 through temporary HTTPRoutes (route_parents())
     fallback: tuple[FallbackCA, ...] = ()  # acme.fallback: further CAs, in order (certkeeper.kube.fallback_cas)
+    # acme.rehearsal: an order for names not held yet is made at this CA first (certkeeper.kube.rehearsals).
+    rehearsal: str = "auto"
+    rehearsal_ca_bundle: str | None = None
 
 
 def issuer_config(obj: IssuerObj, cluster_namespace: str, bundles: Path) -> IssuerConfig | Refusal:
@@ -130,6 +135,7 @@ def issuer_config(obj: IssuerObj, cluster_namespace: str, bundles: Path) -> Issu
             eab_hmac_key="-" if eab else None,
         )
         fallback = parse_fallback(acme, bundles)
+        rehearsal, rehearsal_bundle = parse_rehearsal(acme, issuer.directory_url, bundles)
     except ConfigError as error:
         return Refusal("InvalidIssuer", f"{obj.kind} {obj.name}: {error}")
     return IssuerConfig(
@@ -142,7 +148,20 @@ def issuer_config(obj: IssuerObj, cluster_namespace: str, bundles: Path) -> Issu
         solvers=solvers,
         route_parents=routes,
         fallback=fallback,
+        rehearsal=rehearsal,
+        rehearsal_ca_bundle=rehearsal_bundle,
     )
+
+
+def parse_rehearsal(acme: dict[str, Any], directory_url: str, bundles: Path) -> tuple[str, str | None]:
+    """``acme.rehearsal`` ({server: auto | off | URL, caBundle}): the choice and the bundle's path; ConfigError."""
+    declared = acme.get("rehearsal") or {}
+    if not isinstance(declared, dict):
+        raise ConfigError("acme.rehearsal is not an object", 'give {server: auto}, {server: "off"} or {server: URL}')
+    choice = str(declared.get("server") or "auto")
+    rehearsal_server(choice, directory_url, "acme.rehearsal.server")
+    bundle = declared.get("caBundle")
+    return choice, write_bundle(bundle, bundles, "acme.rehearsal.caBundle") if bundle else None
 
 
 FALLBACK_MARK = "fallback:"  # in RoutedStore.issued_by: the URL that follows is a fallback CA's
@@ -372,6 +391,15 @@ class Reconciler:
                     if config.fallback
                     else None
                 ),
+                rehearsal=kube_rehearsal(
+                    config.rehearsal,
+                    issuer,
+                    self.client,
+                    config.namespace,
+                    config.account_secret,
+                    ca_bundle=config.rehearsal_ca_bundle,
+                    on_passed=self._rehearsed,
+                ),
             )
             engine.observers.extend(self.observers)
             if known is not None:
@@ -396,6 +424,12 @@ class Reconciler:
         # lineage is namespace/secretName; the order Secret is labelled, so the cache knows it (a new
         # leader starts only after its caches synced and the old leader's Lease expired).
         return self.secrets is None or self.secrets(f"{lineage}-order") is not None
+
+    def _rehearsed(self, spec: CertSpec, text: str) -> None:
+        """A rehearsal passed: said on the Certificate too (a failure is its Failed status and Event)."""
+        cert = self._in_flight.get(spec.lineage)
+        if cert is not None:
+            self._event(cert, "Rehearsed", text)
 
     def _ordering(self, spec: CertSpec) -> None:
         self.orders += 1

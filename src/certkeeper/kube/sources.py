@@ -52,6 +52,7 @@ KNOWN_ISSUER_FIELDS: dict[str, Any] = {
         "externalAccountBinding": {"keyID": None, "keySecretRef": {"name": None, "key": None}},
         "solvers": None,
         "fallback": None,  # each item checked by certkeeper.kube.fallback_cas
+        "rehearsal": {"server": None, "caBundle": None},  # a staging order first (certkeeper.kube.rehearsals)
     }
 }
 ROLLOUT_KINDS = {
