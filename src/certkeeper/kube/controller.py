@@ -31,7 +31,7 @@ from certkeeper.kube.rollout import KINDS, RolloutResult
 from certkeeper.kube.run_lease import RunLease
 from certkeeper.kube.secret_store import SecretStore, digest_of
 from certkeeper.kube.sources import run_target
-from certkeeper.kube.target_sync import TargetSync
+from certkeeper.kube.target_sync import TargetSync, when
 from certkeeper.kube.watch import WATCH_TIMEOUT_S
 from certkeeper.kube.workqueue import WorkQueue
 from certkeeper.ledger import Ledger
@@ -54,10 +54,6 @@ WATCH_RETRY_MAX_S = 30  # between attempts to watch the Secret, each followed by
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
-
-
-def _when(moment: datetime.datetime | None) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
 
 
 def api_wait_message(server: str, error: CertkeeperError, delay: float, attempt: int) -> str:
@@ -345,7 +341,7 @@ class Controller:
                     now = _now()
                     cron_at = self.config.cron.next_after(now)
                     if cron_at is not None and cron_at < now + datetime.timedelta(seconds=seconds):
-                        log.info("next check at %s (CRON_FREQUENCY)", _when(cron_at))
+                        log.info("next check at %s (CRON_FREQUENCY)", when(cron_at))
                         seconds = max(1.0, (cron_at - _now()).total_seconds())
                 self.queue.add_after(key, seconds)
         finally:
@@ -397,7 +393,7 @@ class RunReporter:
             assert outcome.info is not None
             text = (
                 f"{outcome.status} a certificate for {names}: serial {outcome.info.serial}, "
-                f"expires {_when(outcome.info.not_after)} ({outcome.detail})"
+                f"expires {when(outcome.info.not_after)} ({outcome.detail})"
             )
             if outcome.changed:
                 log.info("%s; stored in Secret %s in %.1f s", text, secret, outcome.seconds)
@@ -410,20 +406,20 @@ class RunReporter:
                 "certificate for %s is due but backing off (%s); next try %s",
                 names,
                 outcome.detail,
-                _when(outcome.next_check),
+                when(outcome.next_check),
             )
         elif outcome.status == "unchanged":
-            until = _when(outcome.info.not_after) if outcome.info else "-"
+            until = when(outcome.info.not_after) if outcome.info else "-"
             log.info(
                 "certificate for %s still good until %s (%s); next check %s",
                 names,
                 until,
                 outcome.detail,
-                _when(outcome.next_check),
+                when(outcome.next_check),
             )
         else:
             # The engine gives no time when it failed before the CA was asked: the loop's backoff applies.
-            upcoming = _when(outcome.next_check) if outcome.next_check else "after a backoff (10 s up to 15 min)"
+            upcoming = when(outcome.next_check) if outcome.next_check else "after a backoff (10 s up to 15 min)"
             log.error("could not get a certificate for %s: %s; next try %s", names, outcome.detail, upcoming)
             self.events.emit(
                 "Secret",

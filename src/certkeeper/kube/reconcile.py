@@ -606,7 +606,7 @@ class Reconciler:
         lineage = target.spec.lineage
         routed.attach(lineage, store)
         self._in_flight[lineage] = cert
-        reporter = CertificateReporter(self, cert, target, store, (issuer_obj, engine, routed))
+        reporter = CertificateReporter(self, cert, target, store, issuer_obj, engine, routed)
         try:
             return await self.sync.sync(target, engine, store, routed.account, reporter)
         finally:
@@ -717,24 +717,18 @@ class Reconciler:
             )
 
 
+@dataclass
 class CertificateReporter:
     """What the controller says about one Certificate's run: its status, and Events on it."""
 
+    reconciler: Reconciler
+    cert: CertificateObj
+    target: Target
+    store: SecretStore
+    issuer: IssuerObj
+    engine: Engine
+    routed: RoutedStore
     log = log
-
-    def __init__(
-        self,
-        reconciler: Reconciler,
-        cert: CertificateObj,
-        target: Target,
-        store: SecretStore,
-        issuer: tuple[IssuerObj, Engine, RoutedStore],
-    ) -> None:
-        self.reconciler = reconciler
-        self.cert = cert
-        self.target = target
-        self.store = store
-        self.issuer, self.engine, self.routed = issuer
 
     async def outcome(self, outcome: Outcome) -> None:
         lineage = self.target.spec.lineage

@@ -50,9 +50,9 @@ def _until(moment: datetime.datetime) -> float:
     return (moment - datetime.datetime.now(datetime.UTC)).total_seconds()
 
 
-def _when(seconds: float) -> str:
-    moment = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+def when(moment: datetime.datetime | None) -> str:
+    """A moment as the log lines show it ("-": none)."""
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
 
 
 def roll_out(
@@ -150,7 +150,8 @@ class TargetSync:
         failures = self._roll_failures.get(target.key, 0) + 1
         self._roll_failures[target.key] = failures
         delay = _backoff(ROLL_RETRY_S, failures)
-        reporter.log.info("the rollout is tried again at %s", _when(delay))
+        again = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=delay)
+        reporter.log.info("the rollout is tried again at %s", when(again))
         return delay
 
     def _next_wake(self, key: str, outcome: Outcome, roll_again: float | None) -> float:
