@@ -3,7 +3,6 @@ CA saw (through the ACME front), against the real control plane and Pebble."""
 
 from __future__ import annotations
 
-import base64
 import json
 import random
 import signal
@@ -168,35 +167,6 @@ def test_two_instances_register_one_account_and_order_once(
     finally:
         watch.stop()
     assert watch.minimum is not None and watch.minimum >= 1, f"the RC dropped to {watch.minimum} Ready pods"
-
-
-def test_garbage_in_tls_keys_beside_a_good_proxycert_is_repaired_without_an_order(
-    kube_client: Client, namespace: str, kubeconfig: Path, ari: AcmeFront, tmp_path: Path
-) -> None:
-    from lightkube.resources.core_v1 import Secret
-    from lightkube.types import PatchType
-    from runkit import secret_bytes
-
-    with certkeeper_run(env_for(ari, namespace, kubeconfig, RC_NAMES=""), tmp_path / "run.log") as run:
-        good = wait_for("the Secret", lambda: get_secret(kube_client, namespace), run=run)
-        wait_for("the first check done", lambda: "stored in Secret" in run.log, run=run)
-        # What an Ingress reads is spoiled; what the seed's nginx reads (proxycert) is still good.
-        garbage = base64.b64encode(b"-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n").decode()
-        patch = {"data": {"tls.crt": garbage, "tls.key": base64.b64encode(b"not a key").decode()}}
-        kube_client.patch(Secret, SECRET, patch, namespace=namespace, patch_type=PatchType.MERGE)
-
-        def repaired() -> bool:
-            now = get_secret(kube_client, namespace)
-            return now is not None and secret_bytes(now, "tls.crt") == secret_bytes(good, "proxycert")
-
-        wait_for("tls.crt repaired", repaired, timeout=30, run=run)
-        after = get_secret(kube_client, namespace)
-        assert after is not None and secret_bytes(after, "tls.key") == secret_bytes(good, "proxykey")
-        assert after.data == good.data
-        line = next(line for line in run.log.splitlines() if "rewritten from them" in line)
-        assert "tls.crt, tls.key did not hold" in line, line
-        assert len(ari.recorded_orders()) == 1, "a new certificate was ordered for a repairable Secret"
-        assert run.stop() == 0
 
 
 def test_rc_names_naming_a_deployment_is_said_at_start_and_the_rollout_stays_pending(

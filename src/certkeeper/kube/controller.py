@@ -1,8 +1,13 @@
-"""The long-running loop behind ``certkeeper run``: serve HTTP-01, check, store, roll, sleep."""
+"""``certkeeper run``: the environment as one target, driven through the controller's reconcile sequence.
+
+Start-up (wait for the API, check RC_NAMES, serve HTTP-01 and /metrics), the Secret watch and the Lease
+are run's own; each reconcile is ``TargetSync``'s, as for a Certificate, woken from one ``WorkQueue``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -18,15 +23,18 @@ from lightkube.resources.core_v1 import ReplicationController, Secret
 
 from certkeeper.engine import Engine, Outcome
 from certkeeper.errors import CertkeeperError
-from certkeeper.kube.api import KubeApiError, api_error_text, is_not_found, load_kubeconfig, rbac_rule, translate
+from certkeeper.kube.api import KubeApiError, is_not_found, load_kubeconfig, rbac_rule, translate
 from certkeeper.kube.config import RunConfig
 from certkeeper.kube.events import Recorder
 from certkeeper.kube.ledger_secret import SecretBackend
 from certkeeper.kube.rehearsals import run_rehearsal
-from certkeeper.kube.rollout import KINDS, RolloutResult, restart_rc, restart_workload
+from certkeeper.kube.rollout import KINDS, RolloutResult
 from certkeeper.kube.run_lease import RunLease
 from certkeeper.kube.secret_store import SecretStore, digest_of
+from certkeeper.kube.sources import run_target
+from certkeeper.kube.target_sync import TargetSync, when
 from certkeeper.kube.watch import WATCH_TIMEOUT_S
+from certkeeper.kube.workqueue import WorkQueue
 from certkeeper.ledger import Ledger
 from certkeeper.observe.ratelimit_view import usage_reader
 from certkeeper.observe.records import ca_host
@@ -40,18 +48,13 @@ log = logging.getLogger("certkeeper.run")
 T = TypeVar("T")
 API_BACKOFF_S = (1, 2, 4, 8, 15, 30)
 # When the engine gives no time to try again (e.g. the CA's directory was unreachable).
-FAILURE_BACKOFF_S = (10, 30, 60, 300, 900)
+FAILURE_BACKOFF_S = (10.0, 30.0, 60.0, 300.0, 900.0)
 API_TIMEOUT_S = 10.0
 WATCH_RETRY_MAX_S = 30  # between attempts to watch the Secret, each followed by a re-read
-MAX_SLEEP = datetime.timedelta(hours=12)
 
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
-
-
-def _when(moment: datetime.datetime | None) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
 
 
 def api_wait_message(server: str, error: CertkeeperError, delay: float, attempt: int) -> str:
@@ -77,10 +80,6 @@ def watch_forbidden_message(namespace: str, name: str) -> str:
     )
 
 
-class _Stopping(Exception):
-    """Asked to stop while the engine worked."""
-
-
 class Controller:
     def __init__(self, config: RunConfig, lease_duration: int = 15) -> None:
         self.config = config
@@ -101,26 +100,35 @@ class Controller:
         self.challenges = ChallengeStore()
         self.abandoned_work = False
         self._stop = asyncio.Event()
-        self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._responder: Responder | None = None
         self._lease: RunLease | None = None
-        self._roll_failures = 0
+        # The environment is one more source: one target, reconciled by the controller's sequence.
+        self.target = run_target(config)
+        self.sync = TargetSync(
+            self.client,
+            rollout_timeout=config.rollout_timeout,
+            failure_backoff=FAILURE_BACKOFF_S,
+            stopping=self._stop.is_set,
+        )
+        self.reporter = RunReporter(self)
+        self.queue = WorkQueue()
 
     # -- helpers ---------------------------------------------------------------------------------
 
     async def _sleep(self, seconds: float) -> None:
-        """Sleep, but return early when stopping or woken (the Secret was deleted or edited)."""
-        stop = asyncio.ensure_future(self._stop.wait())
-        wake = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({stop, wake}, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            wake.cancel()
+        """Sleep, but return early when stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), max(0.0, seconds))
 
-    async def _unless_stopped(self, work: Awaitable[T]) -> tuple[bool, T | None]:
-        """Await ``work`` unless a stop arrives first; returns (finished, result)."""
+    def _wake(self) -> None:
+        """From the watch's thread: reconcile the target now (the Secret was deleted or edited)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.queue.add, self.target.key)
+
+    async def _unless_stopped(self, work: Awaitable[T], abandon: bool = True) -> tuple[bool, T | None]:
+        """Await ``work`` unless a stop arrives first; returns (finished, result). ``abandon``: a stop
+        meanwhile leaves work behind (a thread still talking to the CA or the API)."""
         task = asyncio.ensure_future(work)
         stop = asyncio.ensure_future(self._stop.wait())
         await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -128,7 +136,7 @@ class Controller:
         if task.done():
             return True, task.result()
         task.cancel()
-        self.abandoned_work = True
+        self.abandoned_work = self.abandoned_work or abandon
         return False, None
 
     def _request_stop(self, signame: str) -> None:
@@ -182,8 +190,7 @@ class Controller:
                             self.config.secret_name,
                             "deleted" if kind == "DELETED" else "changed",
                         )
-                        if self._loop is not None:
-                            self._loop.call_soon_threadsafe(self._wake.set)
+                        self._wake()
             except Exception as error:  # the watch is an optimisation: the loop still checks on schedule
                 if translate("watch the Secret", error).gone:
                     # The version the watch resumed from is older than the API server keeps (etcd compacted
@@ -233,59 +240,10 @@ class Controller:
                 "deleted" if current is None else "changed",
                 when,
             )
-            if self._loop is not None:
-                self._loop.call_soon_threadsafe(self._wake.set)
+            self._wake()
         return since
 
-    # -- one check -------------------------------------------------------------------------------
-
-    def _report(self, outcome: Outcome) -> None:
-        names = " ".join(outcome.spec.names)
-        # The engine's hints name `certkeeper issue`'s flags; `run` is configured by the seed's variables.
-        detail = outcome.detail.replace("check --server", "check LETSENCRYPT_ENDPOINT").replace(
-            "with --ca-bundle", "with --ca-bundle (CERTKEEPER_CA_BUNDLE)"
-        )
-        outcome = dataclasses.replace(outcome, detail=detail)
-        secret = f"{self.config.namespace}/{self.config.secret_name}"
-        if outcome.status in ("issued", "renewed"):
-            assert outcome.info is not None
-            text = (
-                f"{outcome.status} a certificate for {names}: serial {outcome.info.serial}, "
-                f"expires {_when(outcome.info.not_after)} ({outcome.detail})"
-            )
-            if outcome.changed:
-                log.info("%s; stored in Secret %s in %.1f s", text, secret, outcome.seconds)
-                self.events.emit("Secret", self.config.secret_name, outcome.status.capitalize(), text)
-            else:
-                log.info("%s; Secret %s already held it", text, secret)
-        elif outcome.status == "deferred":
-            # Due, but backing off after a failure (already reported when it happened).
-            log.info(
-                "certificate for %s is due but backing off (%s); next try %s",
-                names,
-                outcome.detail,
-                _when(outcome.next_check),
-            )
-        elif outcome.status == "unchanged":
-            until = _when(outcome.info.not_after) if outcome.info else "-"
-            log.info(
-                "certificate for %s still good until %s (%s); next check %s",
-                names,
-                until,
-                outcome.detail,
-                _when(outcome.next_check),
-            )
-        else:
-            # The engine gives no time when it failed before the CA was asked: the loop's backoff applies.
-            upcoming = _when(outcome.next_check) if outcome.next_check else "after a backoff (10 s up to 15 min)"
-            log.error("could not get a certificate for %s: %s; next try %s", names, outcome.detail, upcoming)
-            self.events.emit(
-                "Secret",
-                self.config.secret_name,
-                "Failed",
-                f"could not get a certificate for {names}: {outcome.detail}",
-                warning=True,
-            )
+    # -- start-up checks ------------------------------------------------------------------------
 
     def _not_an_rc(self, name: str) -> str:
         """For an RC_NAMES entry that is no ReplicationController: what it is instead, and what to set."""
@@ -313,41 +271,6 @@ class Controller:
                         self.config.namespace,
                         hint,
                     )
-
-    def _roll(self) -> list[RolloutResult]:
-        results: list[RolloutResult] = []
-        ns = self.config.namespace
-        for name in self.config.rc_names:
-            try:
-                result = restart_rc(self.client, ns, name, self.config.rollout_timeout, self._stop.is_set)
-                if result.missing:
-                    result = dataclasses.replace(result, message=result.message + self._not_an_rc(name))
-                results.append(result)
-            except Exception as error:  # e.g. the API went away mid-rollout: report, keep running
-                message = f"replicationcontroller/{name}: rollout interrupted ({api_error_text(error)})"
-                results.append(RolloutResult("ReplicationController", name, False, False, message))
-        for workload in self.config.workloads:
-            try:
-                results.append(restart_workload(self.client, ns, workload))
-            except Exception as error:
-                message = f"{workload}: restart failed ({api_error_text(error)})"
-                results.append(RolloutResult(workload.kind, workload.name, False, False, message))
-        for result in results:
-            if result.ok:
-                log.info("%s", result.message)
-                self.events.emit(
-                    result.kind,
-                    result.name,
-                    "Rolled",
-                    result.message,
-                    api_version="v1" if result.kind == "ReplicationController" else "apps/v1",
-                )
-            else:
-                log.error("%s; the certificate is stored in Secret %s/%s", result.message, ns, self.config.secret_name)
-                reason = "WorkloadMissing" if result.missing else "RolloutFailed"
-                # A missing object cannot carry the Event: put it on the Secret.
-                self.events.emit("Secret", self.config.secret_name, reason, result.message, warning=True)
-        return results
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -394,7 +317,7 @@ class Controller:
             await asyncio.to_thread(self._check_targets)
             threading.Thread(target=self._watch_secret, name="secret-watch", daemon=True).start()
             self._lease = RunLease(self.kubeconfig, self.config.namespace, self.config.secret_name, self.lease_duration)
-            await self._loop_checks(engine)
+            await self._drive(engine)
             return 0
         finally:
             if self._lease is not None:
@@ -403,100 +326,135 @@ class Controller:
             await self._responder.stop()
             self.client.close()
 
-    async def _loop_checks(self, engine: Engine) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            self._wake.clear()
-            roll_again: datetime.datetime | None = None
-            assert self._lease is not None
-            # One instance at a time checks, orders and rolls for this Secret (a second one waits).
-            if not (await self._unless_stopped(self._lease.acquire()))[0]:
-                return
-            try:
+    async def _drive(self, engine: Engine) -> None:
+        """The one target through the work queue: woken by its timer, by the Secret watch, or by a backoff."""
+        key = self.target.key
+        timers = asyncio.create_task(self.queue.run_timers())
+        self.queue.add(key)
+        try:
+            while (await self._unless_stopped(self.queue.get(), abandon=False))[0]:
                 try:
-                    outcome = await self._check(engine)
-                except _Stopping:
+                    seconds = await self._reconcile(engine)
+                finally:
+                    self.queue.done(key)
+                if seconds is None:
                     return
-                if outcome is None:
-                    failures += 1
-                    delay = FAILURE_BACKOFF_S[min(failures, len(FAILURE_BACKOFF_S)) - 1]
-                    await self._lease.release()
-                    await self._sleep(delay)
-                    continue
-                self._report(outcome)
-                if outcome.ok and not outcome.changed and self.store.damaged_keys:
-                    await self._repair()
-                if outcome.changed or (outcome.ok and self.store.rollout_pending):
-                    if not outcome.changed:
-                        log.info(
-                            "the stored certificate's consumers were not restarted yet (interrupted?): doing it now"
-                        )
-                    finished, results = await self._unless_stopped(asyncio.to_thread(self._roll))
-                    if not finished:
-                        return
-                    if results is not None and all(r.ok for r in results):
-                        self._roll_failures = 0
-                        try:
-                            await asyncio.to_thread(self.store.mark_rolled)
-                        except CertkeeperError as error:
-                            log.warning("%s", error)
-                    else:
-                        # Still pending on the Secret: tried again (with backoff) and after a restart.
-                        self._roll_failures += 1
-                        delay = FAILURE_BACKOFF_S[min(self._roll_failures, len(FAILURE_BACKOFF_S)) - 1]
-                        roll_again = _now() + datetime.timedelta(seconds=delay)
-                        log.info("the rollout is tried again at %s", _when(roll_again))
-            finally:
-                if not self.abandoned_work:
-                    await self._lease.release()
-            now = _now()
-            if outcome.ok or (outcome.status == "deferred" and outcome.next_check is not None):
-                failures = 0
-                wake_at = outcome.next_check or now + MAX_SLEEP
-            else:
-                failures += 1
-                delay = FAILURE_BACKOFF_S[min(failures, len(FAILURE_BACKOFF_S)) - 1]
-                fallback = now + datetime.timedelta(seconds=delay)
-                wake_at = outcome.next_check or fallback
-            wake_at = min(wake_at, now + MAX_SLEEP)
-            if roll_again is not None:
-                wake_at = min(wake_at, roll_again)
-            if self.config.cron is not None:
-                cron_at = self.config.cron.next_after(now)
-                if cron_at is not None and cron_at < wake_at:
-                    wake_at = cron_at
-                    log.info("next check at %s (CRON_FREQUENCY)", _when(wake_at))
-            await self._sleep(max(1.0, (wake_at - _now()).total_seconds()))
+                if self.config.cron is not None:
+                    now = _now()
+                    cron_at = self.config.cron.next_after(now)
+                    if cron_at is not None and cron_at < now + datetime.timedelta(seconds=seconds):
+                        log.info("next check at %s (CRON_FREQUENCY)", when(cron_at))
+                        seconds = max(1.0, (cron_at - _now()).total_seconds())
+                self.queue.add_after(key, seconds)
+        finally:
+            timers.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timers
 
-    async def _repair(self) -> None:
-        """Keys that do not hold the good certificate in proxycert (garbage in tls.crt, say) are rewritten
-        from it: an Ingress reading tls.* works again, with no new order and no rollout."""
-        secret = f"{self.config.namespace}/{self.config.secret_name}"
+    async def _reconcile(self, engine: Engine) -> float | None:
+        """One reconcile under the Lease; seconds until the next (None: asked to stop meanwhile)."""
+        assert self._lease is not None
+        # One instance at a time checks, orders and rolls for this Secret (a second one waits).
+        if not (await self._unless_stopped(self._lease.acquire()))[0]:
+            return None
         try:
-            repaired = await asyncio.to_thread(self.store.repair)
-        except CertkeeperError as error:
-            log.error("%s", error)
-            return
-        if repaired:
-            text = (
-                f"{', '.join(repaired)} did not hold the certificate and key in proxycert/proxykey: rewritten from them"
-            )
-            log.warning("Secret %s: %s", secret, text)
-            self.events.emit("Secret", self.config.secret_name, "Repaired", text, warning=True)
-
-    async def _check(self, engine: Engine) -> Outcome | None:
-        """One check by the engine, after proving an account can be kept here; None: it crashed (a bug)."""
-        if engine.account is None:
-            try:
-                await asyncio.to_thread(self.store.check_account_writable)
-            except CertkeeperError as error:
-                # Before the CA is asked: no account registered that could not be kept.
-                return Outcome(self.config.spec, "failed", str(error), None, 0.0)
-        try:
-            finished, outcomes = await self._unless_stopped(engine.run([self.config.spec]))
+            work = self.sync.sync(self.target, engine, self.store, self.store, self.reporter)
+            finished, seconds = await self._unless_stopped(work)
+            return float(seconds) if finished and seconds is not None else None
         except Exception as error:  # a bug, not a CA or API answer: keep serving, try again later
             log.error("the check failed unexpectedly (%s: %s)", type(error).__name__, error)
-            return None
-        if not finished or outcomes is None:
-            raise _Stopping
-        return outcomes[0]
+            return self.sync.failed(self.target.key)
+        finally:
+            if not self.abandoned_work:
+                await self._lease.release()
+
+
+class RunReporter:
+    """What ``certkeeper run`` says about its target: the seed's log lines, Events on the Secret and on
+    what was rolled."""
+
+    log = log
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+        self.config = controller.config
+        self.events = controller.events
+
+    async def outcome(self, outcome: Outcome) -> None:
+        await asyncio.to_thread(self._outcome, outcome)
+
+    def _outcome(self, outcome: Outcome) -> None:
+        names = " ".join(outcome.spec.names)
+        # The engine's hints name `certkeeper issue`'s flags; `run` is configured by the seed's variables.
+        detail = outcome.detail.replace("check --server", "check LETSENCRYPT_ENDPOINT").replace(
+            "with --ca-bundle", "with --ca-bundle (CERTKEEPER_CA_BUNDLE)"
+        )
+        outcome = dataclasses.replace(outcome, detail=detail)
+        secret = f"{self.config.namespace}/{self.config.secret_name}"
+        if outcome.status in ("issued", "renewed"):
+            assert outcome.info is not None
+            text = (
+                f"{outcome.status} a certificate for {names}: serial {outcome.info.serial}, "
+                f"expires {when(outcome.info.not_after)} ({outcome.detail})"
+            )
+            if outcome.changed:
+                log.info("%s; stored in Secret %s in %.1f s", text, secret, outcome.seconds)
+                self.events.emit("Secret", self.config.secret_name, outcome.status.capitalize(), text)
+            else:
+                log.info("%s; Secret %s already held it", text, secret)
+        elif outcome.status == "deferred":
+            # Due, but backing off after a failure (already reported when it happened).
+            log.info(
+                "certificate for %s is due but backing off (%s); next try %s",
+                names,
+                outcome.detail,
+                when(outcome.next_check),
+            )
+        elif outcome.status == "unchanged":
+            until = when(outcome.info.not_after) if outcome.info else "-"
+            log.info(
+                "certificate for %s still good until %s (%s); next check %s",
+                names,
+                until,
+                outcome.detail,
+                when(outcome.next_check),
+            )
+        else:
+            # The engine gives no time when it failed before the CA was asked: the loop's backoff applies.
+            upcoming = when(outcome.next_check) if outcome.next_check else "after a backoff (10 s up to 15 min)"
+            log.error("could not get a certificate for %s: %s; next try %s", names, outcome.detail, upcoming)
+            self.events.emit(
+                "Secret",
+                self.config.secret_name,
+                "Failed",
+                f"could not get a certificate for {names}: {outcome.detail}",
+                warning=True,
+            )
+
+    async def repaired(self, keys: list[str]) -> None:
+        text = f"{', '.join(keys)} did not hold the certificate and key in proxycert/proxykey: rewritten from them"
+        log.warning("Secret %s/%s: %s", self.config.namespace, self.config.secret_name, text)
+        await asyncio.to_thread(self.events.emit, "Secret", self.config.secret_name, "Repaired", text, warning=True)
+
+    async def rolled(self, results: list[RolloutResult]) -> None:
+        await asyncio.to_thread(self._rolled, results)
+
+    def _rolled(self, results: list[RolloutResult]) -> None:
+        ns = self.config.namespace
+        for result in results:
+            if result.ok:
+                log.info("%s", result.message)
+                self.events.emit(
+                    result.kind,
+                    result.name,
+                    "Rolled",
+                    result.message,
+                    api_version="v1" if result.kind == "ReplicationController" else "apps/v1",
+                )
+                continue
+            if result.missing and result.kind == "ReplicationController":
+                result = dataclasses.replace(result, message=result.message + self.controller._not_an_rc(result.name))
+            log.error("%s; the certificate is stored in Secret %s/%s", result.message, ns, self.config.secret_name)
+            reason = "WorkloadMissing" if result.missing else "RolloutFailed"
+            # A missing object cannot carry the Event: put it on the Secret.
+            self.events.emit("Secret", self.config.secret_name, reason, result.message, warning=True)

@@ -30,13 +30,12 @@ from certkeeper.acme import Account
 from certkeeper.engine import Engine, Outcome
 from certkeeper.errors import CertkeeperError, ConfigError
 from certkeeper.kube.api import call_api
-from certkeeper.kube.config import Workload
 from certkeeper.kube.events import Recorder
 from certkeeper.kube.fallback_cas import FallbackCA, build_fallback, parse_fallback, write_bundle
 from certkeeper.kube.issuers import Declared, parse_solvers, refuse_names, solver_config
 from certkeeper.kube.ledger_secret import SecretBackend
 from certkeeper.kube.rehearsals import kube_rehearsal
-from certkeeper.kube.rollout import RolloutResult, restart_rc, restart_workload
+from certkeeper.kube.rollout import RolloutResult
 from certkeeper.kube.secret_store import MANAGED_BY, SecretStore, data_digest
 from certkeeper.kube.sources import (
     API_VERSION,
@@ -52,6 +51,7 @@ from certkeeper.kube.sources import (
     certificate_target,
     unknown_fields,
 )
+from certkeeper.kube.target_sync import MAX_WAKE_S, TargetSync
 from certkeeper.ledger import Ledger
 from certkeeper.model import IssuedCert, PendingOrder
 from certkeeper.ratelimits import Limit, parse_limits
@@ -69,7 +69,6 @@ CertificateResource = create_namespaced_resource(GROUP, VERSION, "Certificate", 
 IssuerResource = create_namespaced_resource(GROUP, VERSION, "Issuer", "issuers")
 ClusterIssuerResource = create_global_resource(GROUP, VERSION, "ClusterIssuer", "clusterissuers")
 FAILURE_RETRY_S = (60.0, 600.0, 3600.0)
-MAX_WAKE_S = 12 * 3600.0
 
 
 def _now() -> datetime.datetime:
@@ -308,7 +307,8 @@ class Reconciler:
         self.challenges = challenges
         self.cluster_namespace = cluster_namespace
         self.concurrency = concurrency
-        self.rollout_timeout = rollout_timeout
+        # A failure the engine gave no time for is looked at again after a minute, however many in a row.
+        self.sync = TargetSync(client, rollout_timeout=rollout_timeout, failure_backoff=FAILURE_RETRY_S[:1])
         self.dns_state_dir = dns_state_dir  # the DNS-01 journal: records presented, for cleanup after a crash
         # One TLS-ALPN-01 listener for every issuer with a tlsAlpn01 solver; it listens only while
         # this replica (the leader) has names presented or about to be.
@@ -640,25 +640,14 @@ class Reconciler:
         lineage = target.spec.lineage
         routed.attach(lineage, store)
         self._in_flight[lineage] = cert
+        reporter = CertificateReporter(self, cert, target, store, issuer_obj, engine, routed)
         try:
-            outcome = (await engine.run([target.spec]))[0]
+            return await self.sync.sync(target, engine, store, routed.account, reporter)
         finally:
             routed.detach(lineage)
             self._in_flight.pop(lineage, None)
-            issued_by = routed.issued_by.pop(lineage, "")
-        if engine.account is not None:
-            url = engine.account.url
-            await self._issuer_status(issuer_obj, True, "ACMEAccountRegistered", f"ACME account {url}", url)
-        rolled: list[RolloutResult] = []
-        if target.rollout and (outcome.changed or (outcome.ok and store.rollout_pending)):
-            rolled = await asyncio.to_thread(self._roll, target)
-            if all(r.ok for r in rolled):
-                try:
-                    await asyncio.to_thread(store.mark_rolled)
-                except CertkeeperError as error:
-                    log.warning("%s", error)
-        await self._report(cert, target, store, outcome, rolled, self._written.pop(lineage, None), issued_by)
-        return self._next_wake(outcome)
+            routed.issued_by.pop(lineage, None)
+            self._written.pop(lineage, None)
 
     def _claim(self, store: SecretStore, secret: Any) -> None:
         """Label an existing Secret as certkeeper's (so the Secret watch sees it) before adopting it."""
@@ -686,31 +675,12 @@ class Reconciler:
             ),
         )
 
-    def _roll(self, target: Target) -> list[RolloutResult]:
-        results: list[RolloutResult] = []
-        for kind, name in target.rollout:
-            try:
-                if kind == "ReplicationController":
-                    results.append(restart_rc(self.client, target.namespace, name, self.rollout_timeout))
-                else:
-                    results.append(restart_workload(self.client, target.namespace, Workload(kind, name)))
-            except CertkeeperError as error:
-                results.append(RolloutResult(kind, name, False, False, f"{kind.lower()}/{name}: {error}"))
-        return results
-
-    @staticmethod
-    def _next_wake(outcome: Outcome) -> float:
-        if outcome.next_check is not None:
-            return min(MAX_WAKE_S, max(1.0, (outcome.next_check - _now()).total_seconds()))
-        return FAILURE_RETRY_S[0]
-
     async def _report(
         self,
         cert: CertificateObj,
         target: Target,
         store: SecretStore,
         outcome: Outcome,
-        rolled: list[RolloutResult],
         written: dict[str, Any] | None,
         issued_by: str = "",
     ) -> None:
@@ -779,8 +749,42 @@ class Reconciler:
             await asyncio.to_thread(
                 self._event, cert, "Failed", f"could not get a certificate: {outcome.detail}", warning=True
             )
-        for result in rolled:
-            log.log(logging.INFO if result.ok else logging.ERROR, "Certificate %s: %s", cert.key, result.message)
+
+
+@dataclass
+class CertificateReporter:
+    """What the controller says about one Certificate's run: its status, and Events on it."""
+
+    reconciler: Reconciler
+    cert: CertificateObj
+    target: Target
+    store: SecretStore
+    issuer: IssuerObj
+    engine: Engine
+    routed: RoutedStore
+    log = log
+
+    async def outcome(self, outcome: Outcome) -> None:
+        lineage = self.target.spec.lineage
+        if self.engine.account is not None:
+            url = self.engine.account.url
+            await self.reconciler._issuer_status(self.issuer, True, "ACMEAccountRegistered", f"ACME account {url}", url)
+        written = self.reconciler._written.pop(lineage, None)
+        issued_by = self.routed.issued_by.pop(lineage, "")
+        await self.reconciler._report(self.cert, self.target, self.store, outcome, written, issued_by)
+
+    async def repaired(self, keys: list[str]) -> None:
+        text = f"{', '.join(keys)} did not hold the stored certificate and key: rewritten from them"
+        log.warning("Certificate %s: Secret %s: %s", self.cert.key, self.target.secret_name, text)
+        await asyncio.to_thread(self.reconciler._event, self.cert, "Repaired", text, warning=True)
+
+    async def rolled(self, results: list[RolloutResult]) -> None:
+        for result in results:
+            log.log(logging.INFO if result.ok else logging.ERROR, "Certificate %s: %s", self.cert.key, result.message)
             await asyncio.to_thread(
-                self._event, cert, "Rolled" if result.ok else "RolloutFailed", result.message, warning=not result.ok
+                self.reconciler._event,
+                self.cert,
+                "Rolled" if result.ok else "RolloutFailed",
+                result.message,
+                warning=not result.ok,
             )

@@ -14,11 +14,14 @@ import datetime
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from certkeeper.errors import ConfigError
 from certkeeper.kube.secret_store import data_digest
 from certkeeper.spec import CertSpec, KeyType, ip_of, normalize_names
+
+if TYPE_CHECKING:
+    from certkeeper.kube.config import RunConfig
 
 GROUP = "certkeeper.io"
 VERSION = "v1"
@@ -347,6 +350,25 @@ def certificate_target(cert: CertificateObj) -> Target | Refusal:
         rollout=tuple(rollout),
         labels=tuple(sorted((template.get("labels") or {}).items())),
         annotations=tuple(sorted(annotations.items())),
+    )
+
+
+def run_target(config: RunConfig) -> Target:
+    """``certkeeper run``'s environment as the one target it keeps: the seed's keys in its Secret, its
+    RCs (``RC_NAMES``) and then its workloads (``DEPLOYMENTS``/``WORKLOADS``) rolled out after a change."""
+    rcs = tuple(("ReplicationController", name) for name in config.rc_names)
+    return Target(
+        namespace=config.namespace,
+        name=config.secret_name,
+        uid="",
+        generation=0,
+        spec=config.spec,
+        secret_name=config.secret_name,
+        issuer="",  # the environment's issuer, not a resource
+        keys="seed",
+        rollout=rcs + tuple((w.kind, w.name) for w in config.workloads),
+        labels=(),
+        annotations=(),
     )
 
 
