@@ -18,11 +18,11 @@ from lightkube.resources.core_v1 import ReplicationController, Secret
 
 from certkeeper.engine import Engine, Outcome
 from certkeeper.errors import CertkeeperError
-from certkeeper.kube.api import KubeApiError, api_error_text, is_not_found, load_kubeconfig, rbac_rule, translate
+from certkeeper.kube.api import KubeApiError, is_not_found, load_kubeconfig, rbac_rule, translate
 from certkeeper.kube.config import RunConfig
 from certkeeper.kube.events import Recorder
 from certkeeper.kube.ledger_secret import SecretBackend
-from certkeeper.kube.rollout import KINDS, RolloutResult, restart_rc, restart_workload
+from certkeeper.kube.rollout import KINDS, RolloutResult, roll
 from certkeeper.kube.run_lease import RunLease
 from certkeeper.kube.secret_store import SecretStore, digest_of
 from certkeeper.kube.watch import WATCH_TIMEOUT_S
@@ -314,23 +314,18 @@ class Controller:
                     )
 
     def _roll(self) -> list[RolloutResult]:
-        results: list[RolloutResult] = []
         ns = self.config.namespace
-        for name in self.config.rc_names:
-            try:
-                result = restart_rc(self.client, ns, name, self.config.rollout_timeout, self._stop.is_set)
-                if result.missing:
-                    result = dataclasses.replace(result, message=result.message + self._not_an_rc(name))
-                results.append(result)
-            except Exception as error:  # e.g. the API went away mid-rollout: report, keep running
-                message = f"replicationcontroller/{name}: rollout interrupted ({api_error_text(error)})"
-                results.append(RolloutResult("ReplicationController", name, False, False, message))
-        for workload in self.config.workloads:
-            try:
-                results.append(restart_workload(self.client, ns, workload))
-            except Exception as error:
-                message = f"{workload}: restart failed ({api_error_text(error)})"
-                results.append(RolloutResult(workload.kind, workload.name, False, False, message))
+        targets = [("ReplicationController", name) for name in self.config.rc_names]
+        targets += [(workload.kind, workload.name) for workload in self.config.workloads]
+        results = roll(
+            self.client, ns, targets, self.store, timeout=self.config.rollout_timeout, stopping=self._stop.is_set
+        )
+        results = [
+            dataclasses.replace(r, message=r.message + self._not_an_rc(r.name))
+            if r.missing and r.kind == "ReplicationController"
+            else r
+            for r in results
+        ]
         for result in results:
             if result.ok:
                 log.info("%s", result.message)

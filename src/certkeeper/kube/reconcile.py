@@ -30,12 +30,11 @@ from certkeeper.acme import Account
 from certkeeper.engine import Engine, Outcome
 from certkeeper.errors import CertkeeperError, ConfigError
 from certkeeper.kube.api import call_api
-from certkeeper.kube.config import Workload
 from certkeeper.kube.events import Recorder
 from certkeeper.kube.fallback_cas import FallbackCA, build_fallback, parse_fallback
 from certkeeper.kube.issuers import Declared, parse_solvers, refuse_names, solver_config
 from certkeeper.kube.ledger_secret import SecretBackend
-from certkeeper.kube.rollout import RolloutResult, restart_rc, restart_workload
+from certkeeper.kube.rollout import RETRY_S, RolloutResult, roll
 from certkeeper.kube.secret_store import MANAGED_BY, SecretStore, data_digest
 from certkeeper.kube.sources import (
     API_VERSION,
@@ -298,6 +297,7 @@ class Reconciler:
         self._engine_lock = asyncio.Lock()
         self._bundles = Path(tempfile.mkdtemp(prefix="certkeeper-ca-"))
         self._in_flight: dict[str, CertificateObj] = {}  # lineage -> its Certificate, while its run lasts
+        self._roll_failures: dict[str, int] = {}  # Certificate key -> failed rollouts in a row
         # Added to every engine: told each outcome while its Certificate is in certificate_of.
         self.observers: list[Callable[[Outcome], None]] = []
         self._written: dict[str, dict[str, Any]] = {}  # lineage -> status written during its run
@@ -515,6 +515,8 @@ class Reconciler:
         secret = self.secrets(f"{cert.namespace}/{cert.spec.get('secretName')}")
         if secret is None or not secret.digest or secret.digest != secret.written or secret.certificate != cert.name:
             return None
+        if secret.rolling:  # a rollout was interrupted (a kill, the API down): finish it now
+            return None
         try:
             until = (datetime.datetime.fromisoformat(status["renewalTime"]) - _now()).total_seconds()
         except ValueError:
@@ -617,13 +619,17 @@ class Reconciler:
             await self._issuer_status(issuer_obj, True, "ACMEAccountRegistered", f"ACME account {url}", url)
         rolled: list[RolloutResult] = []
         if target.rollout and (outcome.changed or (outcome.ok and store.rollout_pending)):
-            rolled = await asyncio.to_thread(self._roll, target)
+            rolled = await asyncio.to_thread(self._roll, target, store)
             if all(r.ok for r in rolled):
+                self._roll_failures.pop(cert.key, None)
                 try:
                     await asyncio.to_thread(store.mark_rolled)
                 except CertkeeperError as error:
                     log.warning("%s", error)
         await self._report(cert, target, store, outcome, rolled, self._written.pop(lineage, None), issued_by)
+        if not all(r.ok for r in rolled):  # the targets not done are tried again soon, with backoff
+            failures = self._roll_failures[cert.key] = self._roll_failures.get(cert.key, 0) + 1
+            return min(self._next_wake(outcome), float(RETRY_S[min(failures, len(RETRY_S)) - 1]))
         return self._next_wake(outcome)
 
     def _claim(self, store: SecretStore, secret: Any) -> None:
@@ -652,17 +658,8 @@ class Reconciler:
             ),
         )
 
-    def _roll(self, target: Target) -> list[RolloutResult]:
-        results: list[RolloutResult] = []
-        for kind, name in target.rollout:
-            try:
-                if kind == "ReplicationController":
-                    results.append(restart_rc(self.client, target.namespace, name, self.rollout_timeout))
-                else:
-                    results.append(restart_workload(self.client, target.namespace, Workload(kind, name)))
-            except CertkeeperError as error:
-                results.append(RolloutResult(kind, name, False, False, f"{kind.lower()}/{name}: {error}"))
-        return results
+    def _roll(self, target: Target, store: SecretStore) -> list[RolloutResult]:
+        return roll(self.client, target.namespace, target.rollout, store, timeout=self.rollout_timeout)
 
     @staticmethod
     def _next_wake(outcome: Outcome) -> float:
