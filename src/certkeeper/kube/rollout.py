@@ -7,10 +7,10 @@ pod template, which is what ``kubectl rollout restart`` does; their controllers 
 A missing workload is reported, not fatal.
 
 ``roll`` is the one entry point (``certkeeper run`` and ``certkeeper controller``). It keeps a
-``RolloutRecord`` on the Secret: which certificate (a digest of its data) is being rolled out, when it
-was stored (the API server's clock), and which targets are done. A retry after a partial failure, or a
-restart after a kill, restarts only the targets not done yet, and within an RC only the pods created
-before the change: every pod is replaced once per change, however often certkeeper is interrupted.
+``RolloutRecord`` on the Secret: which certificate (a digest of its data) is being rolled out, since
+when, which targets are done, and for an RC begun the pods that were there before the change. A retry
+after a partial failure, or a restart after a kill, restarts only the targets not done yet, and within
+an RC only those pods: every pod is replaced once per change, however often certkeeper is interrupted.
 """
 
 from __future__ import annotations
@@ -71,20 +71,28 @@ def _parse_time(text: Any) -> datetime.datetime | None:
 class RolloutRecord:
     """What is being rolled out (``digest`` of the Secret's data), since when, and what is done.
 
-    ``changed_at`` is the API server's time (whole seconds) of the Secret's last write when the record
-    was made: a pod created later than that read the new data, so it is not replaced again.
-    ``rolled`` maps ``Kind/name`` to when that target was done."""
+    ``changed_at`` (whole seconds) is when the record was made, after the data was written; it is also
+    the ``restartedAt`` value workloads get, so setting it again after an interruption changes nothing.
+    ``rolled`` maps ``Kind/name`` to when that target was done; ``pods`` maps an RC begun but not done
+    to the pods it had before the change, the only ones to replace. Pod names, not creation times: the
+    API server's and certkeeper's clocks need not agree, and a pod a killed attempt created is never
+    one of them."""
 
     digest: str
     changed_at: datetime.datetime
     rolled: dict[str, str] = field(default_factory=dict)
+    pods: dict[str, list[str]] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        body = {"digest": self.digest, "changedAt": _stamp(self.changed_at), "rolled": self.rolled}
+        body = {"digest": self.digest, "changedAt": _stamp(self.changed_at), "rolled": self.rolled, "pods": self.pods}
         return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
     def done(self, key: str, when: datetime.datetime) -> RolloutRecord:
-        return RolloutRecord(self.digest, self.changed_at, {**self.rolled, key: _stamp(when)})
+        pods = {k: v for k, v in self.pods.items() if k != key}
+        return RolloutRecord(self.digest, self.changed_at, {**self.rolled, key: _stamp(when)}, pods)
+
+    def with_pods(self, key: str, names: list[str]) -> RolloutRecord:
+        return RolloutRecord(self.digest, self.changed_at, dict(self.rolled), {**self.pods, key: list(names)})
 
     @staticmethod
     def parse(text: str) -> RolloutRecord:
@@ -106,17 +114,21 @@ class RolloutRecord:
             isinstance(k, str) and _parse_time(v) is not None for k, v in rolled.items()
         ):
             raise ValueError("'rolled' is not a map of target to time")
-        return RolloutRecord(digest, changed_at, dict(rolled))
+        pods = body.get("pods", {})
+        if not isinstance(pods, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(n, str) for n in v) for k, v in pods.items()
+        ):
+            raise ValueError("'pods' is not a map of target to pod names")
+        return RolloutRecord(digest, changed_at, dict(rolled), {k: list(v) for k, v in pods.items()})
 
 
 @dataclass(frozen=True)
 class RolloutBasis:
-    """The Secret as the rollout starts: what it holds, its record, and the server's time of its last write."""
+    """The Secret as the rollout starts: what it holds, and its record."""
 
     where: str  # "Secret ns/name", for messages
     digest: str
     record: str | None
-    last_write: datetime.datetime | None
 
 
 class RecordKeeper(Protocol):
@@ -141,9 +153,7 @@ def _record_for(basis: RolloutBasis) -> tuple[RolloutRecord, bool]:
         else:
             if record.digest == basis.digest:
                 return record, False
-    # Never earlier than the data's write: a pod created after it already has the new certificate.
-    changed_at = basis.last_write or datetime.datetime.now(datetime.UTC)
-    return RolloutRecord(basis.digest, changed_at.replace(microsecond=0)), True
+    return RolloutRecord(basis.digest, datetime.datetime.now(datetime.UTC).replace(microsecond=0)), True
 
 
 def roll(
@@ -172,10 +182,6 @@ def roll(
             _stamp(record.changed_at),
             ", ".join(sorted(record.rolled)),
         )
-    # What is restarted from now on gets a creation time (whole seconds) later than the change's.
-    wait = (record.changed_at + datetime.timedelta(seconds=1.05) - datetime.datetime.now(datetime.UTC)).total_seconds()
-    if 0 < wait <= 1.05:
-        time.sleep(wait)
     results: list[RolloutResult] = []
     for kind, name in targets:
         key = f"{kind}/{name}"
@@ -187,7 +193,14 @@ def roll(
             continue
         try:
             if kind == "ReplicationController":
-                result = restart_rc(client, namespace, name, timeout, stopping, changed_at=record.changed_at)
+
+                def note(names: list[str], key: str = key) -> None:
+                    nonlocal record
+                    record = record.with_pods(key, names)
+                    _save(keeper, record)  # before the first deletion: a resume replaces only these
+
+                before = record.pods.get(key)
+                result = restart_rc(client, namespace, name, timeout, stopping, only=before, before=note)
             else:
                 result = restart_workload(client, namespace, Workload(kind, name), changed_at=record.changed_at)
         except Exception as error:  # e.g. the API went away mid-rollout: report it, try again later
@@ -227,11 +240,6 @@ def _owned_pods(client: Client, namespace: str, rc: ReplicationController) -> li
     return [p for p in pods if p.metadata is not None and any(o.uid == uid for o in p.metadata.ownerReferences or [])]
 
 
-def _created_after(pod: Pod, when: datetime.datetime | None) -> bool:
-    created = pod.metadata.creationTimestamp if pod.metadata is not None else None
-    return when is not None and isinstance(created, datetime.datetime) and created > when
-
-
 def restart_rc(
     client: Client,
     namespace: str,
@@ -239,12 +247,13 @@ def restart_rc(
     timeout: float = 300.0,
     stopping: Callable[[], bool] = lambda: False,
     *,
-    changed_at: datetime.datetime | None = None,
+    only: Sequence[str] | None = None,
+    before: Callable[[list[str]], None] = lambda names: None,
 ) -> RolloutResult:
     """Delete the RC's pods one by one, each time waiting until it has its desired Ready pods again.
 
-    Pods created after ``changed_at`` (by an interrupted earlier attempt) read the new certificate
-    already: they are kept."""
+    ``before`` is told the pods to replace before the first is deleted; ``only``, what an interrupted
+    earlier attempt was told: the pods not among them were created since and are kept."""
     what = f"replicationcontroller/{name}"
     try:
         rc = client.get(ReplicationController, name, namespace=namespace)
@@ -275,8 +284,11 @@ def restart_rc(
 
     try:
         pods = _owned_pods(client, namespace, rc)
-        old = [p.metadata.name for p in pods if p.metadata and p.metadata.name and not _created_after(p, changed_at)]
-        kept = len(pods) - len(old)
+        names = [p.metadata.name for p in pods if p.metadata and p.metadata.name]
+        old = names if only is None else [n for n in names if n in only]
+        if only is None:
+            before(old)
+        kept = len(names) - len(old)
         if kept:
             log.info("%s: %d pod(s) already created after the change are not replaced again", what, kept)
             # An earlier attempt's replacement may not be Ready yet: the next pod goes only once it is.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime
 import hashlib
 import json
 import logging
@@ -335,7 +334,7 @@ class SecretStore(StoreDefaults):
                 self._said_no_patch = True
 
     def rollout_basis(self) -> RolloutBasis:
-        """The Secret read afresh (never a cached read: its last write time must be this one's or later)."""
+        """The Secret read afresh (a cached read may predate the record's last write)."""
 
         def get() -> Secret | None:
             try:
@@ -348,12 +347,10 @@ class SecretStore(StoreDefaults):
         secret = call_api(f"read Secret {self.namespace}/{self.secret_name}", get)
         meta = secret.metadata if secret is not None and secret.metadata is not None else ObjectMeta()
         data = (secret.data if secret is not None else None) or {}
-        times = [m.time for m in meta.managedFields or [] if isinstance(m.time, datetime.datetime)]
         return RolloutBasis(
             where=f"Secret {self.namespace}/{self.secret_name}",
             digest=data_digest(data.get("tls.crt") or data.get("proxycert") or ""),
             record=self._unsaved_rollout or (meta.annotations or {}).get(ROLLOUT_RECORD),
-            last_write=max(times) if times else None,
         )
 
     def write_rollout_record(self, text: str) -> None:
