@@ -52,10 +52,13 @@ def generation(client: Client, namespace: str, name: str) -> int:
 
 
 def rc_watch(client: Client, namespace: str, replicas: int) -> tuple[ReadyWatch, set[str]]:
-    make_rc(client, namespace, replicas=replicas)
-    old = wait_for(f"{replicas} Ready pods", lambda: (p := ready_pods(client, namespace)) and len(p) == replicas and p)
+    """The RC made (``replicas`` > 0) or as it is, its Ready pods, and a watch counting its pods from now."""
+    if replicas:
+        make_rc(client, namespace, replicas=replicas)
+    count = replicas or 3
+    old = wait_for(f"{count} Ready pods", lambda: (p := ready_pods(client, namespace)) and len(p) == count and p)
     watch = ReadyWatch(client, namespace)
-    watch.start(initial=replicas)
+    watch.start(initial=count)
     return watch, set(old)
 
 
@@ -171,3 +174,100 @@ def test_controller_retries_only_the_target_that_failed(
             assert run.stop() == 0
     finally:
         watch.stop()
+
+
+def test_a_malformed_rollout_record_is_reset_with_a_warning(
+    kube_client: Client, namespace: str, kubeconfig: Path, ari: AcmeFront, tmp_path: Path
+) -> None:
+    from lightkube.resources.core_v1 import Secret
+    from lightkube.types import PatchType
+
+    watch, old = rc_watch(kube_client, namespace, 1)
+    env = seed_env(ari.pebble, namespace, kubeconfig, LETSENCRYPT_ENDPOINT=ari.directory_url, RC_NAMES="")
+    try:
+        with certkeeper_run(env, tmp_path / "first.log") as run:
+            wait_for("the certificate stored", lambda: "stored in Secret" in run.log, run=run)
+            assert run.stop() == 0
+        # A rollout owed, and its record damaged by hand.
+        bad = {"certkeeper.io/rollout": "pending", "certkeeper.io/rollout-record": '{"digest": 7, "rolled": []}'}
+        patch = {"metadata": {"annotations": bad}}
+        kube_client.patch(Secret, "certs-example.com", patch, namespace=namespace, patch_type=PatchType.MERGE)
+        with certkeeper_run(dict(env, RC_NAMES=RC), tmp_path / "second.log") as run:
+            wait_for(
+                "the rollout done",
+                lambda: (
+                    annotations_of(kube_client, namespace, "certs-example.com").get("certkeeper.io/rollout") == "done"
+                ),
+                run=run,
+            )
+            line = next(line for line in run.log.splitlines() if "rollout record" in line)
+            assert "is malformed ('digest' is not a digest): reset" in line, line
+            assert run.stop() == 0
+    finally:
+        watch.stop()
+    assert watch.deleted == sorted(old)
+    assert set(record_of(kube_client, namespace, "certs-example.com")["rolled"]) == {f"ReplicationController/{RC}"}
+    assert len(ari.recorded_orders()) == 1
+
+
+@pytest.mark.usefixtures("crds")
+def test_controller_killed_mid_rollout_resumes_at_start_and_replaces_each_pod_once(
+    kube_client: Client, namespace: str, kubeconfig: Path, kubectl: Kubectl, ari: AcmeFront, tmp_path: Path
+) -> None:
+    from lightkube.resources.core_v1 import Secret
+    from runkit import secret_bytes
+    from test_controller import apply
+
+    from certkeeper.crypto import cert_info, split_pem_chain
+
+    make_rc(kube_client, namespace, replicas=3)
+    wait_for("3 Ready pods", lambda: len(ready_pods(kube_client, namespace)) == 3)
+    apply(kubectl, issuer_manifest("pebble", ari.directory_url, ari.ca_bundle))
+    apply(kubectl, certificate_manifest("web", ["web.example.com"], rollout=[f"replicationcontroller/{RC}"]))
+    args = controller_args(namespace, ari.http_port)
+
+    def serial() -> str:
+        secret = get_secret(kube_client, namespace, "web")
+        return cert_info(split_pem_chain(secret_bytes(secret, "tls.crt"))[0]).serial if secret else ""
+
+    def rolled() -> bool:
+        return annotations_of(kube_client, namespace, "web").get("certkeeper.io/rollout") == "done"
+
+    rng = random.Random(3)
+    with certkeeper_controller(kubeconfig, tmp_path / "first.log", *args) as run:
+        wait_for("the first rollout done", lambda: serial() and rolled(), timeout=60, run=run)
+        first = serial()
+        watch, old = rc_watch(kube_client, namespace, 0)
+        # The Secret deleted: a new certificate, and its rollout cut by a SIGKILL. The Certificate stays
+        # Ready in its status, so a restarted controller would not look at it for hours unless it
+        # notices the rollout owed.
+        kube_client.delete(Secret, "web", namespace=namespace)
+        wait_for("the second rollout begun", lambda: run.log.count("replacing pod") > 3, timeout=60, run=run)
+        time.sleep(rng.uniform(0.0, 0.4))
+        run.proc.send_signal(signal.SIGKILL)
+        run.proc.wait(10)
+
+    def done() -> bool:
+        return serial() not in ("", first) and rolled()
+
+    kills = 1
+    try:
+        while kills < 3 and not done():
+            with certkeeper_controller(kubeconfig, tmp_path / f"run{kills}.log", *args) as run:
+                wait_for("a pod being replaced", lambda: "replacing pod" in run.log or done(), timeout=60, run=run)
+                time.sleep(rng.uniform(0.0, 0.4))
+                run.proc.send_signal(signal.SIGKILL)
+                run.proc.wait(10)
+            kills += 1
+        with certkeeper_controller(kubeconfig, tmp_path / "last.log", *args) as run:
+            wait_for("the rollout finished", done, timeout=30, run=run)
+            wait_for("3 Ready pods", lambda: len(ready_pods(kube_client, namespace)) == 3)
+            assert run.stop() == 0
+        time.sleep(1)
+    finally:
+        watch.stop()
+    new = watch.seen - old
+    print(f"controller, {kills} SIGKILLs mid-rollout: {len(watch.deleted)} pod deletions, {len(new)} pods created")
+    assert sorted(watch.deleted) == sorted(old), f"each old pod deleted once, no new one: {watch.deleted}"
+    assert len(new) == 3, f"pods created for one change: {sorted(new)}"
+    assert len(ari.recorded_orders()) == 2

@@ -320,9 +320,10 @@ def restart_rc(
                 return stuck
     except CertkeeperError as error:
         return failed(f"{what}: {error}")
-    return RolloutResult(
-        "ReplicationController", name, True, False, f"replaced {len(old)} pod(s) of {what} one at a time"
-    )
+    done = f"replaced {len(old)} pod(s) of {what} one at a time"
+    if kept:
+        done += f" ({kept} before an interruption)"
+    return RolloutResult("ReplicationController", name, True, False, done)
 
 
 # -- Deployments, StatefulSets, DaemonSets: restartedAt --------------------------------------------
