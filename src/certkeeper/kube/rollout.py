@@ -291,7 +291,9 @@ def restart_rc(
         kept = len(names) - len(old)
         if kept:
             log.info("%s: %d pod(s) already created after the change are not replaced again", what, kept)
-            # An earlier attempt's replacement may not be Ready yet: the next pod goes only once it is.
+        if only is not None:
+            # A resume: the replacement of the pod an earlier attempt deleted may not exist or be Ready
+            # yet (the API or the controller-manager was down): the next pod goes only once it is.
             stuck = wait_until(
                 lambda: sum(1 for p in _owned_pods(client, namespace, rc) if _ready(p)) >= desired,
                 f"fewer than {desired} Ready pod(s)",
