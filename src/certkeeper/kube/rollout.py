@@ -169,6 +169,8 @@ def roll(
 
     Returns a result per target tried; targets done already (by an interrupted or partly failed earlier
     attempt) are skipped and only logged. Each one done is recorded at once."""
+    if not targets:
+        return []
     try:
         basis = keeper.rollout_basis()
     except CertkeeperError as error:  # the API down, say: nothing restarted, all tried again later

@@ -363,9 +363,14 @@ class SecretStore(StoreDefaults):
 
         try:
             call_api(f"record the rollout's progress on Secret {self.namespace}/{self.secret_name}", write)
-        except CertkeeperError as error:
+        except KubeApiError as error:
             self._unsaved_rollout = text
-            raise CertkeeperError(f"{error.problem}; kept in memory only", error.fix) from None
+            if error.code != 403:
+                raise CertkeeperError(f"{error.problem}; kept in memory only", error.fix) from None
+            if not self._said_no_patch:  # no secrets:patch: said once, like the renewal state
+                log.warning("%s; the rollout's progress is kept in memory only", error)
+                self._said_no_patch = True
+            return
         self._unsaved_rollout = None
 
     def mark_rolled(self) -> None:
