@@ -260,6 +260,7 @@ def test_controller_killed_mid_rollout_resumes_at_start_and_replaces_each_pod_on
                 run.proc.wait(10)
             kills += 1
         with certkeeper_controller(kubeconfig, tmp_path / "last.log", *args) as run:
+            wait_for("its first pass", lambda: "looked at once since leading" in run.log, timeout=30, run=run)
             wait_for("the rollout finished", done, timeout=30, run=run)
             wait_for("3 Ready pods", lambda: len(ready_pods(kube_client, namespace)) == 3)
             assert run.stop() == 0
