@@ -34,6 +34,8 @@ from testbench.ari import AcmeFront
 if TYPE_CHECKING:
     from conftest import Kubectl
 
+    from testbench.cluster import Cluster
+
 
 def annotations_of(client: Client, namespace: str, name: str) -> dict[str, str]:
     secret = get_secret(client, namespace, name)
@@ -272,3 +274,51 @@ def test_controller_killed_mid_rollout_resumes_at_start_and_replaces_each_pod_on
     assert sorted(watch.deleted) == sorted(old), f"each old pod deleted once, no new one: {watch.deleted}"
     assert len(new) == 3, f"pods created for one change: {sorted(new)}"
     assert len(ari.recorded_orders()) == 2
+
+
+def test_run_a_forbidden_target_is_retried_alone_once_allowed(
+    kube_client: Client,
+    namespace: str,
+    kubectl: Kubectl,
+    ari: AcmeFront,
+    tmp_path: Path,
+    cluster: Cluster,
+) -> None:
+    from test_run import service_account_kubeconfig
+
+    rule = """  - apiGroups: ["apps"]
+    resources: ["deployments", "statefulsets", "daemonsets"]
+    verbs: ["get", "patch"]
+"""
+    role = (Path(__file__).resolve().parents[2] / "deploy" / "certkeeper" / "rbac.yaml").read_text()
+    assert rule in role
+    # The shipped Role, but deployments may be restarted by name, and only "front" at first.
+    (tmp_path / "narrow.yaml").write_text(role.replace(rule, rule + '    resourceNames: ["front"]\n', 1))
+    (tmp_path / "wide.yaml").write_text(role.replace(rule, rule + '    resourceNames: ["front", "back"]\n', 1))
+    for name in ("front", "back"):
+        kubectl("create", "deployment", name, "--image=nginx")
+    kubectl("create", "serviceaccount", "certkeeper")
+    kubectl("apply", "-f", str(tmp_path / "narrow.yaml"))
+    config = service_account_kubeconfig(kube_client, namespace, cluster.server, cluster.ca_file, tmp_path / "sa")
+    env = seed_env(
+        ari.pebble, namespace, config, LETSENCRYPT_ENDPOINT=ari.directory_url, RC_NAMES="", DEPLOYMENTS="front back"
+    )
+    with certkeeper_run(env, tmp_path / "run.log") as run:
+        wait_for("the retry planned", lambda: "the rollout is tried again at" in run.log, run=run)
+        line = next(line for line in run.log.splitlines() if "cannot restart deployment/back" in line)
+        assert "403" in line, line
+        assert generation(kube_client, namespace, "front") == 2
+        assert generation(kube_client, namespace, "back") == 1
+        kubectl("apply", "-f", str(tmp_path / "wide.yaml"))
+        wait_for(
+            "the retry done",
+            lambda: annotations_of(kube_client, namespace, "certs-example.com").get("certkeeper.io/rollout") == "done",
+            timeout=30,
+            run=run,
+        )
+        time.sleep(1)
+        restarts = {n: generation(kube_client, namespace, n) - 1 for n in ("front", "back")}
+        print(f"run, a 403 on one of two Deployments: restarts {restarts}")
+        assert restarts == {"front": 1, "back": 1}, restarts
+        assert run.stop() == 0
+    assert len(ari.recorded_orders()) == 1
