@@ -133,7 +133,9 @@ def ready_pods(client: Client, namespace: str) -> set[str]:
 
 @dataclass
 class ReadyWatch:
-    """Counts the RC's Ready pods after every pod event; ``minimum`` is the lowest count seen."""
+    """Counts the RC's Ready pods after every pod event; ``minimum`` is the lowest count seen.
+
+    ``seen`` holds every pod name that existed while watching, ``deleted`` each pod that went away."""
 
     client: Client
     namespace: str
@@ -141,6 +143,8 @@ class ReadyWatch:
     minimum: int | None = None
     events: int = 0
     version: str = ""
+    seen: set[str] = field(default_factory=set)
+    deleted: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _started: threading.Event = field(default_factory=threading.Event)
@@ -151,6 +155,7 @@ class ReadyWatch:
             pods = list(listing)
             self.version = cast(Any, listing).resourceVersion
             self.ready = {p.metadata.name: is_ready(p) for p in pods if p.metadata and p.metadata.name}
+            self.seen.update(self.ready)
             self.minimum = sum(self.ready.values())
             assert self.minimum >= initial, f"only {self.minimum} Ready pods when the watch started"
             self._started.set()
@@ -172,8 +177,10 @@ class ReadyWatch:
             self.version = pod.metadata.resourceVersion or self.version
             if kind == "DELETED":
                 self.ready.pop(pod.metadata.name, None)
+                self.deleted.append(pod.metadata.name)
             else:
                 self.ready[pod.metadata.name] = is_ready(pod)
+                self.seen.add(pod.metadata.name)
             self.events += 1
             count = sum(self.ready.values())
             self.minimum = count if self.minimum is None else min(self.minimum, count)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from lightkube import Client, KubeConfig
-from lightkube.resources.core_v1 import Secret
-from runkit import SECRET, certkeeper_run, get_secret, make_rc, ready_pods, seed_env, wait_for
+from lightkube.resources.core_v1 import Event, Secret
+from runkit import RC, SECRET, certkeeper_run, get_secret, make_rc, ready_pods, seed_env, wait_for
 
 from testbench import cluster as bench
 from testbench.ari import AcmeFront
@@ -71,6 +72,16 @@ def test_an_api_restart_mid_rollout_is_finished_and_the_kubelet_stand_in_survive
             return annotations.get("certkeeper.io/rollout") == "done" and len(pods) == 2 and not pods & old
 
         wait_for("the rollout finished after the outage", finished, timeout=90, run=run)
+
+        def created() -> int:
+            # kube-controller-manager's Event per pod the RC created: the 2 first ones, then 1 per deletion.
+            events = client.list(Event, namespace="run")
+            return sum(1 for e in events if e.reason == "SuccessfulCreate" and e.involvedObject.name == RC)
+
+        wait_for("the RC's replacements counted", lambda: created() >= 4, run=run)
+        time.sleep(1)
+        print(f"pods the RC created: {created()} (2 at start)")
+        assert created() == 4, "the resumed rollout replaced a pod it had replaced already"
         kubelet = next(r for r in cluster.processes if r.name == "kubelet")
         os.kill(kubelet.pid, 0)  # the stand-in is still running
         assert len(ari.recorded_orders()) == 1

@@ -549,6 +549,8 @@ class Reconciler:
         secret = self.secrets(f"{cert.namespace}/{cert.spec.get('secretName')}")
         if secret is None or not secret.digest or secret.digest != secret.written or secret.certificate != cert.name:
             return None
+        if secret.rolling and cert.spec.get("rollout"):  # a rollout was cut short (a kill, the API down)
+            return None
         try:
             until = (datetime.datetime.fromisoformat(status["renewalTime"]) - _now()).total_seconds()
         except ValueError:

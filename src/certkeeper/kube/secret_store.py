@@ -29,6 +29,7 @@ from certkeeper.acme.account import Account
 from certkeeper.errors import CertkeeperError
 from certkeeper.kube.api import KubeApiError, call_api, fail, is_not_found
 from certkeeper.kube.names import companion_name
+from certkeeper.kube.rollout import RolloutBasis
 from certkeeper.model import IssuedCert, PendingOrder
 from certkeeper.stores.base import StoredCert, StoreDefaults
 
@@ -48,6 +49,7 @@ ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
 PREFIX = "certkeeper.io/"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "certkeeper"}
 CONFLICT_RETRIES = 5
+ROLLOUT_RECORD = PREFIX + "rollout-record"  # a kube.rollout.RolloutRecord: what is restarted for which data
 CERT_KEYS = ("proxycert", "proxykey", "dhparam", "tls.crt", "tls.key", "tls.pem")
 # What a Certificate's ``keys`` writes: the seed's layout (``certkeeper run``), or what an Ingress reads.
 KEY_SETS = {"seed": CERT_KEYS, "tls": ("tls.crt", "tls.key")}
@@ -109,6 +111,7 @@ class SecretStore(StoreDefaults):
         self.last_digest = ""  # proxycert of the last Secret seen or written by us
         self.writing_digest = ""  # of the data being written now (its watch event can come before the answer)
         self.rollout_pending = False  # stored, but its consumers not yet restarted (e.g. a crash between)
+        self._unsaved_rollout: str | None = None  # the rollout record, while it cannot be written
         # An account registered whose Secret could not be written: reused, never registered again.
         self._unsaved_account: Account | None = None
         self.damaged_keys: list[str] = []
@@ -329,6 +332,46 @@ class SecretStore(StoreDefaults):
             if not self._said_no_patch:
                 log.warning("%s; the renewal state is kept in memory only", error)
                 self._said_no_patch = True
+
+    def rollout_basis(self) -> RolloutBasis:
+        """The Secret read afresh (a cached read may predate the record's last write)."""
+
+        def get() -> Secret | None:
+            try:
+                return self.client.get(Secret, self.secret_name, namespace=self.namespace)
+            except ApiError as error:
+                if is_not_found(error):
+                    return None
+                raise
+
+        secret = call_api(f"read Secret {self.namespace}/{self.secret_name}", get)
+        meta = secret.metadata if secret is not None and secret.metadata is not None else ObjectMeta()
+        data = (secret.data if secret is not None else None) or {}
+        return RolloutBasis(
+            where=f"Secret {self.namespace}/{self.secret_name}",
+            digest=data_digest(data.get("tls.crt") or data.get("proxycert") or ""),
+            record=self._unsaved_rollout or (meta.annotations or {}).get(ROLLOUT_RECORD),
+        )
+
+    def write_rollout_record(self, text: str) -> None:
+        """Record which targets are restarted; kept in memory (with a warning) when it cannot be written."""
+        patch = {"metadata": {"annotations": {ROLLOUT_RECORD: text}}}
+
+        def write() -> None:
+            self._read.pop(self.secret_name, None)
+            self.client.patch(Secret, self.secret_name, patch, namespace=self.namespace, patch_type=PatchType.MERGE)
+
+        try:
+            call_api(f"record the rollout's progress on Secret {self.namespace}/{self.secret_name}", write)
+        except KubeApiError as error:
+            self._unsaved_rollout = text
+            if error.code != 403:
+                raise CertkeeperError(f"{error.problem}; kept in memory only", error.fix) from None
+            if not self._said_no_patch:  # no secrets:patch: said once, like the renewal state
+                log.warning("%s; the rollout's progress is kept in memory only", error)
+                self._said_no_patch = True
+            return
+        self._unsaved_rollout = None
 
     def mark_rolled(self) -> None:
         """Record that the consumers of the stored certificate were restarted."""

@@ -125,6 +125,7 @@ class SecretObj:
     digest: str  # of tls.crt/proxycert as it is now: an edit by someone else changes it
     written: str  # the digest certkeeper recorded when it wrote the data (certkeeper.io/data-digest)
     tokens: tuple[tuple[str, str], ...] = ()  # the shared HTTP-01 Secret only
+    rolling: bool = False  # certkeeper.io/rollout is "pending": its consumers are not all restarted yet
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,7 @@ def project_secret(obj: dict[str, Any]) -> SecretObj:
         digest=data_digest(held),
         written=annotations.get("certkeeper.io/data-digest", ""),
         tokens=tokens,
+        rolling=annotations.get("certkeeper.io/rollout") == "pending",
     )
 
 

@@ -19,15 +19,11 @@ from lightkube import Client
 
 from certkeeper.engine import Engine, Outcome
 from certkeeper.errors import CertkeeperError
-from certkeeper.kube.api import api_error_text
-from certkeeper.kube.config import Workload
-from certkeeper.kube.rollout import RolloutResult, restart_rc, restart_workload
+from certkeeper.kube.rollout import RETRY_S, RolloutResult, roll
 from certkeeper.kube.secret_store import SecretStore
 from certkeeper.kube.sources import Target
 
 MAX_WAKE_S = 12 * 3600.0
-# A failed rollout is tried again after these (growing with failures in a row), long before the next check.
-ROLL_RETRY_S = (10.0, 30.0, 60.0, 300.0, 900.0)
 
 
 class Reporter(Protocol):
@@ -53,24 +49,6 @@ def _until(moment: datetime.datetime) -> float:
 def when(moment: datetime.datetime | None) -> str:
     """A moment as the log lines show it ("-": none)."""
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
-
-
-def roll_out(
-    client: Client, target: Target, timeout: float, stopping: Callable[[], bool] = lambda: False
-) -> list[RolloutResult]:
-    """Restart what reads the target's Secret: RCs pod by pod, workloads by restartedAt. Never raises."""
-    results: list[RolloutResult] = []
-    for kind, name in target.rollout:
-        try:
-            if kind == "ReplicationController":
-                results.append(restart_rc(client, target.namespace, name, timeout, stopping))
-            else:
-                results.append(restart_workload(client, target.namespace, Workload(kind, name)))
-        except Exception as error:  # e.g. the API went away mid-rollout: reported, tried again later
-            what = "rollout interrupted" if kind == "ReplicationController" else "restart failed"
-            message = f"{kind.lower()}/{name}: {what} ({api_error_text(error)})"
-            results.append(RolloutResult(kind, name, False, False, message))
-    return results
 
 
 class TargetSync:
@@ -137,7 +115,15 @@ class TargetSync:
 
     async def _roll(self, target: Target, store: SecretStore, reporter: Reporter) -> float | None:
         """Roll out; seconds until a failed rollout is tried again (None: done and recorded)."""
-        results = await asyncio.to_thread(roll_out, self.client, target, self.rollout_timeout, self.stopping)
+        results = await asyncio.to_thread(
+            roll,
+            self.client,
+            target.namespace,
+            target.rollout,
+            store,
+            timeout=self.rollout_timeout,
+            stopping=self.stopping,
+        )
         await reporter.rolled(results)
         if all(r.ok for r in results):
             self._roll_failures.pop(target.key, None)
@@ -149,7 +135,7 @@ class TargetSync:
         # Still pending on the Secret: tried again (with backoff) and after a restart.
         failures = self._roll_failures.get(target.key, 0) + 1
         self._roll_failures[target.key] = failures
-        delay = _backoff(ROLL_RETRY_S, failures)
+        delay = float(_backoff(RETRY_S, failures))
         again = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=delay)
         reporter.log.info("the rollout is tried again at %s", when(again))
         return delay
