@@ -1,6 +1,7 @@
 """What TLS-ALPN-01 through ``certkeeper proxy`` costs normal HTTPS traffic, same run, three proxies:
 
-- ``plain``: no TLS_ALPN_SERVICE (the proxy as it was before TLS-ALPN-01);
+- ``plain``: no TLS_ALPN_SERVICE (the proxy as it was before TLS-ALPN-01), and ``plain_again``, a second
+  one alike: plain_again/plain is the noise floor of the machine (an A/A comparison);
 - ``rest``: TLS_ALPN_SERVICE set, certkeeper's responder up with no challenge in flight (the stream front is
   off: the HTTPS server listens on the port itself);
 - ``inflight`` (for information): the same while a challenge is in flight (nginx ``stream`` + ``ssl_preread``
@@ -38,7 +39,7 @@ OUT = ROOT / "bench" / "out" / "proxy_preread.json"
 SECONDS = int(os.environ.get("BENCH_PROXY_SECONDS", "4"))
 ROUNDS = int(os.environ.get("BENCH_PREREAD_ROUNDS", "6"))
 CONNECTIONS = (10, 50)
-SIDES = ("plain", "rest", "inflight")
+SIDES = ("plain", "plain_again", "rest", "inflight")
 CHALLENGE = (Identifier("bench.test"), Challenge("tls-alpn-01", "token"), AccountKey("thumbprint"))
 
 
@@ -115,7 +116,7 @@ def main() -> None:
         sides: dict[str, tuple[Proxy, int]] = {}
         for side in SIDES:
             alpn = None
-            if side != "plain":
+            if not side.startswith("plain"):
                 responder = TlsAlpn01Solver(f"127.0.0.1:{free_port()}", check="off")
                 responder.prepare([])
                 responders[side] = responder
@@ -129,7 +130,7 @@ def main() -> None:
             serving_https(port)
             sides[side] = (proxy, port)
         front = {side: "ssl_preread on;" in (work / side / "nginx.conf").read_text() for side in SIDES}
-        assert front == {"plain": False, "rest": False, "inflight": True}, front
+        assert front == {"plain": False, "plain_again": False, "rest": False, "inflight": True}, front
         compare: dict[str, dict[str, float]] = {}
         for connections in CONNECTIONS:
             for mode, close in (("keepalive", False), ("close", True)):
@@ -149,25 +150,28 @@ def main() -> None:
 def compare_sides(sides: dict[str, tuple[Proxy, int]], connections: int, mode: str, close: bool) -> dict[str, float]:
     runs: dict[str, list[WrkResult]] = {side: [] for side in SIDES}
     for n in range(ROUNDS):
-        order = list(SIDES[n % 3 :] + SIDES[: n % 3])
+        order = list(SIDES[n % len(SIDES) :] + SIDES[: n % len(SIDES)])
         for side in order if n % 2 == 0 else order[::-1]:
             proxy, port = sides[side]
             runs[side].append(wrk(port, SECONDS, close, proxy.master_pid, connections))
     entry: dict[str, float] = {}
     for side in SIDES:
         entry[f"{side}_rps"] = median(w.requests_per_s for w in runs[side])
-        entry[f"{side}_worker_cpu_us_per_request"] = median(w.worker_cpu_us_per_request for w in runs[side])
-    for side in ("rest", "inflight"):
+        entry[f"{side}_worker_cpu_us_per_request"] = round(median(w.worker_cpu_us_per_request for w in runs[side]), 1)
+    for side in SIDES[1:]:
         ratios = [p.requests_per_s / q.requests_per_s for p, q in zip(runs[side], runs["plain"], strict=True)]
         entry[f"{side}_ratio"] = round(median(ratios), 3)
         entry[f"{side}_ratio_min"] = round(min(ratios), 3)
         entry[f"{side}_ratio_max"] = round(max(ratios), 3)
     entry["failed"] = sum(w.failed for r in runs.values() for w in r)
-    print(f"c={connections:<3} {mode:9} req/s plain {entry['plain_rps']:.0f} rest {entry['rest_rps']:.0f} "
-          f"inflight {entry['inflight_rps']:.0f}; rest/plain {entry['rest_ratio']} ({entry['rest_ratio_min']}-"
-          f"{entry['rest_ratio_max']}), inflight/plain {entry['inflight_ratio']}; worker CPU/request "
-          f"{entry['plain_worker_cpu_us_per_request']} / {entry['rest_worker_cpu_us_per_request']} / "
-          f"{entry['inflight_worker_cpu_us_per_request']} us; failed {entry['failed']}", flush=True)  # fmt: skip
+    rps = " ".join(f"{side} {entry[side + '_rps']:.0f}" for side in SIDES)
+    ratios = ", ".join(
+        f"{side}/plain {entry[side + '_ratio']} ({entry[side + '_ratio_min']}-{entry[side + '_ratio_max']})"
+        for side in SIDES[1:]
+    )
+    cpu = " / ".join(f"{entry[side + '_worker_cpu_us_per_request']:.1f}" for side in SIDES)
+    print(f"c={connections:<3} {mode:9} req/s {rps}; {ratios}; worker CPU/request {cpu} us; failed {entry['failed']}",
+          flush=True)  # fmt: skip
     return entry
 
 
