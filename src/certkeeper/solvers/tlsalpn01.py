@@ -266,7 +266,7 @@ class TlsAlpn01Solver:
                     f"{where} did not show certkeeper's TLS-ALPN-01 certificate for {name} within "
                     f"{self.check_timeout:g} s ({answered or detail}); the CA was not asked to validate",
                     f"route ALPN acme-tls/1 on {where} to {self.bind} (certkeeper proxy: TLS_ALPN_SERVICE), "
-                    "or --tls-alpn-check HOST:PORT where the CA connects",
+                    "or give --tls-alpn-check HOST:PORT where the CA connects (off: no check)",
                 )
             time.sleep(0.05 if outcome == "ours" else 0.2)
 
