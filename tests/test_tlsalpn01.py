@@ -154,3 +154,15 @@ def test_the_self_check_answers_anyway_when_nothing_answers_there(caplog: pytest
         closed.close()
     assert "cannot check TLS-ALPN-01 for nat.test" in caplog.text
     assert "answering the challenge anyway" in caplog.text
+
+
+def test_tls_alpn_check_is_refused_without_a_listener_or_as_no_address() -> None:
+    from certkeeper.errors import ConfigError
+    from certkeeper.solvers.config import build_solvers, cli_config
+    from certkeeper.solvers.http01 import ChallengeStore
+
+    with pytest.raises(ConfigError, match="--tls-alpn-check needs --tls-alpn-bind"):
+        cli_config(None, None, None, tls_alpn_check="127.0.0.1:443")
+    config = cli_config(None, None, None, tls_alpn_bind="127.0.0.1:8443", tls_alpn_check="where the CA connects")
+    with pytest.raises(ConfigError, match="is not HOST:PORT"):
+        build_solvers(config, ChallengeStore())
