@@ -193,6 +193,7 @@ def test_a_reload_nginx_refuses_keeps_the_old_configuration_serving(
     wait_for(lambda: alpn_proxy.log().count("still could not bind()") >= 2, 60, "the proxy trying again")
     assert alpn_proxy.log().count(said) == 1, alpn_proxy.log()
     assert serves_https(alpn_proxy, ca), "the old configuration must keep serving"
+    wait_for(lambda: not front_on(alpn_proxy), 15, "nginx.conf describing what nginx runs again")
     assert alpn_proxy.process.poll() is None
 
     blocker.rmdir()

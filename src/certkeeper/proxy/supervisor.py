@@ -401,6 +401,9 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 self.paths.alpn_socket.unlink(missing_ok=True)
         if not self.nginx.reload_and_wait():
+            # nginx.conf again describes what nginx runs, so a SIGHUP (forwarded to it) reloads that.
+            with contextlib.suppress(ConfigError):
+                self.write_config(https=self._https_on, front=self._front_on)
             return "nginx did not take the new configuration (its log above says why)"
         self._https_on, self._front_on = https, front
         return None
