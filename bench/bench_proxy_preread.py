@@ -7,10 +7,13 @@
 - ``inflight`` (for information): the same while a challenge is in flight (nginx ``stream`` + ``ssl_preread``
   on the port, the HTTPS server behind it on a unix socket with the PROXY protocol).
 
-Rounds rotate the order of the three sides so drift on a shared machine hits them alike; each ratio is the
+Rounds rotate the order of the four sides so drift on a shared machine hits them alike; each ratio is the
 median of the per-round ratios to ``plain``. 10 and 50 connections, keep-alive and ``Connection: close``.
-Then, for information, one challenge (front on, then off: two reloads) during a wrk run on ``rest``: what
-the reloads cost the requests in flight. Writes bench/out/proxy_preread.json.
+Then the same pairs run at the same time (``simultaneous``): wrk on ``plain`` and on the other side together,
+so both meet the same interference from the rest of a shared machine and share its two cores; a side that
+costs more CPU per request gets fewer requests per second. Then, for information, one challenge (front on,
+then off: two reloads) during a wrk run on ``rest``: what the reloads cost the requests in flight. Writes
+bench/out/proxy_preread.json.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from testbench.volumes import write_secret_volume
 OUT = ROOT / "bench" / "out" / "proxy_preread.json"
 SECONDS = int(os.environ.get("BENCH_PROXY_SECONDS", "4"))
 ROUNDS = int(os.environ.get("BENCH_PREREAD_ROUNDS", "6"))
+SIMULTANEOUS_ROUNDS = int(os.environ.get("BENCH_PREREAD_SIMULTANEOUS_ROUNDS", "8"))
 CONNECTIONS = (10, 50)
 SIDES = ("plain", "plain_again", "rest", "inflight")
 CHALLENGE = (Identifier("bench.test"), Challenge("tls-alpn-01", "token"), AccountKey("thumbprint"))
@@ -136,6 +140,11 @@ def main() -> None:
             for mode, close in (("keepalive", False), ("close", True)):
                 compare[f"c{connections}-{mode}"] = compare_sides(sides, connections, mode, close)
         results["compare"] = compare
+        simultaneous: dict[str, dict[str, float]] = {}
+        for connections in CONNECTIONS:
+            for mode, close in (("keepalive", False), ("close", True)):
+                simultaneous[f"c{connections}-{mode}"] = compare_simultaneous(sides, connections, mode, close)
+        results["simultaneous"] = simultaneous
         results["one_challenge_during_load"] = challenge_during_load(sides["rest"], responders["rest"])
     finally:
         for responder in responders.values():
@@ -172,6 +181,37 @@ def compare_sides(sides: dict[str, tuple[Proxy, int]], connections: int, mode: s
     cpu = " / ".join(f"{entry[side + '_worker_cpu_us_per_request']:.1f}" for side in SIDES)
     print(f"c={connections:<3} {mode:9} req/s {rps}; {ratios}; worker CPU/request {cpu} us; failed {entry['failed']}",
           flush=True)  # fmt: skip
+    return entry
+
+
+def compare_simultaneous(
+    sides: dict[str, tuple[Proxy, int]], connections: int, mode: str, close: bool
+) -> dict[str, float]:
+    ratios: dict[str, list[float]] = {side: [] for side in SIDES[1:]}
+    for n in range(SIMULTANEOUS_ROUNDS):
+        for side in SIDES[1:] if n % 2 == 0 else SIDES[:0:-1]:
+            both: dict[str, WrkResult] = {}
+
+            def run(name: str) -> None:
+                proxy, port = sides[name]
+                both[name] = wrk(port, SECONDS, close, proxy.master_pid, connections)  # noqa: B023
+
+            threads = [threading.Thread(target=run, args=(name,)) for name in ("plain", side)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            ratios[side].append(both[side].requests_per_s / both["plain"].requests_per_s)
+    entry: dict[str, float] = {}
+    for side, values in ratios.items():
+        entry[f"{side}_ratio"] = round(median(values), 3)
+        entry[f"{side}_ratio_min"] = round(min(values), 3)
+        entry[f"{side}_ratio_max"] = round(max(values), 3)
+    shown = ", ".join(
+        f"{side}/plain {entry[side + '_ratio']} ({entry[side + '_ratio_min']}-{entry[side + '_ratio_max']})"
+        for side in SIDES[1:]
+    )
+    print(f"simultaneous c={connections:<3} {mode:9} {shown}", flush=True)
     return entry
 
 
