@@ -1,9 +1,19 @@
-"""What the TLS-ALPN-01 front costs normal HTTPS traffic: ``certkeeper proxy`` with TLS_ALPN_SERVICE (nginx
-``stream`` + ``ssl_preread`` on the port, the HTTPS server behind it on a unix socket with the PROXY
-protocol) against the same proxy without it, same run. Writes bench/out/proxy_preread.json.
+"""What TLS-ALPN-01 through ``certkeeper proxy`` costs normal HTTPS traffic, same run, three proxies:
 
-Rounds alternate the two sides (ABBA) so drift on a shared machine hits both alike; the ratio is the
-median of the per-round ratios. Growing load: 10 and 50 connections, keep-alive and ``Connection: close``.
+- ``plain``: no TLS_ALPN_SERVICE (the proxy as it was before TLS-ALPN-01), and ``plain_again``, a second
+  one alike: plain_again/plain is the noise floor of the machine (an A/A comparison);
+- ``rest``: TLS_ALPN_SERVICE set, certkeeper's responder up with no challenge in flight (the stream front is
+  off: the HTTPS server listens on the port itself);
+- ``inflight`` (for information): the same while a challenge is in flight (nginx ``stream`` + ``ssl_preread``
+  on the port, the HTTPS server behind it on a unix socket with the PROXY protocol).
+
+Rounds rotate the order of the four sides so drift on a shared machine hits them alike; each ratio is the
+median of the per-round ratios to ``plain``. 10 and 50 connections, keep-alive and ``Connection: close``.
+Then the same pairs run at the same time (``simultaneous``): wrk on ``plain`` and on the other side together,
+so both meet the same interference from the rest of a shared machine and share its two cores; a side that
+costs more CPU per request gets fewer requests per second. Then, for information, one challenge (front on,
+then off: two reloads) during a wrk run on ``rest``: what the reloads cost the requests in flight. Writes
+bench/out/proxy_preread.json.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import platform
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from statistics import median
@@ -22,17 +33,22 @@ from statistics import median
 import psutil
 from bench_proxy import BACKEND_CONF, CA, CERTKEEPER, NGINX, ROOT, BareNginx, WrkResult, wait_listening, wrk
 
+from certkeeper.solvers.base import AccountKey, Challenge, Identifier
+from certkeeper.solvers.tlsalpn01 import TlsAlpn01Solver
 from testbench.pebble import free_port
 from testbench.volumes import write_secret_volume
 
 OUT = ROOT / "bench" / "out" / "proxy_preread.json"
 SECONDS = int(os.environ.get("BENCH_PROXY_SECONDS", "4"))
 ROUNDS = int(os.environ.get("BENCH_PREREAD_ROUNDS", "6"))
+SIMULTANEOUS_ROUNDS = int(os.environ.get("BENCH_PREREAD_SIMULTANEOUS_ROUNDS", "8"))
 CONNECTIONS = (10, 50)
+SIDES = ("plain", "plain_again", "rest", "inflight")
+CHALLENGE = (Identifier("bench.test"), Challenge("tls-alpn-01", "token"), AccountKey("thumbprint"))
 
 
 class Proxy:
-    def __init__(self, directory: Path, secrets: Path, port: int, backend: int, alpn: bool) -> None:
+    def __init__(self, directory: Path, secrets: Path, port: int, backend: int, alpn: str | None) -> None:
         self.dir = directory
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin",
@@ -46,7 +62,7 @@ class Proxy:
             "ACCESS_LOG": "off",
         }
         if alpn:
-            env["TLS_ALPN_SERVICE"] = f"127.0.0.1:{free_port()}"  # never asked here: normal traffic only
+            env["TLS_ALPN_SERVICE"] = alpn  # certkeeper's responder
         self.process = subprocess.Popen(
             [CERTKEEPER, "proxy"], env=env, stdout=(directory.parent / f"{directory.name}.log").open("wb"),
             stderr=subprocess.STDOUT,
@@ -86,10 +102,11 @@ def main() -> None:
         "date": dt.date.today().isoformat(),
         "machine": f"{os.cpu_count()} cores, {round(psutil.virtual_memory().total / 2**30)} GiB, {platform.system()}",
         "nginx": subprocess.run([NGINX, "-v"], capture_output=True, text=True).stderr.strip(),
-        "wrk": f"-t2 -d{SECONDS}s against 127.0.0.1, ECDSA P-256, median of {ROUNDS} alternating rounds",
+        "wrk": f"-t2 -d{SECONDS}s against 127.0.0.1, ECDSA P-256, median of {ROUNDS} rotating rounds",
         "load_average_at_start": os.getloadavg()[0],
     }
     started: list[BareNginx | Proxy] = []
+    responders: dict[str, TlsAlpn01Solver] = {}
     try:
         backend_port = free_port()
         backend_dir = work / "backend"
@@ -101,46 +118,139 @@ def main() -> None:
         secrets.mkdir(mode=0o755)
         write_secret_volume(secrets, {"proxycert": chain, "proxykey": key})
         sides: dict[str, tuple[Proxy, int]] = {}
-        for side, alpn in (("plain", False), ("preread", True)):
+        for side in SIDES:
+            alpn = None
+            if not side.startswith("plain"):
+                responder = TlsAlpn01Solver(f"127.0.0.1:{free_port()}", check="off")
+                responder.prepare([])
+                responders[side] = responder
+                alpn = responder.bind
+                if side == "inflight":
+                    responder.present(*CHALLENGE)
             port = free_port()
             proxy = Proxy(work / side, secrets, port, backend_port, alpn)
             started.append(proxy)
             wait_listening(port)
             serving_https(port)
             sides[side] = (proxy, port)
+        front = {side: "ssl_preread on;" in (work / side / "nginx.conf").read_text() for side in SIDES}
+        assert front == {"plain": False, "plain_again": False, "rest": False, "inflight": True}, front
         compare: dict[str, dict[str, float]] = {}
         for connections in CONNECTIONS:
             for mode, close in (("keepalive", False), ("close", True)):
-                runs: dict[str, list[WrkResult]] = {"plain": [], "preread": []}
-                order = list(sides)
-                for n in range(ROUNDS):
-                    for side in order if n % 2 == 0 else order[::-1]:
-                        proxy, port = sides[side]
-                        runs[side].append(wrk(port, SECONDS, close, proxy.master_pid, connections))
-                pairs = zip(runs["preread"], runs["plain"], strict=True)
-                ratios = [p.requests_per_s / q.requests_per_s for p, q in pairs]
-                entry = {
-                    "plain_rps": median(w.requests_per_s for w in runs["plain"]),
-                    "preread_rps": median(w.requests_per_s for w in runs["preread"]),
-                    "ratio": round(median(ratios), 3),
-                    "ratio_min": round(min(ratios), 3),
-                    "ratio_max": round(max(ratios), 3),
-                    "plain_worker_cpu_us_per_request": median(w.worker_cpu_us_per_request for w in runs["plain"]),
-                    "preread_worker_cpu_us_per_request": median(w.worker_cpu_us_per_request for w in runs["preread"]),
-                    "failed": sum(w.failed for r in runs.values() for w in r),
-                }
-                compare[f"c{connections}-{mode}"] = entry
-                print(f"c={connections:<3} {mode:9} plain {entry['plain_rps']:>8.0f} req/s  preread "
-                      f"{entry['preread_rps']:>8.0f} req/s  ratio {entry['ratio']} ({entry['ratio_min']}-"
-                      f"{entry['ratio_max']})  worker CPU/request {entry['plain_worker_cpu_us_per_request']} vs "
-                      f"{entry['preread_worker_cpu_us_per_request']} us", flush=True)  # fmt: skip
+                compare[f"c{connections}-{mode}"] = compare_sides(sides, connections, mode, close)
         results["compare"] = compare
+        simultaneous: dict[str, dict[str, float]] = {}
+        for connections in CONNECTIONS:
+            for mode, close in (("keepalive", False), ("close", True)):
+                simultaneous[f"c{connections}-{mode}"] = compare_simultaneous(sides, connections, mode, close)
+        results["simultaneous"] = simultaneous
+        results["one_challenge_during_load"] = challenge_during_load(sides["rest"], responders["rest"])
     finally:
+        for responder in responders.values():
+            responder.close()
         for item in started:
             item.stop()
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {OUT.relative_to(ROOT)}")
+
+
+def compare_sides(sides: dict[str, tuple[Proxy, int]], connections: int, mode: str, close: bool) -> dict[str, float]:
+    runs: dict[str, list[WrkResult]] = {side: [] for side in SIDES}
+    for n in range(ROUNDS):
+        order = list(SIDES[n % len(SIDES) :] + SIDES[: n % len(SIDES)])
+        for side in order if n % 2 == 0 else order[::-1]:
+            proxy, port = sides[side]
+            runs[side].append(wrk(port, SECONDS, close, proxy.master_pid, connections))
+    entry: dict[str, float] = {}
+    for side in SIDES:
+        entry[f"{side}_rps"] = median(w.requests_per_s for w in runs[side])
+        entry[f"{side}_worker_cpu_us_per_request"] = round(median(w.worker_cpu_us_per_request for w in runs[side]), 1)
+    for side in SIDES[1:]:
+        ratios = [p.requests_per_s / q.requests_per_s for p, q in zip(runs[side], runs["plain"], strict=True)]
+        entry[f"{side}_ratio"] = round(median(ratios), 3)
+        entry[f"{side}_ratio_min"] = round(min(ratios), 3)
+        entry[f"{side}_ratio_max"] = round(max(ratios), 3)
+    entry["failed"] = sum(w.failed for r in runs.values() for w in r)
+    rps = " ".join(f"{side} {entry[side + '_rps']:.0f}" for side in SIDES)
+    ratios = ", ".join(
+        f"{side}/plain {entry[side + '_ratio']} ({entry[side + '_ratio_min']}-{entry[side + '_ratio_max']})"
+        for side in SIDES[1:]
+    )
+    cpu = " / ".join(f"{entry[side + '_worker_cpu_us_per_request']:.1f}" for side in SIDES)
+    print(f"c={connections:<3} {mode:9} req/s {rps}; {ratios}; worker CPU/request {cpu} us; failed {entry['failed']}",
+          flush=True)  # fmt: skip
+    return entry
+
+
+def compare_simultaneous(
+    sides: dict[str, tuple[Proxy, int]], connections: int, mode: str, close: bool
+) -> dict[str, float]:
+    ratios: dict[str, list[float]] = {side: [] for side in SIDES[1:]}
+    for n in range(SIMULTANEOUS_ROUNDS):
+        for side in SIDES[1:] if n % 2 == 0 else SIDES[:0:-1]:
+            both: dict[str, WrkResult] = {}
+
+            def run(name: str) -> None:
+                proxy, port = sides[name]
+                both[name] = wrk(port, SECONDS, close, proxy.master_pid, connections)  # noqa: B023
+
+            threads = [threading.Thread(target=run, args=(name,)) for name in ("plain", side)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            ratios[side].append(both[side].requests_per_s / both["plain"].requests_per_s)
+    entry: dict[str, float] = {}
+    for side, values in ratios.items():
+        entry[f"{side}_ratio"] = round(median(values), 3)
+        entry[f"{side}_ratio_min"] = round(min(values), 3)
+        entry[f"{side}_ratio_max"] = round(max(values), 3)
+    shown = ", ".join(
+        f"{side}/plain {entry[side + '_ratio']} ({entry[side + '_ratio_min']}-{entry[side + '_ratio_max']})"
+        for side in SIDES[1:]
+    )
+    print(f"simultaneous c={connections:<3} {mode:9} {shown}", flush=True)
+    return entry
+
+
+def challenge_during_load(side: tuple[Proxy, int], responder: TlsAlpn01Solver) -> dict[str, object]:
+    """wrk on the proxy at rest while one challenge comes and goes (the front put on, then taken off)."""
+    proxy, port = side
+    responder.check = f"127.0.0.1:{port}"  # present() returns once the front is in place
+    log_path = proxy.dir.parent / f"{proxy.dir.name}.log"
+    seconds = max(SECONDS, 12)
+    found: dict[str, object] = {}
+    for connections in CONNECTIONS:
+        for mode, close in (("keepalive", False), ("close", True)):
+
+            def one_challenge() -> None:
+                time.sleep(1)
+                responder.present(*CHALLENGE)
+                time.sleep(1)
+                responder.cleanup(*CHALLENGE)  # the proxy takes the front off 5 s later
+
+            thread = threading.Thread(target=one_challenge)
+            thread.start()
+            result = wrk(port, seconds, close, proxy.master_pid, connections)
+            thread.join()
+            found[f"c{connections}-{mode}"] = {
+                "seconds": seconds,
+                "requests": result.requests,
+                "requests_per_s": result.requests_per_s,
+                "socket_errors": result.socket_errors,
+                "non_2xx": result.non_2xx,
+            }
+            print(f"one challenge during c={connections} {mode}: {result.requests} requests in {seconds} s, "
+                  f"{result.socket_errors} socket errors, {result.non_2xx} non-2xx", flush=True)  # fmt: skip
+            deadline = time.monotonic() + 30  # the front gone before the next run
+            while time.monotonic() < deadline:
+                log = log_path.read_text(errors="replace")
+                if log.count("has port") >= log.count("acme-tls/1 on port"):
+                    break
+                time.sleep(0.2)
+    return found
 
 
 if __name__ == "__main__":

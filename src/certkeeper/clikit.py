@@ -43,6 +43,9 @@ DNS_OPTIONS = [
            help="How long one DNS query or update may take [default: 10]."),
     option("--tls-alpn-bind", metavar="HOST:PORT",
            help="Prove names with TLS-ALPN-01 by listening here (e.g. 0.0.0.0:443) instead of HTTP-01."),
+    option("--tls-alpn-check", metavar="HOST:PORT",
+           help="Where the CA connects for TLS-ALPN-01, checked before answering [default: the name's port 443]; "
+                "off: no check."),
 ]  # fmt: skip
 
 

@@ -166,14 +166,24 @@ def alpn_peer(port: int) -> x509.Certificate:
         return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True) or b"")
 
 
+def alpn_refused(port: int) -> bool:
+    try:
+        alpn_peer(port)
+    except ssl.SSLError:
+        return True
+    return False
+
+
 def test_the_proxy_image_routes_tls_alpn01_to_certkeeper_and_the_rest_to_https(
     built: dict[str, images.Built], backend_port: int, secrets_dir: Path, tmp_path: Path
 ) -> None:
     ca = TestCA("image test CA", days=2)
     served = ca.issue([HOST])
     write_secret_volume(secrets_dir, {"proxycert": served.cert_pem + ca.cert_pem, "proxykey": served.key_pem})
-    responder = TlsAlpn01Solver(f"127.0.0.1:{free_port()}")  # certkeeper's responder, outside the image
-    responder.present(Identifier(HOST), Challenge("tls-alpn-01", "token"), AccountKey("thumbprint"))
+    # certkeeper's responder, outside the image, with a challenge in flight from the start.
+    responder = TlsAlpn01Solver(f"127.0.0.1:{free_port()}", check="off")
+    challenge = (Identifier(HOST), Challenge("tls-alpn-01", "token"), AccountKey("thumbprint"))
+    responder.present(*challenge)
     http_port, https_port = free_port(), free_port()
     mounts = containers.pod_mounts(containers.pod_spec(ROOT / "deploy" / "proxy" / "deployment.yaml"),
                                    {"certs": secrets_dir})  # fmt: skip
@@ -201,6 +211,10 @@ def test_the_proxy_image_routes_tls_alpn01_to_certkeeper_and_the_rest_to_https(
                 validation = alpn_peer(https_port)
                 assert validation.extensions.get_extension_for_oid(ACME_IDENTIFIER).critical
                 assert validation.serial_number != served.cert.serial_number
+                # The challenge over, the proxy takes the front off: acme-tls/1 meets the HTTPS server.
+                responder.cleanup(*challenge)
+                wait_for("acme-tls/1 refused by the HTTPS server", lambda: alpn_refused(https_port), 30, log)
+                assert https_get(https_port, ca)[0] == serial
             finally:
                 exit_code = running.stop()
             assert exit_code == 0, log.read_text(errors="replace")[-3000:]

@@ -24,13 +24,15 @@ def settings(tmp_path: Path, **env: str) -> ProxySettings:
     return load_settings({**base, **env})
 
 
-def rendered(tmp_path: Path, chosen: ProxySettings, *, has_cert: bool, dhparam: bool = False) -> str:
+def rendered(
+    tmp_path: Path, chosen: ProxySettings, *, has_cert: bool, dhparam: bool = False, front: bool = False
+) -> str:
     """Render, then have nginx itself check the result (nginx -t fails the test with its complaint)."""
     paths = RunPaths(chosen.run_dir)
     for folder in (paths.root, paths.temp, paths.live / "current"):
         folder.mkdir(parents=True, exist_ok=True)
     paths.dhparam.write_bytes(FFDHE2048_PEM)
-    text = render(chosen, paths, has_cert=has_cert, dhparam=dhparam)
+    text = render(chosen, paths, has_cert=has_cert, dhparam=dhparam, front=front)
     paths.conf.write_text(text)
     Nginx(chosen.nginx_bin, paths).check()
     return text
@@ -169,3 +171,24 @@ def test_the_worker_user_is_named_or_left_out(tmp_path: Path) -> None:
     assert "user root;" in text and "access_log off;" in text
     without = ProxySettings(**{**chosen.__dict__, "worker_user": None})
     assert not any(line.startswith("user ") for line in lines(rendered(tmp_path, without, has_cert=False)))
+
+
+def test_the_tls_alpn01_front_is_rendered_only_while_a_challenge_is_in_flight(tmp_path: Path) -> None:
+    plain = rendered(tmp_path, settings(tmp_path, ENABLE_SSL="true", HTTPS_PORT="8443"), has_cert=True)
+    chosen = settings(tmp_path, ENABLE_SSL="true", HTTPS_PORT="8443", TLS_ALPN_SERVICE="127.0.0.1:9443")
+    paths = RunPaths(chosen.run_dir)
+    at_rest = rendered(tmp_path, chosen, has_cert=True)
+    # At rest: the HTTPS server on the port itself, as without TLS_ALPN_SERVICE; its socket behind the
+    # front is kept (unused) so reloads that put the front on and off never remove it under a worker.
+    assert "stream {" not in at_rest and "ssl_preread" not in at_rest
+    assert "listen 8443 ssl http2 default_server;" in lines(
+        at_rest
+    ) and "listen 8443 ssl http2 default_server;" in lines(plain)
+    assert f"listen unix:{paths.https_socket} ssl http2 proxy_protocol default_server;" in lines(at_rest)
+
+    in_flight = rendered(tmp_path, chosen, has_cert=True, front=True)
+    assert "ssl_preread on;" in lines(in_flight)
+    assert "listen 8443;" in lines(in_flight)
+    assert "listen 8443 ssl http2 default_server;" not in lines(in_flight)
+    assert "proxy_pass 127.0.0.1:9443;" in lines(in_flight)
+    assert f"listen unix:{paths.https_socket} ssl http2 proxy_protocol default_server;" in lines(in_flight)

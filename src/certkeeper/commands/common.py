@@ -69,13 +69,15 @@ class EngineOptions:
     dns_propagation_timeout: float | None = None
     dns_timeout: float | None = None
     tls_alpn_bind: str | None = None
+    tls_alpn_check: str | None = None
     rate_limits: str = "auto"
     rehearsal: str = "auto"
     fallback_server: tuple[str, ...] = ()
 
     def solver_config(self) -> list[dict[str, Any]]:
         return cli_config(self.dns, self.dns_server, self.tsig_key_file, self.dns_zone,
-                          self.dns_propagation_timeout, self.dns_timeout, self.tls_alpn_bind)  # fmt: skip
+                          self.dns_propagation_timeout, self.dns_timeout, self.tls_alpn_bind,
+                          tls_alpn_check=self.tls_alpn_check)  # fmt: skip
 
     def has_solver_options(self) -> bool:
         return bool(self.dns or self.tls_alpn_bind)

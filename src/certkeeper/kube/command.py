@@ -140,6 +140,7 @@ def run(
     dns_propagation_timeout: float | None,
     dns_timeout: float | None,
     tls_alpn_bind: str | None,
+    tls_alpn_check: str | None,
     dns_state_dir: str | None,
 ) -> None:
     """Keep the Secret certs-<first of DOMAINS> issued and renewed; restart its consumers after a change.
@@ -155,7 +156,14 @@ def run(
 
     try:
         solvers = cli_config(
-            dns, dns_server, tsig_key_file, dns_zone, dns_propagation_timeout, dns_timeout, tls_alpn_bind
+            dns,
+            dns_server,
+            tsig_key_file,
+            dns_zone,
+            dns_propagation_timeout,
+            dns_timeout,
+            tls_alpn_bind,
+            tls_alpn_check=tls_alpn_check,
         )
         config = load_config(
             os.environ,

@@ -15,6 +15,8 @@ from certkeeper.proxy.render import RunPaths
 
 GRACEFUL_STOP_SECONDS = 10.0
 FAST_STOP_SECONDS = 5.0
+# nginx -t has passed by then, so a master that starts no new worker within this did not take it.
+RELOAD_SECONDS = 5.0
 
 
 class Nginx:
@@ -46,6 +48,41 @@ class Nginx:
         """Graceful reload: new workers take the new configuration, old ones finish their requests."""
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGHUP)
+
+    def accepting_workers(self) -> set[int]:
+        """Pids of the master's workers that still accept connections (not "shutting down")."""
+        if self.process is None:
+            return set()
+        found = set()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[-1].split()[1])
+                title = Path(f"/proc/{entry}/cmdline").read_bytes() if parent == self.process.pid else b""
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+            # An old worker sets this title in the same step as it closes its listening sockets.
+            if title.startswith(b"nginx: worker process") and b"shutting down" not in title:
+                found.add(int(entry))
+        return found
+
+    def reload_and_wait(self, seconds: float = RELOAD_SECONDS) -> bool:
+        """Reload; True once only workers of the new configuration accept, False if nginx kept the old one.
+
+        A master that cannot apply a configuration (a socket it cannot bind, say) logs why and keeps its
+        old workers: no new worker appears. The old workers keep accepting for a moment (nginx tells them
+        to stop ~100 ms after starting the new ones), so this waits for that too.
+        """
+        before = self.accepting_workers()
+        self.reload()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            now = self.accepting_workers()
+            if now - before and not now & before:
+                return True
+            time.sleep(0.02)
+        return False
 
     def stop(self) -> None:
         """Stop our nginx if it still runs (graceful first): it must never outlive its supervisor."""

@@ -120,10 +120,13 @@ stream {{
 """
 
 
-def render(settings: ProxySettings, paths: RunPaths, *, has_cert: bool, dhparam: bool) -> str:
+def render(settings: ProxySettings, paths: RunPaths, *, has_cert: bool, dhparam: bool, front: bool = False) -> str:
+    """``front``: the TLS-ALPN-01 stream front on the HTTPS port (only while a challenge is in flight)."""
     names = " ".join(settings.server_names) or "_"
-    front = settings.enable_ssl and settings.tls_alpn_service is not None
-    modules = f"load_module {settings.stream_module};\n" if front and settings.stream_module else ""
+    front = front and settings.enable_ssl and settings.tls_alpn_service is not None
+    # Loaded whether the front is on or not: a reload that adds the front then loads no new module.
+    alpn = settings.enable_ssl and settings.tls_alpn_service is not None
+    modules = f"load_module {settings.stream_module};\n" if alpn and settings.stream_module else ""
     user = f"user {settings.worker_user};\n" if settings.worker_user else ""
     temp = paths.temp
     connection = "$connection_upgrade" if settings.web_sockets else '""'
@@ -155,12 +158,19 @@ def render(settings: ProxySettings, paths: RunPaths, *, has_cert: bool, dhparam:
         )
         dh = f"        ssl_dhparam {paths.dhparam};\n" if dhparam else ""
         listen = f"{_listen(settings, settings.https_port)} ssl http2 default_server;\n"
+        behind_front = (
+            f"unix:{paths.https_socket} ssl http2 proxy_protocol default_server;\n"
+            "        set_real_ip_from unix:;\n"
+            "        real_ip_header proxy_protocol;\n"
+        )
         if front:
-            listen = (
-                f"unix:{paths.https_socket} ssl http2 proxy_protocol default_server;\n"
-                "        set_real_ip_from unix:;\n"
-                "        real_ip_header proxy_protocol;\n"
-            )
+            listen = behind_front
+        elif alpn:
+            # The socket behind the front stays across the reloads that take the front off and put it back:
+            # a reload that removed it would reset the connections nginx's old workers (the front's) still
+            # accept for a moment. Unused at rest, it costs nothing per request (realip looks only at
+            # connections that came with a PROXY header).
+            listen += f"        listen {behind_front}"
         https = (
             "    server {\n"
             f"        listen {listen}"

@@ -15,6 +15,7 @@ from types import FrameType
 
 from certkeeper.errors import ConfigError
 from certkeeper.proxy import certs
+from certkeeper.proxy.challenges import ChallengeWatch
 from certkeeper.proxy.live import LiveCerts
 from certkeeper.proxy.nginx import Nginx
 from certkeeper.proxy.ports import holders
@@ -26,6 +27,11 @@ log = logging.getLogger("certkeeper.proxy")
 # How often HTTPS is tried again while nginx rejects its configuration (each try runs `nginx -t`).
 HTTPS_RETRY_SECONDS = 30.0
 RECHECK_REFUSED_SECONDS = 30.0
+# How long the TLS-ALPN-01 front stays after the last challenge ended: the next order of a batch
+# (``issue --file``, a controller's queue) then needs no reload.
+FRONT_LINGER_SECONDS = 5.0
+# How often a front change that nginx did not take is tried again.
+FRONT_RETRY_SECONDS = 5.0
 
 FORWARDED_SIGNALS = (
     signal.SIGTERM,
@@ -72,6 +78,14 @@ class Supervisor:
         self._https_on = False
         self._https_failure: str | None = None
         self._https_retry_at = 0.0
+        # The TLS-ALPN-01 front (see docs/proxy.md): in the configuration nginx runs only while certkeeper's
+        # responder has a challenge in flight; at rest the HTTPS server listens on the port itself.
+        self.watch: ChallengeWatch | None = None
+        if settings.enable_ssl and settings.tls_alpn_service is not None:
+            self.watch = ChallengeWatch(settings.tls_alpn_service)
+        self._front_on = False
+        self._front_failure: str | None = None
+        self._front_retry_at = 0.0
         self._tick_failure: str | None = None
         self._refused: str | None = None  # digest of a pair refused and reported; rechecked at _recheck_at
         self._recheck_at = 0.0
@@ -114,19 +128,22 @@ class Supervisor:
                     self.settings.secrets_dir,
                 )
         self._https_on = False
+        if self.watch is not None:
+            self.watch.ask_once()  # a challenge already in flight gets its route from the start
+        self._front_on = self._want_front()
         if self.live.serving is not None:
             try:
-                self.write_config(https=True)
+                self.write_config(https=True, front=self._front_on)
                 self._https_on = True
                 return
             except ConfigError as e:
                 https_failure = str(e)
-            self.write_config(https=False)
+            self.write_config(https=False, front=self._front_on)
             self._https_failure = https_failure
             self._https_retry_at = time.monotonic() + HTTPS_RETRY_SECONDS
             log.error("HTTPS is off: %s; serving ACME challenges and 503 on HTTP meanwhile", https_failure)
             return
-        self.write_config(https=False)
+        self.write_config(https=False, front=self._front_on)
 
     def _lock_run_dir(self) -> None:
         """One proxy per RUN_DIR: a second would wipe the first one's certificates and stop its nginx.
@@ -165,10 +182,10 @@ class Supervisor:
             log.error("nginx (pid %d), left running by an earlier certkeeper proxy on RUN_DIR=%s, holds %s "
                       "and did not stop: kill it", pid, self.paths.root, ports)  # fmt: skip
 
-    def write_config(self, *, https: bool) -> None:
+    def write_config(self, *, https: bool, front: bool = False) -> None:
         """Render, have ``nginx -t`` accept it, then put it in place; any failure is a ConfigError."""
         dhparam = https and self._copy_dhparam()
-        text = render(self.settings, self.paths, has_cert=https, dhparam=dhparam)
+        text = render(self.settings, self.paths, has_cert=https, dhparam=dhparam, front=front)
         candidate = self.paths.conf.with_name("nginx.conf.new")
         try:
             candidate.write_text(text)
@@ -271,6 +288,8 @@ class Supervisor:
     # -- run -----------------------------------------------------------------------------------------
     def run(self) -> int:
         process = self.nginx.start()
+        if self.watch is not None:
+            self.watch.start()
         previous = {sig: signal.signal(sig, self._forward) for sig in FORWARDED_SIGNALS}
         previous |= {sig: signal.signal(sig, self._exit) for sig in EXITING_SIGNALS}
         try:
@@ -280,6 +299,8 @@ class Supervisor:
         finally:
             for sig in EXITING_SIGNALS:  # a second one must not cut the stop short
                 signal.signal(sig, signal.SIG_IGN)
+            if self.watch is not None:
+                self.watch.stop()
             self.nginx.stop()  # a no-op after nginx exited; otherwise it must not outlive us
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -309,7 +330,7 @@ class Supervisor:
     def _name_port_holders(self) -> None:
         """nginx says "Address already in use"; say who uses it, since our nginx is gone by now."""
         ports = [("HTTP_PORT", self.settings.http_port)]
-        if self.settings.enable_ssl and self._https_on:
+        if self.settings.enable_ssl and (self._https_on or self._front_on):
             ports.append(("HTTPS_PORT", self.settings.https_port))
         for name, port in ports:
             try:
@@ -333,20 +354,69 @@ class Supervisor:
 
     def _tick(self) -> None:
         self.poll()
-        if self._https_on or self.live.serving is None or time.monotonic() < self._https_retry_at:
+        now = time.monotonic()
+        # The first reload in a proxy's life: the HTTPS server block appears with the first certificate.
+        https = self._https_on or (self.live.serving is not None and now >= self._https_retry_at)
+        front = self._want_front()
+        if https == self._https_on and (front == self._front_on or now < self._front_retry_at):
             return
-        # The one reload in a proxy's life: the HTTPS server block appears with the first certificate.
+        was_https, was_front = self._https_on, self._front_on
+        failure = self._apply(https=https, front=front)
+        if failure is None:
+            if https and not was_https:
+                log.info("HTTPS is on (port %d)", self.settings.https_port)
+            if front != was_front:
+                self._report_front(front)
+            self._front_failure = None
+            return
+        if https != was_https:
+            self._https_retry_at = now + HTTPS_RETRY_SECONDS
+            if failure != self._https_failure:
+                log.error("cannot turn HTTPS on: %s", failure)
+                self._https_failure = failure
+            return
+        self._front_retry_at = now + FRONT_RETRY_SECONDS
+        if failure != self._front_failure:
+            change = "put the TLS-ALPN-01 route in front of" if front else "take the TLS-ALPN-01 route off"
+            log.error("cannot %s port %d: %s; nginx serves the previous configuration, trying again every %g s",
+                      change, self.settings.https_port, failure, FRONT_RETRY_SECONDS)  # fmt: skip
+            self._front_failure = failure
+
+    def _want_front(self) -> bool:
+        if self.watch is None:
+            return False
+        if self.watch.names:
+            return True
+        return self._front_on and self.watch.quiet_for() < FRONT_LINGER_SECONDS
+
+    def _apply(self, *, https: bool, front: bool) -> str | None:
+        """Write, check and reload into this configuration; why not, or None once nginx runs it."""
         try:
-            self.write_config(https=True)
+            self.write_config(https=https, front=front)
         except ConfigError as e:
-            self._https_retry_at = time.monotonic() + HTTPS_RETRY_SECONDS
-            if str(e) != self._https_failure:
-                log.error("cannot turn HTTPS on: %s", e)
-                self._https_failure = str(e)
-            return
-        self.nginx.reload()
-        self._https_on = True
-        log.info("HTTPS is on (port %d)", self.settings.https_port)
+            return str(e)
+        if front and not self._front_on:
+            # Not in use while the front is off (nginx removes it when a reload drops the front); one left
+            # by a killed nginx would stop the new configuration binding it. (https.sock stays: see render.)
+            with contextlib.suppress(OSError):
+                self.paths.alpn_socket.unlink(missing_ok=True)
+        if not self.nginx.reload_and_wait():
+            # nginx.conf again describes what nginx runs, so a SIGHUP (forwarded to it) reloads that.
+            with contextlib.suppress(ConfigError):
+                self.write_config(https=self._https_on, front=self._front_on)
+            return "nginx did not take the new configuration (its log above says why)"
+        self._https_on, self._front_on = https, front
+        return None
+
+    def _report_front(self, front: bool) -> None:
+        assert self.watch is not None
+        if front:
+            names = ", ".join(self.watch.names) or "a challenge"
+            log.info("TLS-ALPN-01 for %s: acme-tls/1 on port %d now goes to %s", names, self.settings.https_port,
+                     self.settings.tls_alpn_service)  # fmt: skip
+        else:
+            log.info("no TLS-ALPN-01 challenge in flight: the HTTPS server has port %d to itself again",
+                     self.settings.https_port)  # fmt: skip
 
 
 def describe(error: BaseException) -> str:

@@ -143,7 +143,8 @@ def build_solvers(
 
             bind = str((raw["tlsalpn01"] or {}).get("bind") or "0.0.0.0:443")
             parse_bind(bind)
-            entries.append(SolverEntry(TlsAlpn01Solver(bind), selector))
+            check = (raw["tlsalpn01"] or {}).get("check")
+            entries.append(SolverEntry(TlsAlpn01Solver(bind, str(check) if check else None), selector))
             continue
         dns = raw["dns01"]
         providers = set(dns or {}) & set(DNS_PROVIDERS)
@@ -194,10 +195,15 @@ def cli_config(
     propagation_timeout: float | None = None,
     timeout: float | None = None,
     tls_alpn_bind: str | None = None,
+    *,
+    tls_alpn_check: str | None = None,
 ) -> list[dict[str, Any]]:
     """The solver list the command-line flags (or their CERTKEEPER_* variables) describe."""
     # TLS-ALPN-01, when asked for, proves the names DNS-01 does not, instead of HTTP-01 (port 80 may be closed).
-    others: list[dict[str, Any]] = [{"tlsalpn01": {"bind": tls_alpn_bind}} if tls_alpn_bind else {"http01": {}}]
+    if tls_alpn_check and not tls_alpn_bind:
+        raise ConfigError("--tls-alpn-check needs --tls-alpn-bind HOST:PORT")
+    alpn: dict[str, Any] = {"bind": tls_alpn_bind, **({"check": tls_alpn_check} if tls_alpn_check else {})}
+    others: list[dict[str, Any]] = [{"tlsalpn01": alpn} if tls_alpn_bind else {"http01": {}}]
     if not dns:
         if dns_server or tsig_key_file or dns_zones:
             raise ConfigError("--dns-server, --tsig-key-file and --dns-zone need --dns rfc2136")
