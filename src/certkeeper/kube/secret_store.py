@@ -347,15 +347,16 @@ class SecretStore(StoreDefaults):
     def order_secret_name(self) -> str:
         return companion_name(self.secret_name, "-order")
 
-    def load_order(self, lineage: str) -> PendingOrder | None:
-        secret = self._get(self.order_secret_name)
+    def load_order(self, lineage: str, *, fresh: bool = False) -> PendingOrder | None:
+        secret = self._get(self.order_secret_name)  # no cache of its own to bypass: ``fresh`` changes nothing
         if secret is None or not secret.data or secret.metadata is None:
             return None
         annotations = secret.metadata.annotations or {}
         url = annotations.get(PREFIX + "order-url", "")
         key_pem = _unb64(secret.data.get("key.pem"))
         names = tuple(annotations.get(PREFIX + "names", "").split())
-        return PendingOrder(url, names, key_pem) if url and key_pem and names else None
+        # No URL: the key and names recorded before the newOrder request (engine: found in the CA's list).
+        return PendingOrder(url, names, key_pem) if key_pem and names else None
 
     def save_order(self, lineage: str, pending: PendingOrder) -> None:
         self._write_key_secret(
