@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from certkeeper.acme import Account, AccountStore, AcmeClient, ensure_account, register_again
 from certkeeper.crypto import generate_key, key_type_of
-from certkeeper.errors import CAError, CertkeeperError, ConfigError
+from certkeeper.errors import CAError, CertkeeperError, ConfigError, NotRecorded
 from certkeeper.fallback import Fallback, falls_back, waits_out
 from certkeeper.ledger import Ledger
 from certkeeper.model import CertInfo, IssuedCert, PendingOrder, RenewalState, RenewalWindow
@@ -429,13 +429,19 @@ class Engine:
                 return
             try:
                 self.journal.save_order(lineage, PendingOrder("", spec.names, key_pem))
-            except CertkeeperError as error:
+            except NotRecorded as error:
                 # The CA is not asked: an order whose record can be kept nowhere durable would be placed again
                 # by whoever works on this certificate next (another replica, this process after a restart).
                 raise CertkeeperError(
                     f"nothing ordered: the order could not be recorded first ({error})",
                     "it is tried again; the order is placed once its record can be written",
                 ) from None
+            except CertkeeperError as error:
+                # Refused for good (a quota, a policy): no record will ever be possible, so waiting for one would
+                # stop issuance; this process keeps the order in memory instead.
+                log.warning("could not record the order for %s before placing it (%s): placing it anyway",
+                            " ".join(spec.names), error)  # fmt: skip
+                return
             recorded[0] = True
 
         def placed(url: str) -> None:

@@ -28,7 +28,7 @@ from lightkube.types import PatchType
 
 from certkeeper.acme import Account
 from certkeeper.engine import Engine, Outcome
-from certkeeper.errors import CertkeeperError, ConfigError
+from certkeeper.errors import CertkeeperError, ConfigError, NotRecorded
 from certkeeper.kube.api import call_api
 from certkeeper.kube.config import Workload
 from certkeeper.kube.events import Recorder
@@ -187,7 +187,7 @@ class RoutedStore(StoreDefaults):
         with self._lock:
             store = self.stores.get(lineage)
         if store is None:  # its reconcile was stopped (the Lease lost) while a worker thread went on
-            raise CertkeeperError(f"{lineage}: no longer worked on by this replica")
+            raise NotRecorded(f"{lineage}: no longer worked on by this replica")
         return store
 
     def load(self, lineage: str) -> StoredCert | None:
@@ -223,7 +223,7 @@ class RoutedStore(StoreDefaults):
         if not pending.url:
             # About to order: only while this replica surely leads, and only once the intent is stored.
             if not self.leading():
-                raise CertkeeperError("this replica may no longer hold the Lease")
+                raise NotRecorded("this replica may no longer hold the Lease")
             self._store(lineage).save_order(lineage, pending)
             with self._lock:
                 self._unrecorded.pop(lineage, None)  # an earlier order's URL: this intent replaces it

@@ -26,7 +26,7 @@ from lightkube.resources.core_v1 import Secret
 from lightkube.types import PatchType
 
 from certkeeper.acme.account import Account
-from certkeeper.errors import CertkeeperError
+from certkeeper.errors import CertkeeperError, NotRecorded
 from certkeeper.kube.api import KubeApiError, call_api, fail, is_not_found
 from certkeeper.kube.names import companion_name
 from certkeeper.model import IssuedCert, PendingOrder
@@ -359,12 +359,17 @@ class SecretStore(StoreDefaults):
         return PendingOrder(url, names, key_pem) if key_pem and names else None
 
     def save_order(self, lineage: str, pending: PendingOrder) -> None:
-        self._write_key_secret(
-            self.order_secret_name,
-            {PREFIX + "order-url": pending.url, PREFIX + "names": " ".join(pending.names)},
-            pending.key_pem,
-            f"record the order in flight in Secret {self.namespace}/{self.order_secret_name}",
-        )
+        try:
+            self._write_key_secret(
+                self.order_secret_name,
+                {PREFIX + "order-url": pending.url, PREFIX + "names": " ".join(pending.names)},
+                pending.key_pem,
+                f"record the order in flight in Secret {self.namespace}/{self.order_secret_name}",
+            )
+        except KubeApiError as error:
+            if error.code is None or error.code == 429 or error.code >= 500:  # no answer, or not now
+                raise NotRecorded(error.problem, error.fix) from None
+            raise
 
     def clear_order(self, lineage: str) -> None:
         def delete() -> None:
