@@ -284,7 +284,8 @@ class Engine:
 
     def _load_or_register(self) -> Account:
         ledger = self.ledger
-        new = ledger is not None and self.store.load_account(self.issuer.directory_url) is None
+        held = self.store.load_account(self.issuer.directory_url) if ledger is not None else None
+        new = ledger is not None and (held is None or not held.url)  # no account, or only its key
         if ledger is not None and new:
             ledger.check_new_account()  # accounts per IP address
         account = ensure_account(self.issuer, self.store)

@@ -61,10 +61,13 @@ def ready(cluster: bench.Cluster, name: str) -> bool:
 
 
 class Outage:
-    """kube-apiserver stopped at the first newOrder request the ACME front receives (before it reaches the
-    CA), so the order is placed while the API is down; started again with the same arguments by ``end()``."""
+    """kube-apiserver stopped at the first newOrder request the ACME front receives (or ``at`` another path)
+    before it reaches the CA, so the order is placed while the API is down; started again with the same
+    arguments by ``end()``."""
 
-    def __init__(self, cluster: bench.Cluster, ari: AcmeFront, *, hold_authorizations: bool = False) -> None:
+    def __init__(
+        self, cluster: bench.Cluster, ari: AcmeFront, *, hold_authorizations: bool = False, at: str = ""
+    ) -> None:
         self.cluster = cluster
         # Fetching an authorization waits for the API server to be back: the client placing the order can be
         # killed before it presents any challenge (a challenge only it could answer would fail the order).
@@ -74,7 +77,7 @@ class Outage:
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
         ari.before_request = self._at_request
-        self._new_order = ari.new_order_path
+        self._at = at or ari.new_order_path
 
     def _restart(self) -> None:
         def while_down() -> None:
@@ -89,7 +92,7 @@ class Outage:
 
     def _at_request(self, method: str, path: str) -> None:
         # On the front's event loop: the newOrder request waits here until the API server is down.
-        if method == "POST" and path == self._new_order and self._thread is None:
+        if method == "POST" and path == self._at and self._thread is None:
             self._thread = threading.Thread(target=self._restart, name="apiserver-outage", daemon=True)
             self._thread.start()
             self.down.wait(60)

@@ -140,3 +140,30 @@ def test_run_through_an_api_outage_mid_order_places_one_order(
     assert orders == 1, "the order was placed again"
     assert accounts == 1
     assert leftover is None, "the finished order is still recorded"
+
+
+def test_leader_killed_while_the_api_is_down_at_registration_the_other_replica_finds_the_account(
+    private_cluster: bench.Cluster, ari: AcmeFront, tmp_path: Path
+) -> None:
+    cluster = private_cluster
+    install_controller_resources(cluster, ari)
+    outage = Outage(cluster, ari, at=ari.new_account_path)
+    args = controller_args("ctl", ari.http_port)
+    with certkeeper_controller(cluster.kubeconfig, tmp_path / "a.log", *args) as first:
+        wait_for("the first replica leads", lambda: lease_holder(cluster).endswith(f"-{first.proc.pid}"), run=first)
+        with certkeeper_controller(cluster.kubeconfig, tmp_path / "b.log", *args) as second:
+            wait_for("the second replica's caches", lambda: "caches synced" in second.log, run=second)
+            apply(cluster, certificate_manifest("account", ["account.restart.example.com"]))
+            # The CA registers the account while kube-apiserver is down: its URL cannot be stored.
+            wait_for("the account registered during the outage", lambda: len(ari.recorded_accounts()) == 1,
+                     timeout=60, run=first)  # fmt: skip
+            first.proc.kill()
+            first.proc.wait(10)
+            outage.end()
+            wait_for("Ready, issued by the other replica", lambda: ready(cluster, "account"), timeout=120,
+                     run=second)  # fmt: skip
+            assert second.stop() == 0
+    orders, accounts = len(ari.recorded_orders()), len(ari.recorded_accounts())
+    print(f"leader SIGKILLed during an API outage at registration: {orders} order(s), {accounts} account(s)")
+    assert accounts == 1, "the new leader registered a second account"
+    assert orders == 1

@@ -241,6 +241,8 @@ class RoutedStore(StoreDefaults):
         self._store(lineage).clear_order(lineage)
         self.on_pending(lineage, None)
 
+    key_before_registration = True  # the account SecretStore's rule (acme.account)
+
     def load_account(self, directory_url: str) -> Account | None:
         return self.account.load_account(directory_url)
 
