@@ -1,6 +1,10 @@
-"""kube-apiserver restarted three times while the controller issues 20 certificates, on a private control
-plane: every certificate ends Ready with its own key, with one order each (none twice, so no Secret can
-be overwritten with an older certificate), and the rate-limit ledger Secret counted them."""
+"""kube-apiserver restarted while orders are in flight, on a private control plane.
+
+Three restarts while the controller issues 20 certificates: every certificate ends Ready with its own key,
+with one order each (none twice, so no Secret can be overwritten with an older certificate), and the
+rate-limit ledger Secret counted them. Then kube-apiserver stopped exactly when the ACME front receives a
+newOrder (or newAccount) request: with two controller replicas whose leader is SIGKILLed during the outage,
+and with ``certkeeper run`` alone; each ends with one order, one account and a matching key."""
 
 from __future__ import annotations
 
