@@ -458,6 +458,8 @@ class Engine:
                     " ".join(spec.names),
                     error,
                 )
+                return
+            recorded[0] = True
 
         replaces = usable.info.ari_id if usable is not None and usable.info and window is not None else None
         log.info("ordering %s (%s)", " ".join(spec.names), decision.reason if decision.due else "forced")
@@ -504,7 +506,7 @@ class Engine:
         try:
             outcome = await self._store(spec, state, issued, usable, replaces, reason, started, kept, issued_by)
         except CertkeeperError as error:
-            if not recorded[0] and kept.startswith("nowhere"):
+            if not recorded[0] and kept != "memory":  # memory: a long-running process retries from it
                 raise
             return await self._not_stored(spec, error, started)
         if recorded[0]:

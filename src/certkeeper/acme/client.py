@@ -233,22 +233,25 @@ class AcmeClient:
         log.info("resuming the order %s (%s)", url, order.get("status"))
         return order
 
-    def find_order(self, names: tuple[str, ...], key_pem: bytes, limit: int = 200) -> str | None:
+    def find_order(self, names: tuple[str, ...], key_pem: bytes, limit: int = 20, pages: int = 10) -> str | None:
         """An order of this account for ``names`` that can still give a certificate for ``key_pem``: its URL.
 
         For an order another process was about to place when it lost its record (RFC 8555 §7.1.2.1, the
-        account's orders list; None when the CA keeps none, as Let's Encrypt does). The newest of the last
-        ``limit`` orders first; a valid order counts only if its certificate is for ``key_pem``.
+        account's orders list; None when the CA keeps none, as Let's Encrypt does). Only the ``limit`` newest
+        are looked at (the order sought was placed moments before its record was lost), newest first; a valid
+        order counts only if its certificate is for ``key_pem``.
         """
         try:
             account = self._post(self.account.url, None).json()
             url = account.get("orders")
             listed: list[str] = []
-            while url and len(listed) < limit:
+            for _ in range(pages if url else 0):
                 response = self._post(str(url), None)
                 listed.extend(str(u) for u in response.json().get("orders") or ())
                 url = next((link["url"] for link in requests.utils.parse_header_links(response.headers.get("Link", ""))
                             if link.get("rel") == "next" and link.get("url")), None)  # fmt: skip
+                if not url:
+                    break
             for order_url in reversed(listed[-limit:]):
                 order = self._post(order_url, None).json()
                 if sorted(i.get("value", "") for i in order.get("identifiers", [])) != sorted(names):
