@@ -66,9 +66,18 @@ class Outage:
     arguments by ``end()``."""
 
     def __init__(
-        self, cluster: bench.Cluster, ari: AcmeFront, *, hold_authorizations: bool = False, at: str = ""
+        self,
+        cluster: bench.Cluster,
+        ari: AcmeFront,
+        *,
+        hold_authorizations: bool = False,
+        at: str = "",
+        hold_request: bool = False,
     ) -> None:
         self.cluster = cluster
+        # The request that stopped the API server waits for release() too (it is still in flight after the outage).
+        self.hold_request = hold_request
+        self._released = threading.Event()
         # Fetching an authorization waits for the API server to be back: the client placing the order can be
         # killed before it presents any challenge (a challenge only it could answer would fail the order).
         self.hold_authorizations = hold_authorizations
@@ -96,8 +105,14 @@ class Outage:
             self._thread = threading.Thread(target=self._restart, name="apiserver-outage", daemon=True)
             self._thread.start()
             self.down.wait(60)
+            if self.hold_request:
+                self._released.wait(300)
         elif self.hold_authorizations and method == "POST" and "/authZ/" in path and self.down.is_set():
             self._resume.wait(300)
+
+    def release(self) -> None:
+        """Let the held request go on to the CA."""
+        self._released.set()
 
     def end(self) -> None:
         """Start kube-apiserver again; return once it is ready."""

@@ -171,3 +171,27 @@ def test_leader_killed_while_the_api_is_down_at_registration_the_other_replica_f
     print(f"leader SIGKILLed during an API outage at registration: {orders} order(s), {accounts} account(s)")
     assert accounts == 1, "the new leader registered a second account"
     assert orders == 1
+
+
+def test_an_order_still_in_flight_when_the_lease_is_regained_is_not_placed_twice(
+    private_cluster: bench.Cluster, ari: AcmeFront, tmp_path: Path
+) -> None:
+    cluster = private_cluster
+    install_controller_resources(cluster, ari)
+    # The newOrder request reaches the CA only after the outage, once the replica leads again: the worker that
+    # sent it was stopped with the Lease (its thread goes on), and the next worker must not order beside it.
+    outage = Outage(cluster, ari, hold_request=True)
+    args = controller_args("ctl", ari.http_port)
+    with certkeeper_controller(cluster.kubeconfig, tmp_path / "controller.log", *args) as run:
+        apply(cluster, certificate_manifest("zombie", ["zombie.restart.example.com"]))
+        wait_for("the Lease lost in the outage", lambda: "lost the Lease" in run.log, timeout=60, run=run)
+        outage.end()
+        wait_for("leading again", lambda: run.log.count("leads: it places the orders") == 2, timeout=60, run=run)
+        wait_for("the next worker waiting for the order in flight", lambda: "still has in flight" in run.log,
+                 timeout=60, run=run)  # fmt: skip
+        outage.release()
+        wait_for("Ready", lambda: ready(cluster, "zombie"), timeout=120, run=run)
+        assert run.stop() == 0
+    orders = len(ari.recorded_orders())
+    print(f"an order in flight across a lost and regained Lease: {orders} order(s)")
+    assert orders == 1, "a second order was placed beside the one in flight"
