@@ -352,7 +352,10 @@ class Engine:
             busy = self._busy.get(lineage)
         if busy is not None and not busy.done():
             log.info("%s: waiting for the order an earlier attempt still has in flight", lineage)
-            await asyncio.wait({asyncio.wrap_future(busy)})
+            earlier = asyncio.wrap_future(busy)
+            await asyncio.wait({earlier})
+            if not earlier.cancelled():
+                earlier.exception()  # its run was cancelled: how it ended is this run's to find out, not to raise
         pause = LOCK_POLL_S
         while (lock := await self._in_thread(self.store.lock, lineage)) is None:
             if pause == LOCK_POLL_S:
