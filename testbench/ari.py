@@ -145,6 +145,10 @@ class AcmeFront:
         return self._new_order_path
 
     @property
+    def new_account_path(self) -> str:
+        return self._new_account_path
+
+    @property
     def ca_bundle(self) -> Path:
         """The front serves Pebble's own TLS certificate: trust the same anchor."""
         return self.pebble.ca_bundle

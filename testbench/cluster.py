@@ -25,7 +25,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,10 +197,14 @@ class Cluster:
     def log(self, name: str) -> Path:
         return self.workdir / "logs" / f"{name}.log"
 
-    def restart(self, name: str, *, down_s: float = 0.0, timeout: float = 60.0) -> None:
+    def restart(
+        self, name: str, *, down_s: float = 0.0, timeout: float = 60.0, while_down: Callable[[], None] | None = None
+    ) -> None:
         """Kill one component (e.g. ``kube-apiserver``) and start it again with the same arguments.
 
         ``down_s``: how long it stays down. For kube-apiserver, returns once ``/readyz`` answers again.
+        ``while_down``: called once it is stopped; it is started again when the call returns (a test acts
+        during the outage, e.g. kills a client, for as long as it needs).
         """
         record = next(r for r in self.processes if r.name == name)
         proc = Path(f"/proc/{record.pid}")
@@ -210,6 +214,8 @@ class Cluster:
         )
         cwd = os.readlink(proc / "cwd")
         _stop_records([record], self._children)
+        if while_down is not None:
+            while_down()
         time.sleep(down_s)
         with open(self.log(name), "ab") as log:
             child = subprocess.Popen(

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import pytest
 
-from certkeeper.errors import CertkeeperError
+from certkeeper.errors import CertkeeperError, NotRecorded
 from certkeeper.kube.reconcile import RoutedStore
 from certkeeper.kube.secret_store import SecretStore
 from certkeeper.model import PendingOrder
@@ -58,3 +58,45 @@ def test_a_recorded_order_is_not_kept_in_memory() -> None:
     routed.save_order("ns/x", PendingOrder("https://ca.test/order/2", ("x.example",), b"k"))
     # The Secret cache says there is no order Secret (it was deleted meanwhile): nothing comes from memory.
     assert routed.load_order("ns/x") is None
+
+
+def test_an_order_is_not_recorded_so_not_placed_by_a_replica_that_may_have_lost_its_lease() -> None:
+    class Recording(ApiDown):
+        def __init__(self) -> None:
+            super().__init__()
+            self.saved: list[PendingOrder] = []
+
+        def save_order(self, lineage: str, pending: PendingOrder) -> None:
+            self.saved.append(pending)
+
+    leading = [True]
+    routed = RoutedStore(cast(SecretStore, None), lambda lineage, pending: None, leading=lambda: leading[0])
+    store = Recording()
+    routed.attach("ns/x", cast(SecretStore, store))
+    intent = PendingOrder("", ("x.example",), b"k")
+    routed.save_order("ns/x", intent)
+    leading[0] = False
+    with pytest.raises(NotRecorded):
+        routed.save_order("ns/x", intent)
+    assert store.saved == [intent]
+    # The URL of an order already placed is still recorded: whoever leads next resumes it.
+    placed = PendingOrder("https://ca.test/order/3", ("x.example",), b"k")
+    routed.save_order("ns/x", placed)
+    assert store.saved == [intent, placed]
+
+
+def test_a_certificate_no_longer_worked_on_records_no_order() -> None:
+    routed = RoutedStore(cast(SecretStore, None), lambda lineage, pending: None)
+    with pytest.raises(NotRecorded):
+        routed.save_order("ns/gone", PendingOrder("", ("x.example",), b"k"))
+
+
+def test_before_an_order_the_record_is_read_even_when_the_cache_shows_none() -> None:
+    class Recorded(ApiDown):
+        def load_order(self, lineage: str, *, fresh: bool = False) -> PendingOrder | None:
+            return PendingOrder("", ("x.example",), b"k")
+
+    routed = RoutedStore(cast(SecretStore, None), lambda lineage, pending: None, may_have_pending=lambda _: False)
+    routed.attach("ns/x", cast(SecretStore, Recorded()))
+    assert routed.load_order("ns/x") is None  # a check that orders nothing trusts the cache
+    assert routed.load_order("ns/x", fresh=True) == PendingOrder("", ("x.example",), b"k")

@@ -7,6 +7,7 @@ client per thread; the HTTP-01 responder runs on the event loop and is shared by
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import datetime
 import logging
@@ -21,7 +22,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from certkeeper.acme import Account, AccountStore, AcmeClient, ensure_account, register_again
 from certkeeper.crypto import generate_key, key_type_of
-from certkeeper.errors import CAError, CertkeeperError, ConfigError
+from certkeeper.errors import CAError, CertkeeperError, ConfigError, NotRecorded
 from certkeeper.fallback import Fallback, falls_back, waits_out
 from certkeeper.ledger import Ledger
 from certkeeper.model import CertInfo, IssuedCert, PendingOrder, RenewalState, RenewalWindow
@@ -80,7 +81,8 @@ class OrderJournal(Protocol):
     """Where orders in flight are recorded (the controller: a Secret per certificate), so that a
     process killed mid-order is followed by a resumed order, not a second one."""
 
-    def load_order(self, lineage: str) -> PendingOrder | None: ...
+    # fresh: an order is about to be placed; a journal that answers from a cache asks its source instead.
+    def load_order(self, lineage: str, *, fresh: bool = False) -> PendingOrder | None: ...
 
     def save_order(self, lineage: str, pending: PendingOrder) -> None: ...
 
@@ -164,6 +166,9 @@ class Engine:
         self.rehearsal = rehearsal
         self.fallback = fallback  # other CAs to order from when this one refuses (certkeeper.fallback)
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="acme")
+        # lineage -> the worker thread talking to the CA for it (see _ordering)
+        self._busy: dict[str, concurrent.futures.Future[IssuedCert]] = {}
+        self._busy_lock = threading.Lock()
         # Told every outcome, on the event loop (certkeeper.observe: metrics, the status page).
         self.observers: list[Callable[[Outcome], None]] = []
 
@@ -279,7 +284,8 @@ class Engine:
 
     def _load_or_register(self) -> Account:
         ledger = self.ledger
-        new = ledger is not None and self.store.load_account(self.issuer.directory_url) is None
+        held = self.store.load_account(self.issuer.directory_url) if ledger is not None else None
+        new = ledger is not None and (held is None or not held.url)  # no account, or only its key
         if ledger is not None and new:
             ledger.check_new_account()  # accounts per IP address
         account = ensure_account(self.issuer, self.store)
@@ -322,8 +328,34 @@ class Engine:
             if lock is not None:
                 lock.release()
 
+    async def _ordering(self, lineage: str, order: Callable[[], IssuedCert]) -> IssuedCert:
+        """Run ``order`` in a worker thread; the certificate stays busy until that thread ends.
+
+        A run cancelled while its thread talks to the CA (the controller's workers, stopped when the Lease
+        is lost) leaves the thread going: the next run for the certificate waits for it (``_lock``), so it
+        resumes what the thread recorded instead of placing a second order beside it."""
+        future = self._executor.submit(order)
+        with self._busy_lock:
+            self._busy[lineage] = future
+
+        def done(finished: concurrent.futures.Future[IssuedCert]) -> None:
+            with self._busy_lock:
+                if self._busy.get(lineage) is finished:
+                    del self._busy[lineage]
+
+        future.add_done_callback(done)
+        return await asyncio.wrap_future(future)
+
     async def _lock(self, lineage: str) -> Lock:
         """One run at a time per certificate: a second run waits, then finds it done."""
+        with self._busy_lock:
+            busy = self._busy.get(lineage)
+        if busy is not None and not busy.done():
+            log.info("%s: waiting for the order an earlier attempt still has in flight", lineage)
+            earlier = asyncio.wrap_future(busy)
+            await asyncio.wait({earlier})
+            if not earlier.cancelled():
+                earlier.exception()  # its run was cancelled: how it ended is this run's to find out, not to raise
         pause = LOCK_POLL_S
         while (lock := await self._in_thread(self.store.lock, lineage)) is None:
             if pause == LOCK_POLL_S:
@@ -349,10 +381,14 @@ class Engine:
         if pending is not None:
             # Issued at an earlier run that could not store it: store those bytes, order nothing.
             log.info("%s: storing the certificate issued at an earlier run", lineage)
-            return await self._store(spec, state, pending, usable, None, "issued at an earlier run", started)
+            outcome = await self._store(spec, state, pending, usable, None, "issued at an earlier run", started)
+            if self.journal is not None:  # the order that issued it, if recorded, is done
+                await self._in_thread(self._clear_order, lineage)
+            return outcome
         window = await self._in_thread(self._renewal_window, stored)
         decision = plan(spec, stored, _now(), window, state)
-        in_flight = await self._in_thread(self.journal.load_order, lineage) if self.journal else None
+        journal, fresh = self.journal, decision.due or self.force
+        in_flight = await self._in_thread(lambda: journal.load_order(lineage, fresh=fresh)) if journal else None
         if in_flight is not None and (in_flight.names != spec.names or not decision.due):
             # Stored after all (killed before clearing), or asked for other names since.
             await self._in_thread(self._clear_order, lineage)
@@ -387,7 +423,30 @@ class Engine:
         else:
             key_pem = await self._in_thread(generate_key, spec.key_type)
         resume_url = in_flight.url if in_flight is not None and in_flight.key_pem == key_pem else None
+        if in_flight is not None and not in_flight.url and in_flight.key_pem == key_pem:
+            resume_url = await self._in_thread(self._placed_before, spec, key_pem)
         recorded = [in_flight is not None]
+
+        def placing() -> None:
+            """Before each newOrder: the key and names recorded where the next process looks, or no order."""
+            if self.journal is None:
+                return
+            try:
+                self.journal.save_order(lineage, PendingOrder("", spec.names, key_pem))
+            except NotRecorded as error:
+                # The CA is not asked: an order whose record can be kept nowhere durable would be placed again
+                # by whoever works on this certificate next (another replica, this process after a restart).
+                raise CertkeeperError(
+                    f"nothing ordered: the order could not be recorded first ({error})",
+                    "it is tried again; the order is placed once its record can be written",
+                ) from None
+            except CertkeeperError as error:
+                # Refused for good (a quota, a policy): no record will ever be possible, so waiting for one would
+                # stop issuance; this process keeps the order in memory instead.
+                log.warning("could not record the order for %s before placing it (%s): placing it anyway",
+                            " ".join(spec.names), error)  # fmt: skip
+                return
+            recorded[0] = True
 
         def placed(url: str) -> None:
             if self.journal is None:
@@ -395,10 +454,10 @@ class Engine:
             try:
                 self.journal.save_order(lineage, PendingOrder(url, spec.names, key_pem))
             except CertkeeperError as error:
-                # The CA has the order now: finishing it costs nothing more, abandoning it costs an order.
+                # The CA has the order now: finishing it costs nothing more, abandoning it costs an order. The
+                # key and names are recorded already, so another process finds the order in the CA's list.
                 log.warning(
-                    "could not record the order in flight for %s (%s): finishing it anyway; if this process "
-                    "stops before the certificate is stored, the next run orders again",
+                    "could not record the order in flight for %s (%s): finishing it anyway (kept in memory)",
                     " ".join(spec.names),
                     error,
                 )
@@ -420,10 +479,11 @@ class Engine:
         issued_by: IssuerSpec | None = None
         try:
             try:
-                issued = await self._in_thread(
+                issued = await self._ordering(
+                    lineage,
                     lambda: self._client().order(
                         spec, key_pem, self.solvers, replaces=replaces, resume_url=resume_url, on_placed=placed,
-                        gate=gate,
+                        gate=gate, on_placing=placing,
                     )
                 )  # fmt: skip
             except CertkeeperError as refused:
@@ -450,7 +510,7 @@ class Engine:
         try:
             outcome = await self._store(spec, state, issued, usable, replaces, reason, started, kept, issued_by)
         except CertkeeperError as error:
-            if not recorded[0]:
+            if not recorded[0] and kept != "memory":  # memory: a long-running process retries from it
                 raise
             return await self._not_stored(spec, error, started)
         if recorded[0]:
@@ -553,6 +613,19 @@ class Engine:
                 self.ledger.failed_validation(self._account.url, spec.names)
         except (OSError, CertkeeperError) as problem:  # the order's own error is what the user must see
             log.warning("cannot record the failure in the rate-limit ledger: %s", problem)
+
+    def _placed_before(self, spec: CertSpec, key_pem: bytes) -> str | None:
+        """The order an earlier attempt recorded it was about to place (key and names, no URL): found in the
+        CA's list of the account's orders, or None (never sent, or the CA keeps no list: one is placed)."""
+        try:
+            url = self._client().find_order(spec.names, key_pem)
+        except CertkeeperError as error:
+            log.info("%s: cannot look for the order an earlier attempt placed (%s)", spec.lineage, error)
+            return None
+        if url is None:
+            log.info("%s: no order of an earlier attempt at the CA (never sent, or not listed): placing one",
+                     spec.lineage)  # fmt: skip
+        return url
 
     def _clear_order(self, lineage: str) -> None:
         if self.journal is None:

@@ -35,6 +35,11 @@ def problem_lines(error: CertkeeperError) -> list[str]:
     return list(error.problems) if isinstance(error, ConfigErrors) else [str(error)]
 
 
+class NotRecorded(CertkeeperError):
+    """An order's record cannot be written now (the store unreachable, or this process no longer the one
+    that orders): the order is not placed until it can be, since nothing else could be kept either."""
+
+
 class CAError(CertkeeperError):
     """The ACME CA refused or failed; ``acme_type`` is the RFC 8555 problem type when known."""
 

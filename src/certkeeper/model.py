@@ -153,7 +153,10 @@ class RenewalState:
 
 @dataclass(frozen=True)
 class PendingOrder:
-    """An order placed and not yet stored: enough to resume it instead of ordering again."""
+    """An order placed and not yet stored: enough to resume it instead of ordering again.
+
+    ``url`` is empty while the order is about to be placed: its key and names are recorded before the
+    newOrder request, so that a process that never learnt the URL still finds the order at the CA."""
 
     url: str
     names: tuple[str, ...]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -152,11 +153,16 @@ def test_two_instances_register_one_account_and_order_once(
     # Each instance answers HTTP-01 on its own address and Pebble validates on the first's only (in a
     # cluster a Service sends the CA to either): so the first takes the Lease, then the second starts.
     second = dict(env, CERTKEEPER_HTTP_BIND="127.0.0.2:" + env["CERTKEEPER_HTTP_BIND"].rsplit(":", 1)[1])
+    # The first's finalize waits at the ACME front until the second has found the Lease held: however fast
+    # the first is and slow the second starts, they overlap.
+    overlapping = threading.Event()
+    ari.before_request = lambda method, path: "/finalize-order/" in path and overlapping.wait(60)
     try:
         with certkeeper_run(env, tmp_path / "one.log") as one:
             wait_for("the first ordering (holding the Lease)", lambda: "ordering " in one.log, run=one)
             with certkeeper_run(second, tmp_path / "two.log") as two:
                 wait_for("the second waiting", lambda: "another instance holds the Lease" in two.log, run=two)
+                overlapping.set()
                 wait_for("the rollout recorded", lambda: rollout_state(kube_client, namespace) == "done", 90, one)
                 # The second checks once the first gives the Lease back: the certificate is stored already.
                 wait_for("the second's check", lambda: "still good until" in two.log, 30, two)
@@ -165,6 +171,7 @@ def test_two_instances_register_one_account_and_order_once(
                 assert two.stop() == 0
             assert one.stop() == 0
     finally:
+        overlapping.set()
         watch.stop()
     assert watch.minimum is not None and watch.minimum >= 1, f"the RC dropped to {watch.minimum} Ready pods"
 

@@ -132,7 +132,9 @@ def _register(issuer: IssuerSpec, store: AccountStore, stale: Account | None) ->
         if found is not None:
             account = Account(directory_url=issuer.directory_url, url=found, key_pem=key_pem)
             store.save_account(account)
-            if found != stale.url:
+            if not stale.url:  # the key was kept before registering; the answer with the URL was lost
+                log.info("found the ACME account of the stored key at the CA (%s)", found)
+            elif found != stale.url:
                 log.warning("the stored ACME account URL did not belong to its key; repaired (%s)", found)
             return account
     eab = None
@@ -156,6 +158,11 @@ def _register(issuer: IssuerSpec, store: AccountStore, stale: Account | None) ->
     registration = messages.NewRegistration.from_data(
         email=issuer.email, terms_of_service_agreed=True, external_account_binding=eab
     )
+    if getattr(store, "key_before_registration", False):
+        # A store other processes share without a lock (a Secret, several controller replicas): the key is
+        # kept before the CA knows it, so whoever finds it finds the account too (_lookup), never registers
+        # another. When it cannot be kept, nothing is registered.
+        store.save_account(Account(directory_url=issuer.directory_url, url="", key_pem=key_pem, verified=False))
     try:
         regr = client.new_account(registration)
         url = regr.uri

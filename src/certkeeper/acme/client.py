@@ -25,7 +25,7 @@ from certkeeper.acme.account import Account
 from certkeeper.acme.directory import fetch_directory
 from certkeeper.acme.network import Unreachable, make_network, retry_after_seconds
 from certkeeper.acme.problems import from_problem, translate
-from certkeeper.crypto import cert_info, chain_issuer_names, load_csr, make_csr, split_pem_chain
+from certkeeper.crypto import cert_info, chain_issuer_names, key_matches_cert, load_csr, make_csr, split_pem_chain
 from certkeeper.errors import CAError, CertkeeperError, ConfigError
 from certkeeper.model import CertInfo, IssuedCert, RenewalWindow
 from certkeeper.observe.acme_stats import STATS
@@ -235,6 +235,42 @@ class AcmeClient:
         log.info("resuming the order %s (%s)", url, order.get("status"))
         return order
 
+    def find_order(self, names: tuple[str, ...], key_pem: bytes, limit: int = 20, pages: int = 10) -> str | None:
+        """An order of this account for ``names`` that can still give a certificate for ``key_pem``: its URL.
+
+        For an order another process was about to place when it lost its record (RFC 8555 §7.1.2.1, the
+        account's orders list; None when the CA keeps none, as Let's Encrypt does). Only the ``limit`` newest
+        are looked at (the order sought was placed moments before its record was lost), newest first; a valid
+        order counts only if its certificate is for ``key_pem``.
+        """
+        try:
+            account = self._post(self.account.url, None).json()
+            url = account.get("orders")
+            listed: list[str] = []
+            for _ in range(pages if url else 0):
+                response = self._post(str(url), None)
+                listed.extend(str(u) for u in response.json().get("orders") or ())
+                url = next((link["url"] for link in requests.utils.parse_header_links(response.headers.get("Link", ""))
+                            if link.get("rel") == "next" and link.get("url")), None)  # fmt: skip
+                if not url:
+                    break
+            for order_url in reversed(listed[-limit:]):
+                order = self._post(order_url, None).json()
+                if sorted(i.get("value", "") for i in order.get("identifiers", [])) != sorted(names):
+                    continue
+                status = order.get("status")
+                if status in ("pending", "ready", "processing"):
+                    return order_url
+                if status == "valid" and order.get("certificate"):
+                    leaf = split_pem_chain(self._post(order["certificate"], None).content)[0]
+                    if key_matches_cert(key_pem, leaf):
+                        return order_url
+        except CertkeeperError:
+            raise
+        except Exception as error:
+            raise translate(error) from error
+        return None
+
     def order(
         self,
         spec: CertSpec,
@@ -246,6 +282,7 @@ class AcmeClient:
         resume_url: str | None = None,
         on_placed: Callable[[str], None] | None = None,
         gate: OrderGate | None = None,
+        on_placing: Callable[[], None] | None = None,
     ) -> IssuedCert:
         """Order, validate, finalize and download one certificate for ``spec`` with ``key_pem``.
 
@@ -254,11 +291,14 @@ class AcmeClient:
         ``resume_url``: an order placed earlier with this key (by a process that died mid-order): it is
         continued from where it stands, and a new one placed only if it cannot be. ``on_placed`` gets a
         new order's URL before anything else happens to it, so that it can be recorded and resumed.
+        ``on_placing`` is called before each newOrder request: it records the intent (key and names) where
+        another process finds it, and raises to keep the order from being sent when it cannot.
         ``gate`` wraps the newOrder request (the rate-limit ledger): it may refuse it before it is sent.
         """
         budget = timeout_s if timeout_s is not None else self.issuer.order_timeout_s
+        hooks = (on_placing, on_placed)
         with self.net.within(budget, "the order") as deadline:
-            return self._order(spec, key_pem, solvers, replaces, deadline, resume_url, on_placed, gate)
+            return self._order(spec, key_pem, solvers, replaces, deadline, resume_url, hooks, gate)
 
     def _order(
         self,
@@ -268,7 +308,7 @@ class AcmeClient:
         replaces: str | None,
         deadline: float,
         resume_url: str | None,
-        on_placed: Callable[[str], None] | None,
+        hooks: tuple[Callable[[], None] | None, Callable[[str], None] | None],
         gate: OrderGate | None = None,
     ) -> IssuedCert:
         presented: list[Presented] = []
@@ -277,7 +317,7 @@ class AcmeClient:
             self._check_profile(spec.profile)
             solvers.prepare(spec.names)
             try:
-                order_url, order = self._authorized(spec, solvers, replaces, deadline, resume_url, on_placed,
+                order_url, order = self._authorized(spec, solvers, replaces, deadline, resume_url, hooks,
                                                     gate, presented)  # fmt: skip
             except AuthorizationGone as lapsed:
                 # Not a validation failure: the CA let the authorization lapse (its clock, a slow
@@ -287,7 +327,7 @@ class AcmeClient:
                 self._cleanup(presented)
                 presented.clear()
                 try:
-                    order_url, order = self._authorized(spec, solvers, replaces, deadline, None, on_placed,
+                    order_url, order = self._authorized(spec, solvers, replaces, deadline, None, hooks,
                                                         gate, presented)  # fmt: skip
                 except AuthorizationGone as again:
                     raise CAError(
@@ -336,15 +376,18 @@ class AcmeClient:
         replaces: str | None,
         deadline: float,
         resume_url: str | None,
-        on_placed: Callable[[str], None] | None,
+        hooks: tuple[Callable[[], None] | None, Callable[[str], None] | None],
         gate: OrderGate | None,
         presented: list[Presented],
     ) -> tuple[str, dict[str, Any]]:
         """The order (resumed or placed) with its authorizations valid; AuthorizationGone if one lapsed."""
+        on_placing, on_placed = hooks
         order = self._resume(resume_url, spec) if resume_url else None
         if order is not None and resume_url is not None:
             order_url = resume_url
         else:
+            if on_placing is not None:
+                on_placing()
             order_url, order = self._new_order(spec, replaces, gate)
             if on_placed is not None:
                 on_placed(order_url)

@@ -317,6 +317,8 @@ class Controller:
             await asyncio.to_thread(self._check_targets)
             threading.Thread(target=self._watch_secret, name="secret-watch", daemon=True).start()
             self._lease = RunLease(self.kubeconfig, self.config.namespace, self.config.secret_name, self.lease_duration)
+            lease = self._lease
+            self.store.leading = lambda: lease.without or lease.elector.leads()  # checked before each order
             await self._drive(engine)
             return 0
         finally:

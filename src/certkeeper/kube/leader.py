@@ -37,6 +37,7 @@ class LeaderElector:
         self.renew_every_s = self.duration_s / 3
         self.retry_every_s = max(0.5, self.duration_s / 5)
         self.is_leader = False
+        self._renewed = 0.0  # monotonic time of the last successful take or renewal
         self._seen: tuple[str, float] = ("", 0.0)  # (record as last seen, monotonic time it last changed)
         self._path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"
 
@@ -64,6 +65,7 @@ class LeaderElector:
             if created.status_code == 409:
                 return False
             check_response(f"create Lease {self.namespace}/{self.name}", created)
+            self._renewed = time.monotonic()
             return True
         lease = check_response(f"read Lease {self.namespace}/{self.name}", response)
         spec = lease.get("spec") or {}
@@ -86,7 +88,13 @@ class LeaderElector:
         if updated.status_code == 409:
             return False
         check_response(f"update Lease {self.namespace}/{self.name}", updated)
+        self._renewed = now
         return True
+
+    def leads(self) -> bool:
+        """Leading, and surely still: renewed within the renew deadline (another replica can take the Lease
+        only after a whole duration without renewal, by its own clock). Read from any thread."""
+        return self.is_leader and time.monotonic() - self._renewed < self.duration_s * 2 / 3
 
     async def acquire(self) -> None:
         """Return once this replica leads."""

@@ -519,6 +519,9 @@ class Manager:
         self.leader = LeaderElector(
             self.http, self.config.namespace, self.config.lease_name, self.identity, self.config.lease_duration
         )
+        assert self.reconciler is not None
+        # Checked by the worker threads right before an order is recorded and placed.
+        self.reconciler.leading = self.leader.leads
         while True:
             await self.leader.acquire()
             self.challenges.publish = True

@@ -28,7 +28,7 @@ from lightkube.types import PatchType
 
 from certkeeper.acme import Account
 from certkeeper.engine import Engine, Outcome
-from certkeeper.errors import CertkeeperError, ConfigError
+from certkeeper.errors import CertkeeperError, ConfigError, NotRecorded
 from certkeeper.kube.api import call_api
 from certkeeper.kube.events import Recorder
 from certkeeper.kube.fallback_cas import FallbackCA, build_fallback, parse_fallback, write_bundle
@@ -178,10 +178,13 @@ class RoutedStore(StoreDefaults):
         account: SecretStore,
         on_pending: Callable[[str, PendingOrder | None], None],
         may_have_pending: Callable[[str], bool] = lambda lineage: True,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         super().__init__()
         self.account = account
         self.may_have_pending = may_have_pending  # False: the Secret cache shows no order Secret
+        # False once this replica's Lease may have passed to another: no new order is placed from then on.
+        self.leading = leading
         self.stores: dict[str, SecretStore] = {}
         self._lock = threading.Lock()
         self.on_pending = on_pending  # mirrors the order in flight into the Certificate's status
@@ -200,7 +203,10 @@ class RoutedStore(StoreDefaults):
 
     def _store(self, lineage: str) -> SecretStore:
         with self._lock:
-            return self.stores[lineage]
+            store = self.stores.get(lineage)
+        if store is None:  # its reconcile was stopped (the Lease lost) while a worker thread went on
+            raise NotRecorded(f"{lineage}: no longer worked on by this replica")
+        return store
 
     def load(self, lineage: str) -> StoredCert | None:
         return self._store(lineage).load(lineage)
@@ -220,16 +226,26 @@ class RoutedStore(StoreDefaults):
     def location(self, lineage: str) -> str:
         return self._store(lineage).location(lineage)
 
-    def load_order(self, lineage: str) -> PendingOrder | None:
+    def load_order(self, lineage: str, *, fresh: bool = False) -> PendingOrder | None:
+        """The order in flight; ``fresh``: read from the API even when the Secret cache shows none (before
+        an order: a cache that missed events in an outage must not cost a second order)."""
         with self._lock:
             unrecorded = self._unrecorded.get(lineage)
         if unrecorded is not None:
             return unrecorded
-        if not self.may_have_pending(lineage):
+        if not fresh and not self.may_have_pending(lineage):
             return None
         return self._store(lineage).load_order(lineage)
 
     def save_order(self, lineage: str, pending: PendingOrder) -> None:
+        if not pending.url:
+            # About to order: only while this replica surely leads, and only once the intent is stored.
+            if not self.leading():
+                raise NotRecorded("this replica may no longer hold the Lease")
+            self._store(lineage).save_order(lineage, pending)
+            with self._lock:
+                self._unrecorded.pop(lineage, None)  # an earlier order's URL: this intent replaces it
+            return
         with self._lock:
             self._unrecorded[lineage] = pending
         self._store(lineage).save_order(lineage, pending)
@@ -242,6 +258,8 @@ class RoutedStore(StoreDefaults):
             self._unrecorded.pop(lineage, None)
         self._store(lineage).clear_order(lineage)
         self.on_pending(lineage, None)
+
+    key_before_registration = True  # the account SecretStore's rule (acme.account)
 
     def load_account(self, directory_url: str) -> Account | None:
         return self.account.load_account(directory_url)
@@ -322,6 +340,8 @@ class Reconciler:
         self._written: dict[str, dict[str, Any]] = {}  # lineage -> status written during its run
         self.orders = 0
         self.full_checks = 0
+        # Whether this replica surely holds the Lease now (the manager sets it): orders are placed only then.
+        self.leading: Callable[[], bool] = lambda: True
 
     async def close(self) -> None:
         for _, engine, _ in self._engines.values():
@@ -373,7 +393,7 @@ class Reconciler:
             account = SecretStore(
                 self.client, config.namespace, config.account_secret, account_secret_name=config.account_secret
             )
-            routed = RoutedStore(account, self._pending, self._may_have_pending)
+            routed = RoutedStore(account, self._pending, self._may_have_pending, lambda: self.leading())
             engine = Engine(
                 issuer,
                 routed,

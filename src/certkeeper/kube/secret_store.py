@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx2
@@ -26,7 +27,7 @@ from lightkube.resources.core_v1 import Secret
 from lightkube.types import PatchType
 
 from certkeeper.acme.account import Account
-from certkeeper.errors import CertkeeperError
+from certkeeper.errors import CertkeeperError, NotRecorded
 from certkeeper.kube.api import KubeApiError, call_api, fail, is_not_found
 from certkeeper.kube.names import companion_name
 from certkeeper.kube.rollout import RolloutBasis
@@ -115,6 +116,8 @@ class SecretStore(StoreDefaults):
         # An account registered whose Secret could not be written: reused, never registered again.
         self._unsaved_account: Account | None = None
         self.damaged_keys: list[str] = []
+        # ``certkeeper run``: whether its Lease is surely held; an order is recorded (so placed) only then.
+        self.leading: Callable[[], bool] | None = None
         self._said_no_patch = False  # keys not holding what proxycert/proxykey say (see repair)
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -390,23 +393,33 @@ class SecretStore(StoreDefaults):
     def order_secret_name(self) -> str:
         return companion_name(self.secret_name, "-order")
 
-    def load_order(self, lineage: str) -> PendingOrder | None:
-        secret = self._get(self.order_secret_name)
+    def load_order(self, lineage: str, *, fresh: bool = False) -> PendingOrder | None:
+        secret = self._get(self.order_secret_name)  # no cache of its own to bypass: ``fresh`` changes nothing
         if secret is None or not secret.data or secret.metadata is None:
             return None
         annotations = secret.metadata.annotations or {}
         url = annotations.get(PREFIX + "order-url", "")
         key_pem = _unb64(secret.data.get("key.pem"))
         names = tuple(annotations.get(PREFIX + "names", "").split())
-        return PendingOrder(url, names, key_pem) if url and key_pem and names else None
+        # No URL: the key and names recorded before the newOrder request (engine: found in the CA's list).
+        return PendingOrder(url, names, key_pem) if key_pem and names else None
 
     def save_order(self, lineage: str, pending: PendingOrder) -> None:
-        self._write_key_secret(
-            self.order_secret_name,
-            {PREFIX + "order-url": pending.url, PREFIX + "names": " ".join(pending.names)},
-            pending.key_pem,
-            f"record the order in flight in Secret {self.namespace}/{self.order_secret_name}",
-        )
+        if not pending.url and self.leading is not None and not self.leading():
+            raise NotRecorded(
+                f"the Lease for Secret {self.namespace}/{self.secret_name} may have passed to another instance"
+            )
+        try:
+            self._write_key_secret(
+                self.order_secret_name,
+                {PREFIX + "order-url": pending.url, PREFIX + "names": " ".join(pending.names)},
+                pending.key_pem,
+                f"record the order in flight in Secret {self.namespace}/{self.order_secret_name}",
+            )
+        except KubeApiError as error:
+            if error.code is None or error.code == 429 or error.code >= 500:  # no answer, or not now
+                raise NotRecorded(error.problem, error.fix) from None
+            raise
 
     def clear_order(self, lineage: str) -> None:
         def delete() -> None:
@@ -449,17 +462,23 @@ class SecretStore(StoreDefaults):
         except (httpx2.HTTPError, OSError) as error:
             fail(f"create Secret {self.namespace}/{self.account_secret_name} (the ACME account)", error)
 
+    # acme.account: the key is written before the CA is asked to register it (replicas share this Secret).
+    key_before_registration = True
+
     def load_account(self, directory_url: str) -> Account | None:
         secret = self._get(self.account_secret_name)
+        unsaved = self._unsaved_account
+        if unsaved is not None and unsaved.url and unsaved.directory_url == directory_url:
+            return unsaved  # registered, its Secret not written yet: reused, never registered again
         if secret is None or not secret.data:
-            unsaved = self._unsaved_account
             return unsaved if unsaved is not None and unsaved.directory_url == directory_url else None
         annotations = (secret.metadata.annotations if secret.metadata else None) or {}
         url = annotations.get(PREFIX + "account-url", "")
         key_pem = _unb64(secret.data.get("key.pem"))
-        if annotations.get(PREFIX + "directory-url") != directory_url or not url or not key_pem:
+        if annotations.get(PREFIX + "directory-url") != directory_url or not key_pem:
             return None
-        return Account(directory_url=directory_url, url=url, key_pem=key_pem)
+        # No URL: the key was kept and the registration's answer lost; the CA's lookup by key finds the account.
+        return Account(directory_url=directory_url, url=url, key_pem=key_pem, verified=bool(url))
 
     def save_account(self, account: Account) -> None:
         self._unsaved_account = account  # until written: a failed write must not cost a second account
