@@ -89,6 +89,7 @@ class AcmeFront:
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) as received
     orders: list[dict[str, Any]] = field(default_factory=list)  # decoded newOrder JWS payloads
     order_times: list[float] = field(default_factory=list)  # time.time() when the CA created each of ``orders``
+    order_urls: list[str] = field(default_factory=list)  # the CA's URL (Location) of each order it answered
     renewal_info_queries: list[str] = field(default_factory=list)  # certificate ids asked about
     # ACME profiles advertised in the directory's meta (Pebble 2.4 has none and ignores the order field).
     profiles: dict[str, str] = field(default_factory=dict)
@@ -422,6 +423,7 @@ class AcmeFront:
                 with self._lock:
                     self.orders.append(order)
                     self.order_times.append(time.time())
+                    self.order_urls.append(upstream.headers.get("Location", ""))
             out = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE)
             if request.method == "GET" and request.path == urlsplit(self.pebble.directory_url).path:
                 directory = json.loads(payload)

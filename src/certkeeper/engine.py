@@ -120,6 +120,11 @@ def run_deploy_hook(command: str, location: str, names: tuple[str, ...]) -> None
         )
 
 
+
+def _same_certificate(issued: IssuedCert, stored: StoredCert | None) -> bool:
+    """The CA gave back the certificate the store holds already (a resumed order that was stored)."""
+    return stored is not None and stored.info is not None and stored.info.serial == issued.info.serial
+
 class Engine:
     def __init__(
         self,
@@ -364,7 +369,9 @@ class Engine:
             pause = min(pause * 2, MAX_LOCK_POLL_S)
         return lock
 
-    async def _locked(self, spec: CertSpec, state: RenewalState, started: float) -> Outcome:
+    async def _locked(
+        self, spec: CertSpec, state: RenewalState, started: float, *, stale_seen: bool = False
+    ) -> Outcome:
         lineage = spec.lineage
         for note in await self._in_thread(self.store.tidy, lineage):
             log.info("%s: %s", lineage, note)
@@ -495,6 +502,14 @@ class Engine:
                 gate = None
                 issued, issued_by = await self._in_thread(self.fallback.order, spec, key_pem, self.solvers, refused)
                 replaces = None  # the ARI id was the first CA's
+            if resume_url is not None and _same_certificate(issued, usable) and not stale_seen:
+                # The recorded order is the one whose certificate is stored (stopped after storing it, before
+                # clearing its record): resuming it gives nothing new, so the record goes and a renewal due
+                # is ordered now, not at the next check hours later.
+                log.info("%s: the order %s was stored already: placing a new one", lineage, resume_url)
+                await self._in_thread(self.store.drop_pending, lineage)
+                await self._in_thread(self._clear_order, lineage)
+                return await self._locked(spec, state, started, stale_seen=True)
             check_replacement(issued, spec.names, None if self.force else usable)
         except CertkeeperError as error:
             await self._in_thread(self._ledger_failure, spec, gate.token if gate else None, error)

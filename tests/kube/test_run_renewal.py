@@ -7,10 +7,23 @@ from pathlib import Path
 
 from lightkube import Client
 from lightkube.resources.core_v1 import Event, Secret
-from runkit import RC, ReadyWatch, certkeeper_run, get_secret, make_rc, ready_pods, secret_bytes, seed_env, wait_for
+from runkit import (
+    DOMAINS,
+    RC,
+    SECRET,
+    ReadyWatch,
+    certkeeper_run,
+    get_secret,
+    make_rc,
+    ready_pods,
+    secret_bytes,
+    seed_env,
+    wait_for,
+)
 
 from certkeeper.crypto import cert_info, key_matches_cert, split_pem_chain
-from certkeeper.model import CertInfo
+from certkeeper.kube.secret_store import SecretStore
+from certkeeper.model import CertInfo, PendingOrder
 from testbench.ari import AcmeFront
 
 
@@ -88,3 +101,37 @@ def test_run_renews_when_the_ari_window_has_passed_and_rolls_out_again(
     assert reasons.count("Rolled") == 2, reasons
     renewed_message = next(m for r, m in events(kube_client, namespace) if r == "Renewed")
     assert new.serial in renewed_message
+
+
+def test_a_stored_order_whose_record_was_left_behind_does_not_stop_the_renewal(
+    kube_client: Client, namespace: str, kubeconfig: Path, ari: AcmeFront, tmp_path: Path
+) -> None:
+    """A run stopped after storing its certificate but before deleting the order's record leaves a record of a
+    valid order. When the renewal is due, resuming that order gives back the stored certificate: the record
+    must go and a new order be placed at once (it used to end the check "already held", renewing nothing)."""
+    env = seed_env(ari.pebble, namespace, kubeconfig, LETSENCRYPT_ENDPOINT=ari.directory_url, RC_NAMES="")
+    with certkeeper_run(env, tmp_path / "issue.log") as run:
+        issued = wait_for("the Secret", lambda: get_secret(kube_client, namespace), timeout=90, run=run)
+        assert run.stop() == 0
+    old = leaf_of(issued)
+    assert len(ari.order_urls) == 1
+    # The record as the first run wrote it before its order, with the URL the CA gave.
+    store = SecretStore(kube_client, namespace, SECRET)
+    store.save_order(
+        DOMAINS.split()[0], PendingOrder(ari.order_urls[0], tuple(old.names), secret_bytes(issued, "proxykey"))
+    )
+
+    ari.window_in_past(old.ari_id)
+    with certkeeper_run(env, tmp_path / "renew.log") as run:
+
+        def renewed() -> Secret | None:
+            secret = get_secret(kube_client, namespace)
+            return secret if secret is not None and leaf_of(secret).serial != old.serial else None
+
+        secret = wait_for("the renewed certificate in the Secret", renewed, timeout=60, run=run)
+        assert run.stop() == 0
+    assert f"the order {ari.order_urls[0]} was stored already: placing a new one" in run.log, run.log
+    assert len(ari.recorded_orders()) == 2
+    assert ari.recorded_orders()[1].get("replaces") == old.ari_id
+    assert key_matches_cert(secret_bytes(secret, "proxykey"), split_pem_chain(secret_bytes(secret, "proxycert"))[0])
+    assert store.load_order(DOMAINS.split()[0]) is None, "the stale record is left"
