@@ -120,10 +120,10 @@ def run_deploy_hook(command: str, location: str, names: tuple[str, ...]) -> None
         )
 
 
-
 def _same_certificate(issued: IssuedCert, stored: StoredCert | None) -> bool:
     """The CA gave back the certificate the store holds already (a resumed order that was stored)."""
     return stored is not None and stored.info is not None and stored.info.serial == issued.info.serial
+
 
 class Engine:
     def __init__(
