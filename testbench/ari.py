@@ -202,6 +202,7 @@ class AcmeFront:
             self.requests.clear()
             self.orders.clear()
             self.order_times.clear()
+            self.order_urls.clear()
             self.accounts_created.clear()
             self.before_request = None
             self.renewal_info_queries.clear()

@@ -114,7 +114,7 @@ def test_a_stored_order_whose_record_was_left_behind_does_not_stop_the_renewal(
         issued = wait_for("the Secret", lambda: get_secret(kube_client, namespace), timeout=90, run=run)
         assert run.stop() == 0
     old = leaf_of(issued)
-    assert len(ari.order_urls) == 1
+    assert len(ari.recorded_orders()) == len(ari.order_urls) == 1
     # The record as the first run wrote it before its order, with the URL the CA gave.
     store = SecretStore(kube_client, namespace, SECRET)
     store.save_order(
