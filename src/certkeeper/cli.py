@@ -6,6 +6,7 @@ Sub-commands live in their own modules and are imported only when invoked, so th
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import sys
 
@@ -62,5 +63,8 @@ def cli() -> None:
 
 
 def main() -> None:
+    # A crash in a C extension (a segfault) then leaves every thread's Python stack in the log, not just
+    # an exit status: the one thing an operator can send us.
+    faulthandler.enable()
     cli(prog_name="certkeeper")
     sys.exit(0)
