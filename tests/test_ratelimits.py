@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import multiprocessing
 import stat
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from acme import messages
@@ -18,6 +23,7 @@ from certkeeper.spec import LETSENCRYPT, LETSENCRYPT_STAGING
 
 ACCOUNT = "https://ca.test/acct/1"
 START = 1_800_000_000.0
+T = TypeVar("T")
 
 
 class Clock:
@@ -165,6 +171,83 @@ def test_four_processes_racing_for_fifty_slots_place_exactly_fifty_orders(tmp_pa
     for worker in workers:
         worker.join(timeout=10)
     assert sum(counts) == 50, counts
+
+
+class CountingBackend(FileBackend):
+    """The file ledger, counting its writes (each one a read-modify-write of the whole record)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.writes = 0
+
+    def update(self, change: Callable[[list[dict[str, Any]]], T]) -> T:
+        self.writes += 1
+        time.sleep(0.005)  # a Secret's replace takes milliseconds: threads arriving meanwhile join the next write
+        return super().update(change)
+
+
+def test_sixteen_threads_racing_for_fifty_slots_place_exactly_fifty_in_fewer_writes(tmp_path: Path) -> None:
+    backend = CountingBackend(tmp_path)
+    ledger = Ledger(backend, parse_limits("new-orders=50/3h", LETSENCRYPT))
+    placed: list[str] = []
+    refused: list[str] = []
+
+    def worker(i: int) -> None:
+        for j in range(5):
+            names = [f"n{i}-{j}.example.com"]
+            try:
+                gate = ledger.gate(ACCOUNT, names, ari_renewal=False, same_names_renewal=False)
+                with gate.placing(lambda: None):
+                    placed.append(names[0])
+                ledger.issued(ACCOUNT, names, gate.token)
+            except RateLimited as error:
+                refused.append(str(error))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(placed) == 50 and len(refused) == 30, (len(placed), len(refused))
+    assert all("new orders per account would be exceeded" in r for r in refused), refused[:1]
+    recorded = [e for e in ledger.events() if e.kind in ("order", "cert")]
+    assert sorted(e.names[0] for e in recorded if e.kind == "order") == sorted(placed)  # each counted once
+    assert sorted(e.names[0] for e in recorded if e.kind == "cert") == sorted(placed)
+    # 80 reservations and 50 certificates: written in batches, not one write each.
+    assert backend.writes < 130 / 2, backend.writes
+
+
+def test_an_order_reserved_while_another_is_refused_with_429_is_not_sent(tmp_path: Path) -> None:
+    ledger, _ = ledger_at(tmp_path, "none")
+    sent: list[str] = []
+    first_sent, second_reserved = threading.Event(), threading.Event()
+    problem = messages.Error(
+        typ="urn:ietf:params:acme:error:rateLimited", detail="too many new orders from this account"
+    )
+
+    def first() -> None:
+        gate = ledger.gate(ACCOUNT, ["a.example.com"], ari_renewal=False, same_names_renewal=False)
+        with contextlib.suppress(messages.Error), gate.placing(lambda: 3600.0):
+            sent.append("a")
+            first_sent.set()
+            second_reserved.wait(10)
+            time.sleep(0.2)  # the second order is waiting its turn to be sent
+            raise problem
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    first_sent.wait(10)
+    gate = ledger.gate(ACCOUNT, ["b.example.com"], ari_renewal=False, same_names_renewal=False)
+    second_reserved.set()
+    with pytest.raises(RateLimited) as refused, gate.placing(lambda: None):
+        sent.append("b")
+    thread.join(10)
+    assert sent == ["a"]
+    assert "not ordering: the CA's Retry-After (it answered rateLimited)" in str(refused.value)
+    # The unsent order's reservation is gone; the CA's refusal is in the ledger for other processes.
+    events = ledger.events()
+    assert [e.names for e in events if e.kind == "order"] == []  # the CA answered: neither order exists
+    assert any(e.kind == "limited" and e.until > START for e in events)
 
 
 def test_a_refusal_for_one_registered_domain_holds_only_that_domain(tmp_path: Path) -> None:

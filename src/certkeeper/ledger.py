@@ -3,9 +3,11 @@
 Every order placed, certificate issued, failed authorization, account registered and rateLimited
 answer is recorded with its time. Before a new order, ``OrderGate`` checks the CA's limits
 (``ratelimits``) against the record and reserves the order in ONE locked step: two runs (or two
-worker threads) can never both take the last slot. The newOrder request itself is sent while the
-process holds the gate, so after a rateLimited answer not one more newOrder leaves this process
-before the CA's Retry-After has passed.
+worker threads) can never both take the last slot. Changes made by a process's threads at the same
+time are written together (one read-modify-write for the lot, applied in arrival order), so the cost
+of a busy ledger is paid once per batch, not once per order. The newOrder requests themselves leave
+one at a time, each after a look at the CA refusals this process has heard, so after a rateLimited
+answer not one more newOrder leaves this process before the CA's Retry-After has passed.
 
 Where the record lives: ``FileBackend`` (``ratelimits.json``, 0600, in the store, under ``flock``)
 for hosts; any ``Backend`` with a read-modify-write ``update`` serves the same role elsewhere.
@@ -33,8 +35,9 @@ T = TypeVar("T")
 FILE_NAME = "ratelimits.json"
 KEEP_S = 7 * DAY + 3600  # the longest window (a week), and a margin
 OPEN_ORDER_S = DAY  # an order left open by a killed run stops counting as a future certificate after this
-_PROCESS_LOCKS: dict[str, threading.RLock] = {}
-_PROCESS_LOCKS_GUARD = threading.Lock()
+_SHARED: dict[str, _Shared] = {}
+_SEEN: dict[int, tuple[dict[str, Any], Event | None]] = {}  # id(entry) -> (entry, its Event): see _events
+_SHARED_GUARD = threading.Lock()
 
 
 class Backend(Protocol):
@@ -115,14 +118,24 @@ def _event(raw: dict[str, Any]) -> Event | None:
 
 
 def _events(raw: list[dict[str, Any]], now: float) -> list[Event]:
+    global _SEEN
+    seen, kept = _SEEN, {}
     events = []
     for item in raw:
-        event = _event(item)
+        # The cluster's record stays in memory between writes: its entries were converted before (only
+        # "open" ever changes in place). A week of orders is read at every reservation; this keeps it cheap.
+        hit = seen.get(id(item))
+        if hit is not None and hit[0] is item and (hit[1] is None or hit[1].open == item.get("open", False)):
+            event = hit[1]
+        else:
+            event = _event(item)
+        kept[id(item)] = (item, event)  # the entry is held with its id, so the id is not reused meanwhile
         if event is None:
             continue
         if event.open and event.at < now - OPEN_ORDER_S:
             event = event._replace(open=False)
         events.append(event)
+    _SEEN = kept
     return events
 
 
@@ -143,6 +156,78 @@ def _record(kind: str, account: str, names: Sequence[str], now: float, **extra: 
     return entry
 
 
+class _Pending:
+    """One thread's change waiting in a batch, and what came of it."""
+
+    def __init__(self, change: Callable[[list[dict[str, Any]]], Any]) -> None:
+        self.change = change
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class _Shared:
+    """What every ``Ledger`` on one backend shares in this process: the batch of changes waiting to be
+    written, the lock newOrder requests are sent under, and the CA refusals heard since start."""
+
+    def __init__(self) -> None:
+        self.send_lock = threading.Lock()
+        self.holds: list[Event] = []
+        self._cond = threading.Condition()
+        self._pending: list[_Pending] = []
+        self._writing = False
+
+    def update(self, backend: Backend, change: Callable[[list[dict[str, Any]]], T]) -> T:
+        """``backend.update(change)``, made in one write with the changes other threads asked for meanwhile."""
+        mine = _Pending(change)
+        with self._cond:
+            self._pending.append(mine)
+            while self._writing and not mine.done:
+                self._cond.wait()
+            if not mine.done:
+                self._writing = True
+                batch, self._pending = self._pending, []
+        if not mine.done:
+            try:
+                self._write(backend, batch)
+            finally:
+                with self._cond:
+                    self._writing = False
+                    self._cond.notify_all()
+        if mine.error is not None:
+            raise mine.error
+        result: T = mine.result
+        return result
+
+    @staticmethod
+    def _write(backend: Backend, batch: list[_Pending]) -> None:
+        def apply_all(raw: list[dict[str, Any]]) -> list[tuple[Any, BaseException | None]]:
+            # Made again from the start if the backend must re-read (another writer came first).
+            outcomes: list[tuple[Any, BaseException | None]] = []
+            for pending in batch:
+                try:
+                    outcomes.append((pending.change(raw), None))
+                except Exception as error:  # that change's caller gets it; the others are still written
+                    outcomes.append((None, error))
+            return outcomes
+
+        try:
+            for pending, (result, error) in zip(batch, backend.update(apply_all), strict=True):
+                pending.result, pending.error = result, error
+        except BaseException as error:
+            for pending in batch:
+                pending.error = error
+            raise
+        finally:
+            for pending in batch:
+                pending.done = True
+
+    def held(self, planned: Planned, now: float) -> Refusal | None:
+        """A CA refusal this process heard that still holds the planned order."""
+        self.holds[:] = [e for e in self.holds if e.until > now]
+        return check((), self.holds, planned, now) if self.holds else None  # no limits: the refusals only
+
+
 class RateLimited(CAError):
     """An order certkeeper did not send because it would exceed a limit (or the CA's Retry-After holds)."""
 
@@ -158,8 +243,11 @@ class Ledger:
         self.backend = backend
         self.limits = tuple(limits)
         self.clock = clock
-        with _PROCESS_LOCKS_GUARD:
-            self._process_lock = _PROCESS_LOCKS.setdefault(backend.key, threading.RLock())
+        with _SHARED_GUARD:
+            self._shared = _SHARED.setdefault(backend.key, _Shared())
+
+    def _update(self, change: Callable[[list[dict[str, Any]]], T]) -> T:
+        return self._shared.update(self.backend, change)
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -186,7 +274,7 @@ class Ledger:
                 raw.append(_record("order", planned.account, planned.names, now, open=True, id=token))
             return refusal
 
-        refusal = self.backend.update(change)
+        refusal = self._update(change)
         if refusal is not None:
             raise RateLimited(refusal, self.clock())
         return token
@@ -210,13 +298,14 @@ class Ledger:
                     entry["domains"] = list(domains)
                 raw.append(entry)
 
-        self.backend.update(change)
+        self._update(change)
 
     def limited(self, account: str, seconds: float, reason: str = "rateLimited") -> None:
         """The CA answered rateLimited (or busy) with this Retry-After: no order to it before then."""
         now = self.clock()
+        self._shared.holds.append(Event("limited", now, account, until=now + seconds, reason=reason))
         entry = _record("limited", account, (), now, until=now + seconds, reason=reason)
-        self.backend.update(lambda raw: raw.append(entry))
+        self._update(lambda raw: raw.append(entry))
 
     # -- outcomes ------------------------------------------------------------------------------------
 
@@ -230,7 +319,7 @@ class Ledger:
                     entry["open"] = False
             raw.append(_record("cert", account, names, now))
 
-        self.backend.update(change)
+        self._update(change)
 
     def closed(self, token: str) -> None:
         """The order placed under ``token`` ended without a certificate."""
@@ -238,7 +327,7 @@ class Ledger:
 
     def failed_validation(self, account: str, names: Sequence[str]) -> None:
         now = self.clock()
-        self.backend.update(lambda raw: raw.append(_record("failed", account, names, now)))
+        self._update(lambda raw: raw.append(_record("failed", account, names, now)))
 
     def check_new_account(self) -> None:
         now = self.clock()
@@ -248,11 +337,12 @@ class Ledger:
 
     def account_registered(self, account: str) -> None:
         now = self.clock()
-        self.backend.update(lambda raw: raw.append(_record("account", account, (), now)))
+        self._update(lambda raw: raw.append(_record("account", account, (), now)))
 
 
 class OrderGate:
-    """Reserve, send the newOrder, settle: one at a time per ledger in this process, locked across processes.
+    """Reserve (locked across processes, batched with other threads' changes), send the newOrder (one at a
+    time per ledger in this process, after a look at the refusals heard meanwhile), settle.
 
     ``AcmeClient`` calls ``placing()`` around its newOrder request; the engine reads ``token`` after.
     """
@@ -264,24 +354,42 @@ class OrderGate:
 
     @contextlib.contextmanager
     def placing(self, retry_after: Callable[[], float | None]) -> Iterator[None]:
-        with self.ledger._process_lock:
-            token = self.ledger._reserve(self.planned)
-            try:
-                yield
-            except CAError as error:
-                # Transport failure: the CA may have created the order; it stays counted, closed.
-                self._settle(token, error, retry_after, keep=True)
-                raise
-            except Exception as error:
-                # The CA answered with a problem: it created no order.
-                self._settle(token, error, retry_after, keep=False)
-                raise
-            self.token = token
-
-    def _settle(self, token: str, error: Exception, retry_after: Callable[[], float | None], keep: bool) -> None:
+        ledger = self.ledger
+        token = ledger._reserve(self.planned)  # with other threads' changes, in one write
+        hold: dict[str, Any] = {}
+        keep = True
         try:
-            self.ledger._settle(token, placed=False, keep=keep, account=self.planned.account,
-                                **self._hold(error, retry_after))  # fmt: skip
+            with ledger._shared.send_lock:
+                refusal = ledger._shared.held(self.planned, ledger.clock())
+                if refusal is not None:  # heard while this order waited its turn: it is not sent
+                    keep = False
+                    raise RateLimited(refusal, ledger.clock())
+                try:
+                    yield
+                except CAError as error:
+                    # Transport failure: the CA may have created the order; it stays counted, closed.
+                    hold = self._hold(error, retry_after)
+                    raise
+                except Exception as error:
+                    # The CA answered with a problem: it created no order.
+                    hold, keep = self._hold(error, retry_after), False
+                    raise
+                finally:
+                    if hold.get("limited_for") is not None:  # before the next newOrder leaves this process
+                        ledger._shared.holds.append(self._held_event(hold))
+        except BaseException:
+            self._settle(token, hold, keep)
+            raise
+        self.token = token
+
+    def _held_event(self, hold: dict[str, Any]) -> Event:
+        now = self.ledger.clock()
+        return Event("limited", now, self.planned.account, (), tuple(hold.get("domains", ())),
+                     now + hold["limited_for"], reason=hold["reason"])  # fmt: skip
+
+    def _settle(self, token: str, hold: dict[str, Any], keep: bool) -> None:
+        try:
+            self.ledger._settle(token, placed=False, keep=keep, account=self.planned.account, **hold)
         except (OSError, CertkeeperError) as problem:  # the CA's answer is what the user must see
             log.warning("cannot record the CA's answer in the rate-limit ledger: %s", problem)
 
