@@ -8,7 +8,6 @@ and with ``certkeeper run`` alone; each ends with one order, one account and a m
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -32,6 +31,7 @@ from runkit import (
 from test_controller_outage import private_cluster
 
 from certkeeper.crypto import key_matches_cert, split_pem_chain
+from certkeeper.kube.ledger_secret import events_of
 from testbench import cluster as bench
 from testbench.ari import AcmeFront
 
@@ -65,9 +65,7 @@ def test_three_api_server_restarts_mid_run_cause_no_duplicate_order(
         mismatches += not key_matches_cert(secret_bytes(secret, "tls.key"), leaf)
     ledger = client.get(Secret, "certkeeper-rate-limits", namespace="ctl")
     assert ledger.data is not None
-    counted = sum(
-        1 for e in json.loads(base64.b64decode(ledger.data["ratelimits.json"]))["events"] if e["kind"] == "order"
-    )
+    counted = sum(1 for e in events_of(ledger) if e["kind"] == "order")
     client.close()
     print(f"kube-apiserver restarts: {RESTARTS}, {CERTS} certificates, {len(orders)} orders, ledger {counted}, "
           f"{mismatches} key mismatches, {time.monotonic() - started:.0f} s")  # fmt: skip

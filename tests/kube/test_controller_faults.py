@@ -7,8 +7,6 @@ one per certificate, and the cluster's rate-limit ledger (Secret certkeeper-rate
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import random
 import time
@@ -21,6 +19,7 @@ from runkit import certificate_manifest, get_secret, issuer_manifest, secret_byt
 from test_controller import apply, ready, start
 
 from certkeeper.crypto import cert_info, key_matches_cert, split_pem_chain
+from certkeeper.kube.ledger_secret import events_of
 from testbench.ari import AcmeFront
 
 if TYPE_CHECKING:
@@ -60,7 +59,7 @@ def test_controller_killed_at_random_moments_ends_with_every_certificate_valid_a
         assert cert_info(leaf).names == (f"k{i}.kill.example.com",)
     ledger = get_secret(kube_client, namespace, "certkeeper-rate-limits")
     assert ledger is not None and ledger.data is not None
-    events = json.loads(base64.b64decode(ledger.data["ratelimits.json"]))["events"]
+    events = events_of(ledger)
     counted = sum(1 for e in events if e["kind"] == "order")
     print(f"controller SIGKILL: {KILLS} kills, {CERTS} certificates, {orders} orders, ledger {counted} orders, "
           f"{mismatches} key mismatches, {time.monotonic() - started:.0f} s")  # fmt: skip

@@ -19,7 +19,7 @@ from promtext import value
 from runkit import certificate_manifest, certkeeper_controller, controller_args, issuer_manifest, wait_for
 from test_controller_metrics import apply, scrape
 
-from certkeeper.kube.ledger_secret import DATA_KEY, SECRET_NAME
+from certkeeper.kube.ledger_secret import PLAIN_KEY, SECRET_NAME
 from testbench.ari import AcmeFront
 
 pytestmark = pytest.mark.usefixtures("crds")
@@ -32,7 +32,7 @@ def ledger_secret(namespace: str, at: list[float]) -> Secret:
               for i, t in enumerate(at)]  # fmt: skip
     document = json.dumps({"version": 1, "events": events}).encode()
     return Secret(metadata=ObjectMeta(name=SECRET_NAME, namespace=namespace),
-                  data={DATA_KEY: base64.b64encode(document).decode()})  # fmt: skip
+                  data={PLAIN_KEY: base64.b64encode(document).decode()})  # fmt: skip  # as written before gzip
 
 
 def conditions(kubectl: Any, name: str) -> dict[str, dict[str, Any]]:
