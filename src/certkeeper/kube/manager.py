@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,7 @@ from certkeeper.web import Responder, start_responder
 
 log = logging.getLogger("certkeeper.controller")
 CHALLENGE_SECRET = "certkeeper-http01"
+REMOVAL_DELAY_S = 2.0  # a finished token leaves the shared Secret with the next one published, or after this
 INGRESS_PREFIX = "ingress:"
 API_TIMEOUT_S = 10.0
 # A replica asked for a token it has not seen reads the shared Secret: at most this many times a second.
@@ -91,6 +93,8 @@ class SharedChallenges(ChallengeStore):
         self.client = client
         self.namespace = namespace
         self.publish = False  # only the leader publishes
+        self._removals: set[str] = set()  # done with, still in the Secret
+        self._timer: threading.Timer | None = None
 
     def _patch(self, data: dict[str, str | None], *, create: bool = True) -> None:
         patch = {"metadata": {"labels": MANAGED_BY, "annotations": {"certkeeper.io/role": "http01"}}, "data": data}
@@ -126,17 +130,37 @@ class SharedChallenges(ChallengeStore):
     def put(self, token: str, key_authorization: str) -> None:
         super().put(token, key_authorization)
         if self.publish:
+            with self._lock:
+                removals, self._removals = self._removals - {token}, set()
             try:
-                # Written before the CA is told to validate: any replica it reaches can read it.
-                self._patch({token: base64.b64encode(key_authorization.encode()).decode()})
+                # Written before the CA is told to validate: any replica it reaches can read it. Tokens
+                # done with since the last write go in the same patch.
+                self._patch({token: base64.b64encode(key_authorization.encode()).decode(), **dict.fromkeys(removals)})
             except CertkeeperError as error:
+                with self._lock:
+                    self._removals |= removals
                 log.warning("%s; only this replica can answer the challenge", error)
 
     def remove(self, token: str) -> None:
+        """The token stops being answered here at once; its removal from the Secret waits for the next put
+        (one patch instead of two while the leader is busy) or at most ``REMOVAL_DELAY_S``."""
         super().remove(token)
         if self.publish:
+            with self._lock:
+                self._removals.add(token)
+                if self._timer is None:
+                    self._timer = threading.Timer(REMOVAL_DELAY_S, self.flush)
+                    self._timer.daemon = True
+                    self._timer.start()
+
+    def flush(self) -> None:
+        """Remove the tokens done with from the Secret now."""
+        with self._lock:
+            removals, self._removals = self._removals, set()
+            self._timer = None
+        if removals:
             try:
-                self._patch({token: None})
+                self._patch(dict.fromkeys(removals), create=False)
             except CertkeeperError as error:
                 log.warning("%s", error)
 

@@ -631,6 +631,7 @@ class Reconciler:
             labels=dict(target.labels),
             annotations=dict(target.annotations),
             read_once=True,
+            rolls_out=bool(target.rollout),
         )
         secret = await asyncio.to_thread(store.get)
         owner = foreign_owner(secret, cert)

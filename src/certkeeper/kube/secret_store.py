@@ -95,6 +95,7 @@ class SecretStore(StoreDefaults):
         read_once: bool = False,
         labels: dict[str, str] | None = None,
         annotations: dict[str, str] | None = None,
+        rolls_out: bool = True,
     ) -> None:
         super().__init__()
         self.client = client
@@ -112,6 +113,7 @@ class SecretStore(StoreDefaults):
         self.last_digest = ""  # proxycert of the last Secret seen or written by us
         self.writing_digest = ""  # of the data being written now (its watch event can come before the answer)
         self.rollout_pending = False  # stored, but its consumers not yet restarted (e.g. a crash between)
+        self.rolls_out = rolls_out  # False: nothing to restart, so a new certificate is written as rolled out
         self._unsaved_rollout: str | None = None  # the rollout record, while it cannot be written
         # An account registered whose Secret could not be written: reused, never registered again.
         self._unsaved_account: Account | None = None
@@ -242,7 +244,7 @@ class SecretStore(StoreDefaults):
                 PREFIX + "serial": info.serial,
                 PREFIX + "fingerprint": info.fingerprint,
                 PREFIX + "meta": json.dumps(meta, sort_keys=True, default=str),
-                PREFIX + "rollout": "pending",
+                PREFIX + "rollout": "pending" if self.rolls_out else "done",
                 # What was written: the controller trusts a Secret at start-up only while this matches.
                 PREFIX + "data-digest": data_digest(data.get("tls.crt") or data.get("proxycert") or ""),
             }
@@ -286,7 +288,7 @@ class SecretStore(StoreDefaults):
                 fail(f"write Secret {self.namespace}/{self.secret_name}", error)
             else:
                 self.last_digest = digest_of(written)
-                self.rollout_pending = True
+                self.rollout_pending = self.rolls_out
                 return True
         raise CertkeeperError(f"cannot write Secret {self.namespace}/{self.secret_name}: it kept changing (409)")
 
@@ -496,7 +498,8 @@ class SecretStore(StoreDefaults):
         The account and the order in flight are each one key the CA knows: retried on a conflict (409)
         with a fresh read, never merged with what someone else wrote."""
         for attempt in range(CONFLICT_RETRIES):
-            existing = self._get(name)
+            # Not read yet: most such writes create (a new order, a new account); a 409 reads and replaces.
+            existing = None if attempt == 0 and name not in self._read else self._get(name)
             metadata = ObjectMeta(
                 name=name,
                 namespace=self.namespace,
@@ -507,7 +510,9 @@ class SecretStore(StoreDefaults):
             body = Secret(metadata=metadata, type="Opaque", data={"key.pem": _b64(key_pem)})
             try:
                 self._read.pop(name, None)  # the next read (a retry's, a later check's) sees the change
-                self.client.create(body) if existing is None else self.client.replace(body)
+                written = self.client.create(body) if existing is None else self.client.replace(body)
+                if self.read_once:  # what was written, with its resourceVersion: the order's URL needs no read
+                    self._read[name] = written
                 return
             except ApiError as error:
                 if error.status.code == 409 and attempt + 1 < CONFLICT_RETRIES:

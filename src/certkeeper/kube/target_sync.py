@@ -127,6 +127,8 @@ class TargetSync:
         await reporter.rolled(results)
         if all(r.ok for r in results):
             self._roll_failures.pop(target.key, None)
+            if not store.rollout_pending:
+                return None  # written as rolled out already (nothing to restart)
             try:
                 await asyncio.to_thread(store.mark_rolled)
             except CertkeeperError as error:
