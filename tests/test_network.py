@@ -346,3 +346,34 @@ def test_less_than_a_second_left_still_allows_a_quick_request(server: EdgeServer
     with net.within(0.8, "the order"):
         assert net.get(server.url + "/directory").json() == {"hello": "ca"}
     assert net.deadline is None
+
+
+class ConnectRecorder:
+    """A proxy that records the CONNECT lines it is sent, and refuses them (no tunnel is needed to tell)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.lines: list[str] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            conn, _ = self.sock.accept()
+            with conn:
+                self.lines.append(conn.recv(4096).split(b"\r\n", 1)[0].decode())
+                conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_the_environments_proxy_and_no_proxy_are_honoured_once_looked_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy = ConnectRecorder()
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
+    monkeypatch.setenv("NO_PROXY", "direct.test")
+    net = make_network(generate_key(KeyType.EC_P256), None)
+    for _ in range(2):
+        with pytest.raises(CAError):
+            net._send_request("HEAD", "https://ca.test/acme/new-nonce")
+    assert [line.rsplit(" ", 1)[0] for line in proxy.lines] == ["CONNECT ca.test:443"] * 2
+    with pytest.raises(CAError):  # NO_PROXY: straight to the host (which does not resolve), not to the proxy
+        net._send_request("HEAD", "https://direct.test/acme/new-nonce")
+    assert len(proxy.lines) == 2
