@@ -126,6 +126,50 @@ def wait_log(log: Path, pattern: str, timeout: float) -> re.Match[str]:
     raise RuntimeError(f"{pattern!r} not in {log} after {timeout:.0f} s")
 
 
+def api_requests(cluster: bench.Cluster) -> dict[str, int]:
+    """The API server's request counts so far, by verb, resource and subresource (watches left out)."""
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    text = subprocess.run([str(cluster.kubectl), "get", "--raw", "/metrics"], env=env, capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line.partition("}")[0]))
+        if labels.get("verb") in ("WATCH", "LIST") or not labels.get("resource"):
+            continue
+        key = " ".join(x for x in (labels["verb"], labels["resource"], labels.get("subresource", "")) if x)
+        counts[key] = counts.get(key, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
+def cpu_by_process() -> dict[str, float]:
+    """CPU seconds so far of every process on the machine, by name (the bench itself as "bench")."""
+    totals: dict[str, float] = {}
+    for process in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        times = process.info["cpu_times"]
+        if times is None:
+            continue
+        cmdline = " ".join(process.info["cmdline"] or [])
+        name = "bench" if process.pid == os.getpid() else "certkeeper" if "certkeeper controller" in cmdline else \
+            process.info["name"]  # fmt: skip
+        totals[name] = totals.get(name, 0.0) + times.user + times.system
+    return totals
+
+
+def acme_requests(port: int) -> dict[str, int]:
+    """The controller's ACME requests so far, by endpoint and method (its /metrics)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("certkeeper_acme_client_request_duration_seconds_count{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.partition("}")[0]))
+            key = f"{labels.get('method', '?')} {labels.get('endpoint', '?')}"
+            counts[key] = counts.get(key, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
 def rss_mb(proc: subprocess.Popen[bytes]) -> float:
     return float(psutil.Process(proc.pid).memory_info().rss) / 2**20
 
@@ -142,6 +186,8 @@ def one_size(
     proc = start_controller(cluster, namespace, front.http_port, log)
     wait_log(log, "leads", 60)
     orders_before = len(front.recorded_orders())
+    requests_before = api_requests(cluster)
+    cpu_before = cpu_by_process()
 
     def create(number: int) -> None:
         name = f"c{number:05d}"
@@ -158,6 +204,13 @@ def one_size(
     ready_s = time.monotonic() - started
     cpu = psutil.Process(proc.pid).cpu_times()
     orders = len(front.recorded_orders()) - orders_before
+    requests_after = api_requests(cluster)
+    cpu_after = cpu_by_process()
+    acme = acme_requests(front.http_port)
+    cpu_window = {k: round(v - cpu_before.get(k, 0.0), 1) for k, v in cpu_after.items()}
+    # Every client's requests (the bench's creates and watches' relists too), per Certificate made Ready.
+    per_certificate = {k: round((v - requests_before.get(k, 0)) / size, 2) for k, v in requests_after.items()
+                       if v - requests_before.get(k, 0) >= size / 10}  # fmt: skip
     latencies = []
     for number in range(LATENCY_ROUNDS):
         name = f"one{number:02d}"
@@ -178,13 +231,16 @@ def one_size(
     time.sleep(3.0)
     rss = rss_mb(proc)
     before = statusz(front.http_port)
+    idle_cpu_before = psutil.Process(proc.pid).cpu_times()
     time.sleep(idle_s)
+    idle_cpu_after = psutil.Process(proc.pid).cpu_times()
     after = statusz(front.http_port)
     result = {
         "certificates": size,
         "create_s": round(created_s, 2),
         "all_ready_s": round(ready_s, 2),
         "controller_cpu_s": round(cpu.user + cpu.system, 1),
+        "controller_cpu_system_s": round(cpu.system, 1),
         "concurrency": CONCURRENCY,
         "orders": orders,
         "one_at_a_time_ready_median_s": round(statistics.median(latencies), 3) if latencies else None,
@@ -197,6 +253,13 @@ def one_size(
         "idle_s": idle_s,
         "idle_api_requests": after["watch_requests"] - before["watch_requests"],
         "idle_reconciles": after["processed"] - before["processed"],
+        "idle_cpu_percent": round(100 * (sum(idle_cpu_after[:2]) - sum(idle_cpu_before[:2])) / idle_s, 2),
+        # Everything's CPU while they were made Ready: the bench's (its ACME front relays every request
+        # to Pebble) and the control plane's are on the same two cores as certkeeper's.
+        "cpu_s_while_issuing": dict(sorted(((k, v) for k, v in cpu_window.items() if v >= 0.5), key=lambda kv: -kv[1])),
+        "acme_requests_per_certificate": {k: round(v / size, 2) for k, v in sorted(acme.items())},
+        "api_requests_per_certificate": round(sum(per_certificate.values()), 1),
+        "api_requests_per_certificate_by_kind": dict(sorted(per_certificate.items(), key=lambda kv: -kv[1])),
     }
     print(json.dumps(result), flush=True)
     return result, proc, namespace
