@@ -24,7 +24,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
 
 from certkeeper.errors import CertkeeperError
-from certkeeper.kube.api import call_api, decode_json, encode_json, fail, is_not_found
+from certkeeper.kube.api import KubeApiError, call_api, decode_json, encode_json, is_not_found
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -107,16 +107,18 @@ class SecretBackend:
             document = gzip.compress(document, compresslevel=1, mtime=0)  # level 1: most of the gain, fast
             metadata = ObjectMeta(name=self.name, namespace=self.namespace, labels=LABELS, resourceVersion=version)
             body = Secret(metadata=metadata, type="Opaque", data={DATA_KEY: base64.b64encode(document).decode()})
+
+            def write(body: Secret = body, create: bool = version is None) -> Secret:
+                return self.client.create(body) if create else self.client.replace(body)
+
             try:
-                written = self.client.create(body) if version is None else self.client.replace(body)
-            except ApiError as error:
-                if error.status.code == 409:
+                written = call_api(what, write)
+            except KubeApiError as error:
+                if error.conflict:
                     continue  # another writer changed it (or created it): make the change again on theirs
-                if error.status.code == 404 and version is not None:
+                if error.not_found and version is not None:
                     continue  # deleted since this process wrote it: read (nothing) and create it again
-                fail(what, error)
-            except OSError as error:
-                fail(what, error)
+                raise
             if written.metadata and written.metadata.resourceVersion:
                 _LAST[self.key] = (written.metadata.resourceVersion, events)
             return result

@@ -498,8 +498,9 @@ class SecretStore(StoreDefaults):
         The account and the order in flight are each one key the CA knows: retried on a conflict (409)
         with a fresh read, never merged with what someone else wrote."""
         for attempt in range(CONFLICT_RETRIES):
-            # Not read yet: most such writes create (a new order, a new account); a 409 reads and replaces.
-            existing = None if attempt == 0 and name not in self._read else self._get(name)
+            # Read first (cached once read or written), not created on a guess: a ResourceQuota charges a
+            # create that then fails with 409 until it recounts, so guessing wrong fills a tight quota.
+            existing = self._get(name)
             metadata = ObjectMeta(
                 name=name,
                 namespace=self.namespace,
