@@ -59,6 +59,10 @@ class CertStore(AccountStore, Protocol):
 
     def save_state(self, lineage: str, state: dict[str, Any]) -> None: ...
 
+    def stage_state(self, lineage: str, state: dict[str, Any]) -> None:
+        """The state to write with the next ``save`` (a store that writes them apart may ignore it)."""
+        ...
+
     def location(self, lineage: str) -> str: ...
 
     # Crash recovery (stores.base.StoreDefaults has the no-op versions).
@@ -554,6 +558,13 @@ class Engine:
             meta = to_meta(spec, self.issuer, issued.info, replaces, _now(), self.solver_setup.recorded())
             if issued_by is not None:  # renewal still starts at the first CA (meta's directory_url)
                 meta["issued_by_directory_url"] = issued_by.directory_url
+            # check_replacement already matched key and certificate: plan from the parsed facts. The state
+            # after goes with the certificate (one write where the store can), and again below if not.
+            after = plan(spec, StoredCert(issued.key_pem, issued.cert_pem, issued.chain_pem, issued.info), _now())
+            final = RenewalState(next_check=after.next_check, renew_at=after.renew_at, reason=after.reason,
+                                 last_success=_now(), hook_pending=state.hook_pending, names=spec.names,
+                                 directory_url=self.issuer.directory_url)  # fmt: skip
+            await self._in_thread(self.store.stage_state, lineage, final.to_dict())
             changed = await self._in_thread(self.store.save, lineage, issued, meta)
         except (OSError, CertkeeperError) as error:
             why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
@@ -568,12 +579,8 @@ class Engine:
         if not changed:
             # The CA sent back the certificate already stored: consumers have nothing new to load.
             state = dataclasses.replace(state, hook_pending=owed)
-        # check_replacement already matched key and certificate: plan from the parsed facts.
-        after = plan(spec, StoredCert(issued.key_pem, issued.cert_pem, issued.chain_pem, issued.info), _now())
-        state = RenewalState(next_check=after.next_check, renew_at=after.renew_at, reason=after.reason,
-                             last_success=_now(), hook_pending=state.hook_pending, names=spec.names,
-                             directory_url=self.issuer.directory_url)  # fmt: skip
-        await self._in_thread(self.store.save_state, lineage, state.to_dict())
+        state = dataclasses.replace(final, hook_pending=state.hook_pending)
+        await self._in_thread(self.store.save_state, lineage, state.to_dict())  # nothing to write if staged
         await self._pending_hook(spec, state, issued.info)
         status: Status = "renewed" if usable is not None else "issued"
         return Outcome(spec, status, reason, issued.info, time.monotonic() - started, changed=changed,

@@ -223,6 +223,9 @@ class RoutedStore(StoreDefaults):
     def save_state(self, lineage: str, state: dict[str, Any]) -> None:
         self._store(lineage).save_state(lineage, state)
 
+    def stage_state(self, lineage: str, state: dict[str, Any]) -> None:
+        self._store(lineage).stage_state(lineage, state)
+
     def location(self, lineage: str) -> str:
         return self._store(lineage).location(lineage)
 

@@ -110,6 +110,7 @@ class SecretStore(StoreDefaults):
         self.secret_type = secret_type or "kubernetes.io/tls"
         self.account_secret_name = account_secret_name or companion_name(secret_name, "-acme-account")
         self._state: dict[str, Any] = {}
+        self._staged_state: dict[str, Any] | None = None  # written with the next certificate (stage_state)
         self.last_digest = ""  # proxycert of the last Secret seen or written by us
         self.writing_digest = ""  # of the data being written now (its watch event can come before the answer)
         self.rollout_pending = False  # stored, but its consumers not yet restarted (e.g. a crash between)
@@ -249,6 +250,8 @@ class SecretStore(StoreDefaults):
                 PREFIX + "data-digest": data_digest(data.get("tls.crt") or data.get("proxycert") or ""),
             }
         )
+        if self._staged_state is not None:  # the renewal state after this certificate: one write, not two
+            annotations[PREFIX + "state"] = json.dumps(self._staged_state, sort_keys=True, default=str)
         metadata = ObjectMeta(
             name=self.secret_name,
             namespace=self.namespace,
@@ -289,6 +292,8 @@ class SecretStore(StoreDefaults):
             else:
                 self.last_digest = digest_of(written)
                 self.rollout_pending = self.rolls_out
+                if self._staged_state is not None:
+                    self._state, self._staged_state = self._staged_state, None
                 return True
         raise CertkeeperError(f"cannot write Secret {self.namespace}/{self.secret_name}: it kept changing (409)")
 
@@ -314,7 +319,11 @@ class SecretStore(StoreDefaults):
                 self._state = self._parse_state(annotations)
         return dict(self._state)
 
+    def stage_state(self, lineage: str, state: dict[str, Any]) -> None:
+        self._staged_state = dict(state)
+
     def save_state(self, lineage: str, state: dict[str, Any]) -> None:
+        self._staged_state = None
         if state == self._state:
             return
         self._state = dict(state)

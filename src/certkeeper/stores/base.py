@@ -136,3 +136,6 @@ class StoreDefaults:
 
     def rewrite_meta(self, lineage: str, meta: dict[str, Any]) -> None:
         pass
+
+    def stage_state(self, lineage: str, state: dict[str, Any]) -> None:
+        pass

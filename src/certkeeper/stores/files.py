@@ -447,6 +447,9 @@ class FileStore:
         except (OSError, ValueError) as error:
             return f"unreadable ({getattr(error, 'strerror', None) or error})"
 
+    def stage_state(self, lineage: str, state: dict[str, Any]) -> None:
+        pass  # the state has its own file, written after the certificate's
+
     def save_state(self, lineage: str, state: dict[str, Any]) -> None:
         base = self._lineage(lineage, create=True)
         assert base is not None
