@@ -307,3 +307,21 @@ def test_usage_when_full_says_when_one_more_fits() -> None:
     (row,) = usage(limits, events, START)
     # 3 of 2 (an exempt renewal went past): room for one more once two have left, 5 days from now.
     assert (row.used, row.allowed, row.reset_at) == (3, 2, START - 2 * DAY + 7 * DAY)
+
+
+def test_an_order_closed_in_place_in_the_kept_record_stops_counting_as_open() -> None:
+    """The cluster's record stays in memory between writes and its entries are converted once; an order
+    closed in place (its certificate issued elsewhere, or failed) must be read closed at the next check."""
+    from certkeeper.ledger import _events, _record
+
+    raw = [_record("order", ACCOUNT, [f"n{i}.example.com"], START, open=True, id=str(i)) for i in range(3)]
+    for _ in range(3):  # read afresh, then again, then from what was kept
+        assert [e.open for e in _events(raw, START)] == [True, True, True]
+    raw[1]["open"] = False
+    raw.append(_record("cert", ACCOUNT, ["n1.example.com"], START))
+    assert [(e.kind, e.open) for e in _events(raw, START)] == [
+        ("order", True),
+        ("order", False),
+        ("order", True),
+        ("cert", False),
+    ]

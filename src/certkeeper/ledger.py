@@ -37,6 +37,7 @@ KEEP_S = 7 * DAY + 3600  # the longest window (a week), and a margin
 OPEN_ORDER_S = DAY  # an order left open by a killed run stops counting as a future certificate after this
 _SHARED: dict[str, _Shared] = {}
 _SEEN: dict[int, tuple[dict[str, Any], Event | None]] = {}  # id(entry) -> (entry, its Event): see _events
+_SEEN_LIST: list[dict[str, Any]] | None = None  # the list those entries came from
 _SHARED_GUARD = threading.Lock()
 
 
@@ -118,24 +119,28 @@ def _event(raw: dict[str, Any]) -> Event | None:
 
 
 def _events(raw: list[dict[str, Any]], now: float) -> list[Event]:
-    global _SEEN
-    seen, kept = _SEEN, {}
+    global _SEEN, _SEEN_LIST
+    # The cluster's record stays in memory between writes (the same list, changed in place): its entries
+    # were converted before, and only "open" ever changes. A list read afresh (a file, a GET) is converted
+    # plainly: remembering it would cost more than it saves.
+    again = raw is _SEEN_LIST
+    seen = _SEEN if again else {}
+    kept: dict[int, tuple[dict[str, Any], Event | None]] | None = {} if again else None
     events = []
     for item in raw:
-        # The cluster's record stays in memory between writes: its entries were converted before (only
-        # "open" ever changes in place). A week of orders is read at every reservation; this keeps it cheap.
-        hit = seen.get(id(item))
+        hit = seen.get(id(item)) if again else None
         if hit is not None and hit[0] is item and (hit[1] is None or hit[1].open == item.get("open", False)):
             event = hit[1]
         else:
             event = _event(item)
-        kept[id(item)] = (item, event)  # the entry is held with its id, so the id is not reused meanwhile
+        if kept is not None:
+            kept[id(item)] = (item, event)  # held with its id, so the id is not reused meanwhile
         if event is None:
             continue
         if event.open and event.at < now - OPEN_ORDER_S:
             event = event._replace(open=False)
         events.append(event)
-    _SEEN = kept
+    _SEEN_LIST, _SEEN = raw, kept if kept is not None else {}
     return events
 
 
